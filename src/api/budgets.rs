@@ -1,0 +1,20 @@
+//! `GET /v1/budgets`: the caller's tenant budget and the deployments' budgets, with what is
+//! reserved or used in the current window, what is spent, and when each resets.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use serde_json::{Value, json};
+
+use super::{ApiError, Tenant};
+use crate::app::Ctx;
+
+/// The budget report for the caller's tenant.
+pub async fn list(
+    State(ctx): State<Arc<Ctx>>,
+    Tenant(tenant): Tenant,
+) -> Result<Json<Value>, ApiError> {
+    let rows = crate::db::budgets::report(&ctx.pool, Some(&tenant)).await?;
+    Ok(Json(json!({"object": "list", "data": rows})))
+}

@@ -1,0 +1,60 @@
+//! `POST /v1/jobs/{id}/cancel` and `POST /v1/batches/{id}/cancel` (native batches).
+//!
+//! A job not yet running is cancelled at once; a running one is asked to stop (its worker
+//! aborts the provider call within a moment) and shows `cancel_requested_at` until it does.
+//! Whatever was already recorded stays. Cancelling what has finished is a 409.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde_json::{Value, json};
+
+use super::batches::batch_view;
+use super::jobs::job_view;
+use super::{ApiError, Tenant};
+use crate::app::Ctx;
+
+/// Cancels one job; answers with the job.
+pub async fn job(
+    State(ctx): State<Arc<Ctx>>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let report = crate::db::cancel::cancel_job(&ctx.pool, &tenant, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no job `{id}`")))?;
+    if let Some((_, status)) = report.finished.first() {
+        return Err(ApiError::Conflict(format!(
+            "job `{id}` has already finished ({status}); only a job that is queued, waiting for a retry or running can be cancelled"
+        )));
+    }
+    let row = crate::db::jobs::get(&ctx.pool, &tenant, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no job `{id}`")))?;
+    Ok(Json(job_view(&row)))
+}
+
+/// Cancels every unfinished job of a batch; answers with the batch's progress and how many
+/// jobs were cancelled at once or asked to stop.
+pub async fn batch(
+    State(ctx): State<Arc<Ctx>>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let report = crate::db::cancel::cancel_batch(&ctx.pool, &tenant, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no batch `{id}`")))?;
+    if report.cancelled.is_empty() && report.requested.is_empty() {
+        return Err(ApiError::Conflict(format!(
+            "batch `{id}` has already finished: every job in it reached a final state"
+        )));
+    }
+    let summary = crate::db::jobs::batch_summary(&ctx.pool, &tenant, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no batch `{id}`")))?;
+    let mut view = batch_view(&summary);
+    view["cancelled"] = json!(report.cancelled.len());
+    view["cancel_requested"] = json!(report.requested.len());
+    Ok(Json(view))
+}

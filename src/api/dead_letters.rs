@@ -1,0 +1,160 @@
+//! `GET /v1/dead_letters`, `POST /v1/dead_letters/requeue`, `POST /v1/dead_letters/purge`: the
+//! tenant's jobs that finally failed, sent round again or taken off the list (never deleted).
+//! Requeue and purge take `{"ids": [...]}` or `{"all": true}`, narrowed by `model` and `code`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Query, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::jobs::{job_view, parse_body};
+use super::{ApiError, Tenant};
+use crate::app::Ctx;
+use crate::db::dead_letters::{self, DeadLetterFilter};
+
+/// Most ids one requeue or purge may name.
+const MAX_IDS: usize = 10_000;
+
+/// Query of `GET /v1/dead_letters`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    model: Option<String>,
+    code: Option<String>,
+    after: Option<String>,
+    limit: Option<i64>,
+}
+
+/// Lists the tenant's dead letters, oldest first, paginated with `after`.
+pub async fn list(
+    State(ctx): State<Arc<Ctx>>,
+    Tenant(tenant): Tenant,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad(e.body_text()))?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest {
+            message: "limit must be between 1 and 1000".into(),
+            param: Some("limit".into()),
+        });
+    }
+    let filter = DeadLetterFilter {
+        tenant: Some(tenant),
+        model: q.model,
+        code: q.code,
+        ..Default::default()
+    };
+    let mut rows = dead_letters::list(&ctx.pool, &filter, q.after.as_deref(), limit + 1).await?;
+    let has_more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    Ok(Json(json!({
+        "object": "list",
+        "data": rows.iter().map(job_view).collect::<Vec<_>>(),
+        "first_id": rows.first().map(|r| &r.id),
+        "last_id": rows.last().map(|r| &r.id),
+        "has_more": has_more,
+    })))
+}
+
+/// Which dead letters a requeue or purge acts on.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selection {
+    #[serde(default)]
+    ids: Option<Vec<String>>,
+    #[serde(default)]
+    all: bool,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    code: Option<String>,
+}
+
+fn selection(
+    tenant: String,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<DeadLetterFilter, ApiError> {
+    let (_, value) = parse_body(body)?;
+    let s: Selection = serde_json::from_value(value).map_err(|e| {
+        ApiError::bad(format!(
+            "expected {{\"ids\": [...]}} or {{\"all\": true}}, optionally with \"model\" and \"code\": {e}"
+        ))
+    })?;
+    let ids = match (s.ids, s.all) {
+        (Some(_), true) => {
+            return Err(ApiError::BadRequest {
+                message: "give either `ids` or `all`, not both".into(),
+                param: Some("all".into()),
+            });
+        }
+        (None, false) => {
+            return Err(ApiError::BadRequest {
+                message: "name the dead letters: {\"ids\": [...]} or {\"all\": true}".into(),
+                param: Some("ids".into()),
+            });
+        }
+        (Some(ids), false) if ids.is_empty() || ids.len() > MAX_IDS => {
+            return Err(ApiError::BadRequest {
+                message: format!("`ids` must list 1 to {MAX_IDS} job ids"),
+                param: Some("ids".into()),
+            });
+        }
+        (ids, _) => ids,
+    };
+    Ok(DeadLetterFilter {
+        tenant: Some(tenant),
+        model: s.model,
+        code: s.code,
+        since: None,
+        ids,
+    })
+}
+
+/// The named ids that were not acted on (not dead letters of this tenant's, or no longer).
+fn skipped(filter: &DeadLetterFilter, done: &[String]) -> Vec<String> {
+    filter
+        .ids
+        .iter()
+        .flatten()
+        .filter(|id| !done.contains(id))
+        .cloned()
+        .collect()
+}
+
+/// Sends the selected dead letters round again.
+pub async fn requeue(
+    State(ctx): State<Arc<Ctx>>,
+    Tenant(tenant): Tenant,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let by = format!("tenant {tenant} over the API");
+    let filter = selection(tenant, body)?;
+    let done = dead_letters::requeue(&ctx.pool, &filter, &by).await?;
+    Ok(Json(json!({
+        "object": "dead_letters.requeue",
+        "count": done.len(),
+        "skipped": skipped(&filter, &done),
+        "requeued": done,
+    })))
+}
+
+/// Takes the selected dead letters off the list; the jobs and their history stay.
+pub async fn purge(
+    State(ctx): State<Arc<Ctx>>,
+    Tenant(tenant): Tenant,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let filter = selection(tenant, body)?;
+    let done = dead_letters::purge(&ctx.pool, &filter).await?;
+    Ok(Json(json!({
+        "object": "dead_letters.purge",
+        "count": done.len(),
+        "skipped": skipped(&filter, &done),
+        "purged": done,
+    })))
+}

@@ -1,0 +1,292 @@
+//! `POST /v1/jobs`, `GET /v1/jobs`, `GET /v1/jobs/{id}`.
+//!
+//! Idempotency follows Stripe: the first response to an `Idempotency-Key` is stored in the same
+//! transaction as the jobs and replayed for the same key and body; the same key with another
+//! body is refused with 422. Concurrent duplicates serialise on the key's primary key.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::{ApiError, Tenant};
+use crate::app::Ctx;
+use crate::db::jobs::{Inserted, JobFilter, JobRow};
+use crate::domain::job::JobStatus;
+use crate::ids::new_id;
+
+/// Reads a JSON body, turning every failure into a clear API error.
+pub fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<(Bytes, Value), ApiError> {
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(format!("request body is too large: {e}"))
+        } else {
+            ApiError::bad(format!("could not read the request body: {e}"))
+        }
+    })?;
+    let value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad(format!("request body is not valid JSON: {e}")))?;
+    Ok((bytes, value))
+}
+
+/// Submits one job, or `{"jobs": [...], "batch_id"?, "metadata"?}`.
+pub async fn create(
+    State(ctx): State<Arc<Ctx>>,
+    Tenant(tenant): Tenant,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let (bytes, value) = parse_body(body)?;
+    let idem_key = headers
+        .get("idempotency-key")
+        .map(|v| v.to_str().unwrap_or_default().to_string());
+    if let Some(k) = &idem_key
+        && (k.is_empty() || k.len() > 255)
+    {
+        return Err(ApiError::BadRequest {
+            message: "Idempotency-Key must be 1 to 255 characters".into(),
+            param: Some("Idempotency-Key".into()),
+        });
+    }
+    let (inputs, batch_id, metadata, many) =
+        split_submission(value, ctx.config.limits.max_jobs_per_request)?;
+    let rows = crate::submit::prepare(&ctx, &tenant, inputs, chrono::Utc::now())?;
+
+    let mut tx = ctx.pool.begin().await?;
+    let batch_id = match (many, batch_id) {
+        (_, Some(b)) => {
+            if !crate::db::jobs::batch_belongs_to(&mut tx, &tenant, &b).await? {
+                return Err(ApiError::NotFound(format!("no batch `{b}`")));
+            }
+            Some(b)
+        }
+        (true, None) => {
+            let id = new_id("batch");
+            crate::db::jobs::insert_batch(&mut tx, &id, &tenant, "api", &metadata).await?;
+            Some(id)
+        }
+        (false, None) => None,
+    };
+    let inserted = crate::db::jobs::insert_jobs(
+        &mut tx,
+        &tenant,
+        batch_id.as_deref(),
+        &rows,
+        ctx.config.worker.relay_grace,
+    )
+    .await?;
+    let response = if many {
+        list_response(&batch_id, &inserted)
+    } else {
+        single_response(&batch_id, &inserted[0])
+    };
+
+    if let Some(key) = &idem_key {
+        let hash = Sha256::digest(&bytes).to_vec();
+        let stored = sqlx::query(
+            "INSERT INTO idempotency_keys (tenant, key, request_hash, status_code, response)
+             VALUES ($1, $2, $3, 200, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(&tenant)
+        .bind(key)
+        .bind(&hash)
+        .bind(&response)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !stored {
+            tx.rollback().await?;
+            return replay(&ctx, &tenant, key, &hash).await;
+        }
+    }
+    tx.commit().await?;
+    crate::submit::dispatch(&ctx, &tenant, &inserted).await;
+    Ok((StatusCode::OK, Json(response)))
+}
+
+async fn replay(
+    ctx: &Ctx,
+    tenant: &str,
+    key: &str,
+    hash: &[u8],
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let (stored_hash, status, response): (Vec<u8>, i32, Value) = sqlx::query_as(
+        "SELECT request_hash, status_code, response FROM idempotency_keys WHERE tenant = $1 AND key = $2",
+    )
+    .bind(tenant)
+    .bind(key)
+    .fetch_one(&ctx.pool)
+    .await?;
+    if stored_hash != hash {
+        return Err(ApiError::Invalid(crate::domain::job::FieldError::new(
+            "Idempotency-Key",
+            format!(
+                "`{key}` was already used with a different request body; use a new key for a new request"
+            ),
+        )));
+    }
+    let status = StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK);
+    Ok((status, Json(response)))
+}
+
+/// Splits a submission into job values, an optional target batch, metadata and whether it was a list.
+fn split_submission(
+    value: Value,
+    max: usize,
+) -> Result<(Vec<Value>, Option<String>, Value, bool), ApiError> {
+    let Value::Object(mut obj) = value else {
+        return Err(ApiError::bad(
+            "the body must be a job object or {\"jobs\": [...]}",
+        ));
+    };
+    let Some(jobs) = obj.remove("jobs") else {
+        return Ok((vec![Value::Object(obj)], None, json!({}), false));
+    };
+    let Value::Array(list) = jobs else {
+        return Err(ApiError::BadRequest {
+            message: "`jobs` must be an array".into(),
+            param: Some("jobs".into()),
+        });
+    };
+    if list.is_empty() {
+        return Err(ApiError::BadRequest {
+            message: "`jobs` is empty".into(),
+            param: Some("jobs".into()),
+        });
+    }
+    if list.len() > max {
+        return Err(ApiError::TooLarge(format!(
+            "{} jobs in one request; the limit is {max}: split the submission",
+            list.len()
+        )));
+    }
+    let batch_id = obj
+        .remove("batch_id")
+        .and_then(|v| v.as_str().map(str::to_owned));
+    let metadata = obj.remove("metadata").unwrap_or_else(|| json!({}));
+    if let Some(k) = obj.keys().next() {
+        return Err(ApiError::BadRequest {
+            message: format!("unknown field `{k}` beside `jobs`"),
+            param: Some(k.clone()),
+        });
+    }
+    Ok((list, batch_id, metadata, true))
+}
+
+fn submitted(i: &Inserted) -> Value {
+    json!({"id": i.id, "object": "job", "custom_id": i.custom_id, "status": "queued", "created": i.created})
+}
+
+fn single_response(batch_id: &Option<String>, i: &Inserted) -> Value {
+    let mut v = submitted(i);
+    v["batch_id"] = json!(batch_id);
+    v
+}
+
+fn list_response(batch_id: &Option<String>, inserted: &[Inserted]) -> Value {
+    json!({"object": "list", "batch_id": batch_id, "data": inserted.iter().map(submitted).collect::<Vec<_>>()})
+}
+
+/// Query of `GET /v1/jobs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    batch_id: Option<String>,
+    status: Option<String>,
+    after: Option<String>,
+    limit: Option<i64>,
+}
+
+/// Lists the tenant's jobs, oldest first, paginated with `after`.
+pub async fn list(
+    State(ctx): State<Arc<Ctx>>,
+    Tenant(tenant): Tenant,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad(e.body_text()))?;
+    if let Some(s) = &q.status
+        && JobStatus::parse(s).is_none()
+    {
+        return Err(ApiError::BadRequest {
+            message: format!(
+                "unknown status `{s}`; one of {}",
+                JobStatus::ALL.map(JobStatus::as_str).join(", ")
+            ),
+            param: Some("status".into()),
+        });
+    }
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest {
+            message: "limit must be between 1 and 1000".into(),
+            param: Some("limit".into()),
+        });
+    }
+    let filter = JobFilter {
+        batch_id: q.batch_id,
+        status: q.status,
+        after: q.after,
+        finished: false,
+        limit: limit + 1,
+    };
+    let mut rows = crate::db::jobs::list(&ctx.pool, &tenant, &filter).await?;
+    let has_more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    Ok(Json(json!({
+        "object": "list",
+        "data": rows.iter().map(job_view).collect::<Vec<_>>(),
+        "first_id": rows.first().map(|r| &r.id),
+        "last_id": rows.last().map(|r| &r.id),
+        "has_more": has_more,
+    })))
+}
+
+/// One job of the tenant's; another tenant's job is indistinguishable from a missing one.
+pub async fn get(
+    State(ctx): State<Arc<Ctx>>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let row = crate::db::jobs::get(&ctx.pool, &tenant, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no job `{id}`")))?;
+    Ok(Json(job_view(&row)))
+}
+
+/// The API's view of a job.
+pub fn job_view(r: &JobRow) -> Value {
+    json!({
+        "id": r.id,
+        "object": "job",
+        "batch_id": r.batch_id,
+        "custom_id": r.custom_id,
+        "model": r.model,
+        "status": r.status,
+        "route": r.route,
+        "route_reason": r.route_reason,
+        "deployment": r.deployment,
+        "attempts": r.attempt,
+        "max_attempts": r.max_attempts,
+        "priority": r.priority,
+        "tags": r.tags,
+        "deadline": r.deadline,
+        "usage": {"input_tokens": r.input_tokens, "output_tokens": r.output_tokens, "cached_tokens": r.cached_tokens},
+        "cost_usd": r.cost_usd.to_string(),
+        "baseline_cost_usd": r.baseline_cost_usd.map(|d| d.to_string()),
+        "response": r.response,
+        "error": r.error,
+        "errors": r.errors,
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+        "finalized_at": r.finalized_at,
+        "cancel_requested_at": r.cancel_requested_at,
+        "dead_letter_purged_at": r.dead_letter_purged_at,
+    })
+}

@@ -1,0 +1,95 @@
+//! The HTTP API (axum). Handlers are thin: parse, call, map. Every route under `/v1` needs a
+//! tenant API key, and every query is scoped to that tenant.
+
+mod batches;
+mod budgets;
+mod cancel;
+mod dead_letters;
+mod error;
+mod jobs;
+mod models;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use serde_json::json;
+
+pub use error::ApiError;
+
+use crate::app::Ctx;
+
+/// The API's routes over `ctx`.
+pub fn router(ctx: Arc<Ctx>) -> Router {
+    let limit = ctx.config.server.max_body_bytes;
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(json!({"status": "ok"})) }),
+        )
+        .route("/readyz", get(readyz))
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/{*model}", get(models::get))
+        .route("/v1/budgets", get(budgets::list))
+        .route("/v1/jobs", post(jobs::create).get(jobs::list))
+        .route("/v1/jobs/{id}", get(jobs::get))
+        .route("/v1/jobs/{id}/cancel", post(cancel::job))
+        .route("/v1/batches/{id}", get(batches::get))
+        .route("/v1/batches/{id}/cancel", post(cancel::batch))
+        .route("/v1/dead_letters", get(dead_letters::list))
+        .route("/v1/dead_letters/requeue", post(dead_letters::requeue))
+        .route("/v1/dead_letters/purge", post(dead_letters::purge))
+        .route("/v1/batches/{id}/results", get(batches::results))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(ctx)
+}
+
+async fn readyz(State(ctx): State<Arc<Ctx>>) -> impl IntoResponse {
+    let (db, broker) = tokio::join!(crate::db::ping(&ctx.pool), ctx.broker.ping());
+    let status = if db && broker {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(json!({"database": db, "broker": broker})),
+    )
+}
+
+/// The tenant whose API key authenticated the request.
+#[derive(Debug, Clone)]
+pub struct Tenant(pub String);
+
+impl FromRequestParts<Arc<Ctx>> for Tenant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        ctx: &Arc<Ctx>,
+    ) -> Result<Self, Self::Rejection> {
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                ApiError::Unauthorized(
+                    "missing Authorization header: send `Authorization: Bearer sk-sluice-…`".into(),
+                )
+            })?;
+        let key = value.strip_prefix("Bearer ").ok_or_else(|| {
+            ApiError::Unauthorized("Authorization must be `Bearer <api key>`".into())
+        })?;
+        match ctx.keys.tenant(key.trim()).await? {
+            Some(t) => Ok(Tenant(t)),
+            None => Err(ApiError::Unauthorized(
+                "invalid API key (create one with `sluice keys create --tenant NAME`)".into(),
+            )),
+        }
+    }
+}

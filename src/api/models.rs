@@ -1,0 +1,41 @@
+//! `GET /v1/models`: the aliases a tenant may ask for, and whether a model name resolves.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde_json::{Value, json};
+
+use super::{ApiError, Tenant};
+use crate::app::Ctx;
+
+/// Lists the configured aliases in OpenAI's list shape.
+pub async fn list(State(ctx): State<Arc<Ctx>>, _t: Tenant) -> Json<Value> {
+    let catalog = ctx.catalog();
+    let data: Vec<Value> = catalog
+        .alias_names()
+        .filter_map(|a| catalog.resolve(a).ok().map(|r| (a, r)))
+        .map(|(a, r)| model_object(a, &r))
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+/// Resolves one alias or model name; 404 with the reason if it does not resolve.
+pub async fn get(
+    State(ctx): State<Arc<Ctx>>,
+    _t: Tenant,
+    Path(model): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let r = ctx.catalog().resolve(&model).map_err(ApiError::NotFound)?;
+    Ok(Json(model_object(&model, &r)))
+}
+
+fn model_object(id: &str, r: &crate::domain::catalog::Resolved) -> Value {
+    json!({
+        "id": id,
+        "object": "model",
+        "created": 0,
+        "owned_by": "sluice",
+        "deployments": r.deployments.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    })
+}

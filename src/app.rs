@@ -1,0 +1,259 @@
+//! Wiring: builds the shared context (pool, broker, catalog, providers), binds the API listener
+//! (port 0 in tests) and starts each role's loops under one supervisor that stops them cleanly.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::KeyCache;
+use crate::config::Config;
+use crate::domain::catalog::Catalog;
+use crate::domain::pricing::PriceBook;
+use crate::providers::Providers;
+use crate::queue::{Broker, Topology};
+
+/// Everything the API, ingest and workers share.
+#[derive(Debug)]
+pub struct Ctx {
+    pub config: Config,
+    pub pool: PgPool,
+    pub broker: Broker,
+    pub providers: Providers,
+    pub keys: KeyCache,
+    catalog: RwLock<Arc<Catalog>>,
+}
+
+impl Ctx {
+    /// Connects to Postgres (migrating it) and prepares the broker handle and provider clients.
+    pub async fn connect(config: Config) -> anyhow::Result<Arc<Ctx>> {
+        let pool = crate::db::connect(&config.database).await?;
+        crate::db::migrate(&pool).await?;
+        crate::db::prices::seed(&pool, &PriceBook::seed_rows(&config.prices)).await?;
+        seed_budgets(&pool, &config).await?;
+        let prices = crate::db::prices::load(&pool).await?;
+        let catalog = Catalog::new(&config, prices);
+        let broker = Broker::new(&config.amqp.url, Topology::new(&config.amqp.prefix));
+        let providers = Providers::from_config(&config)?;
+        Ok(Arc::new(Ctx {
+            keys: KeyCache::new(pool.clone()),
+            catalog: RwLock::new(Arc::new(catalog)),
+            config,
+            pool,
+            broker,
+            providers,
+        }))
+    }
+
+    /// The current catalog (aliases and prices).
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Re-reads prices so rows added to the `prices` table take effect without a restart.
+    pub async fn refresh_prices(&self) -> Result<(), sqlx::Error> {
+        let prices = crate::db::prices::load(&self.pool).await?;
+        let catalog = Arc::new(Catalog::new(&self.config, prices));
+        match self.catalog.write() {
+            Ok(mut c) => *c = catalog,
+            Err(p) => *p.into_inner() = catalog,
+        }
+        Ok(())
+    }
+}
+
+/// Writes configured budgets to the `budgets` table (run-time `cli` changes win).
+async fn seed_budgets(pool: &PgPool, config: &Config) -> Result<(), sqlx::Error> {
+    use crate::domain::budget::Scope;
+    for (key, b) in &config.budgets.deployments {
+        crate::db::budgets::set(pool, &Scope::Deployment(key.clone()), b, "config").await?;
+    }
+    for (key, b) in &config.budgets.tenants {
+        crate::db::budgets::set(pool, &Scope::Tenant(key.clone()), b, "config").await?;
+    }
+    Ok(())
+}
+
+/// Which loops a process runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Roles {
+    pub api: bool,
+    pub worker: bool,
+    pub ingest: bool,
+    pub maintenance: bool,
+}
+
+impl Roles {
+    /// Everything (`sluice up`).
+    pub fn all() -> Self {
+        Self {
+            api: true,
+            worker: true,
+            ingest: true,
+            maintenance: true,
+        }
+    }
+}
+
+/// A running sluice: its API address (if any) and the handle that stops it.
+#[derive(Debug)]
+pub struct Running {
+    pub api_addr: Option<std::net::SocketAddr>,
+    pub worker_id: String,
+    pub ctx: Arc<Ctx>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    heartbeat_stop: CancellationToken,
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops taking work, lets in-flight work finish, and returns when every loop has ended.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+        // Only now, with nothing left in flight, stop proving this worker alive.
+        self.heartbeat_stop.cancel();
+        if let Some(h) = self.heartbeat {
+            let _ = h.await;
+        }
+    }
+
+    /// Waits until the process is asked to stop (Ctrl-C or SIGTERM), then stops.
+    pub async fn run_until_signal(self) {
+        wait_for_signal().await;
+        tracing::info!("stopping: finishing in-flight work");
+        self.stop().await;
+        tracing::info!("stopped");
+    }
+
+    /// The token that stops this instance (for embedding).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// Starts the given roles on `ctx`. The API binds `config.server.listen` (port 0 picks one).
+pub async fn start(ctx: Arc<Ctx>, roles: Roles) -> anyhow::Result<Running> {
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let worker_id = crate::ids::new_id("wrk");
+    let heartbeat_stop = CancellationToken::new();
+    let mut heartbeat = None;
+    let mut api_addr = None;
+    if roles.api {
+        let listener = TcpListener::bind(ctx.config.listen_addr())
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot listen on {}: {e} (set server.listen or SLUICE_LISTEN)",
+                    ctx.config.server.listen
+                )
+            })?;
+        api_addr = Some(listener.local_addr()?);
+        let router = crate::api::router(ctx.clone());
+        let token = shutdown.clone();
+        tracker.spawn(async move {
+            let serve = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { token.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "API server stopped with an error");
+            }
+        });
+    }
+    if roles.worker || roles.maintenance {
+        crate::db::maintenance::register_worker(
+            &ctx.pool,
+            &worker_id,
+            &hostname(),
+            std::process::id(),
+        )
+        .await?;
+        heartbeat = Some(tokio::spawn(crate::worker::maintenance::heartbeat(
+            ctx.clone(),
+            worker_id.clone(),
+            hostname(),
+            heartbeat_stop.clone(),
+        )));
+    }
+    if roles.worker {
+        tracker.spawn(crate::worker::run(
+            ctx.clone(),
+            worker_id.clone(),
+            shutdown.clone(),
+        ));
+    }
+    if roles.ingest {
+        tracker.spawn(crate::queue::ingest::run(ctx.clone(), shutdown.clone()));
+    }
+    if roles.maintenance {
+        tracker.spawn(crate::worker::maintenance::run(
+            ctx.clone(),
+            shutdown.clone(),
+        ));
+        tracker.spawn(crate::batch::run(
+            ctx.clone(),
+            worker_id.clone(),
+            shutdown.clone(),
+        ));
+    }
+    tracker.spawn(refresh_prices(ctx.clone(), shutdown.clone()));
+    Ok(Running {
+        api_addr,
+        worker_id,
+        ctx,
+        shutdown,
+        tracker,
+        heartbeat_stop,
+        heartbeat,
+    })
+}
+
+async fn refresh_prices(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+        if let Err(e) = ctx.refresh_prices().await {
+            tracing::warn!(error = %e, "could not refresh prices; keeping the ones loaded");
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,166 @@
+//! `sluice budgets show|set`: shared limits, read and changed in Postgres directly (admin).
+
+use clap::{Args, Subcommand};
+use comfy_table::Table;
+use rust_decimal::Decimal;
+
+use crate::config::{BudgetSettings, Config};
+use crate::db::budgets::BudgetReport;
+use crate::domain::budget::Scope;
+
+/// `sluice budgets …`
+#[derive(Debug, Subcommand)]
+pub enum BudgetsCommand {
+    /// Show every budget: limit, what is reserved or used in the current window, spend, resets.
+    Show {
+        /// Only this tenant's budget (and the deployments').
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Output format.
+        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+        format: String,
+    },
+    /// Set limits on a deployment or a tenant; takes effect at once in every process.
+    Set(SetArgs),
+}
+
+/// What to change.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("scope").required(true).args(["deployment", "tenant"])))]
+pub struct SetArgs {
+    /// A deployment, `provider/model`.
+    #[arg(long)]
+    pub deployment: Option<String>,
+    /// A tenant.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Tokens per minute.
+    #[arg(long)]
+    pub tpm: Option<i64>,
+    /// Requests per minute.
+    #[arg(long)]
+    pub rpm: Option<i64>,
+    /// Deployments: prompt tokens enqueued at once in provider batches.
+    #[arg(long)]
+    pub batch_enqueued_tokens: Option<i64>,
+    /// Tenants: USD cap per UTC day.
+    #[arg(long)]
+    pub daily_usd: Option<Decimal>,
+    /// Tenants: USD cap per UTC month.
+    #[arg(long)]
+    pub monthly_usd: Option<Decimal>,
+    /// Tenants: what happens to a job over a USD cap.
+    #[arg(long, value_parser = ["defer", "reject"])]
+    pub policy: Option<String>,
+    /// Tenants: share of contended capacity, 1 to 100.
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=100))]
+    pub weight: Option<i32>,
+}
+
+/// Runs a budgets command.
+pub async fn run(config: &Config, command: BudgetsCommand) -> anyhow::Result<()> {
+    let pool = super::admin_pool(config).await?;
+    match command {
+        BudgetsCommand::Show { tenant, format } => {
+            let rows = crate::db::budgets::report(&pool, tenant.as_deref()).await?;
+            if format == "json" {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print_table(&rows);
+            }
+        }
+        BudgetsCommand::Set(a) => {
+            let scope = match (&a.deployment, &a.tenant) {
+                (Some(d), _) => {
+                    if crate::domain::catalog::Deployment::parse(d).is_none() {
+                        anyhow::bail!("--deployment `{d}` is not `provider/model`");
+                    }
+                    Scope::Deployment(d.clone())
+                }
+                (None, Some(t)) => Scope::Tenant(t.clone()),
+                (None, None) => anyhow::bail!("name a --deployment or a --tenant"),
+            };
+            if matches!(scope, Scope::Deployment(_))
+                && (a.daily_usd.is_some()
+                    || a.monthly_usd.is_some()
+                    || a.policy.is_some()
+                    || a.weight.is_some())
+            {
+                anyhow::bail!("USD caps, --policy and --weight apply to tenants; use --tenant");
+            }
+            for (name, v) in [
+                ("--tpm", a.tpm),
+                ("--rpm", a.rpm),
+                ("--batch-enqueued-tokens", a.batch_enqueued_tokens),
+            ] {
+                if v.is_some_and(|v| v <= 0) {
+                    anyhow::bail!("{name} must be a positive number");
+                }
+            }
+            let settings = BudgetSettings {
+                tpm: a.tpm,
+                rpm: a.rpm,
+                batch_enqueued_tokens: a.batch_enqueued_tokens,
+                daily_usd: a.daily_usd,
+                monthly_usd: a.monthly_usd,
+                policy: a.policy,
+                weight: a.weight,
+            };
+            crate::db::budgets::set(&pool, &scope, &settings, "cli").await?;
+            let (s, k) = scope.parts();
+            eprintln!("updated {s} {k}");
+            let rows = crate::db::budgets::report(&pool, None).await?;
+            print_table(
+                &rows
+                    .into_iter()
+                    .filter(|r| r.scope == s && r.key == k)
+                    .collect::<Vec<_>>(),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn opt<T: ToString>(v: &Option<T>) -> String {
+    v.as_ref()
+        .map_or_else(|| "-".to_string(), ToString::to_string)
+}
+
+fn print_table(rows: &[BudgetReport]) {
+    let mut t = Table::new();
+    t.set_header([
+        "scope",
+        "key",
+        "tpm",
+        "tokens (60s)",
+        "rpm",
+        "requests (60s)",
+        "daily $",
+        "monthly $",
+        "policy",
+        "spent today $",
+        "spent month $",
+        "in flight $",
+        "paused until",
+        "window frees",
+    ]);
+    for r in rows {
+        t.add_row([
+            r.scope.clone(),
+            r.key.clone(),
+            opt(&r.tpm),
+            r.tokens_in_window.to_string(),
+            opt(&r.rpm),
+            r.requests_in_window.to_string(),
+            opt(&r.daily_usd),
+            opt(&r.monthly_usd),
+            r.usd_policy.clone(),
+            r.spent_today_usd.round_dp(6).to_string(),
+            r.spent_month_usd.round_dp(6).to_string(),
+            r.held_usd.round_dp(6).to_string(),
+            opt(&r.paused_until.map(|p| p.to_rfc3339())),
+            r.window_resets_at.to_rfc3339(),
+        ]);
+    }
+    println!("{t}");
+}

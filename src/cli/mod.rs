@@ -1,0 +1,273 @@
+//! The `sluice` command line: server roles, admin commands that talk to Postgres directly, and
+//! client commands that talk to a running sluice over its HTTP API.
+
+mod budgets;
+mod cancel;
+mod client;
+mod dead_letters;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::app::{self, Ctx, Roles};
+use crate::config::Config;
+
+/// sluice: a queue-driven batch gateway for LLM APIs.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file (default: the built-in configuration).
+    #[arg(long, global = true, env = "SLUICE_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Every subcommand.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run everything in one process: migrations, API, workers, ingest, relay and sweeper.
+    Up {
+        /// Also start the mock provider and point every provider at it.
+        #[arg(long)]
+        mock: bool,
+        /// Port of the mock provider (with --mock); 0 picks a free one.
+        #[arg(long, default_value_t = 0)]
+        mock_port: u16,
+    },
+    /// Run the HTTP API only (plus the relay that publishes recorded jobs).
+    Serve,
+    /// Run a worker: AMQP ingest, the worker pool and the maintenance loops.
+    Worker,
+    /// Apply database migrations and seed prices, then exit.
+    Migrate,
+    /// Run the mock provider (OpenAI wire format) for local runs and tests.
+    MockProvider {
+        #[arg(long, default_value_t = 9090)]
+        port: u16,
+        /// Latency added to every answer, e.g. 50ms.
+        #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+        latency: Duration,
+        /// Fraction of requests answered with a 500, between 0 and 1.
+        #[arg(long, default_value_t = 0.0)]
+        error_rate: f64,
+        /// Tokens per minute per model, enforced with 429s and x-ratelimit-* headers.
+        #[arg(long)]
+        tpm: Option<u64>,
+        /// Requests per minute per model.
+        #[arg(long)]
+        rpm: Option<u64>,
+        /// How long a provider batch takes to complete, e.g. 5s.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        batch_delay: Duration,
+    },
+    /// Manage API keys (talks to Postgres directly).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Benchmarks (see BENCHMARKS.md); each uses its own database and queues.
+    Bench {
+        #[command(subcommand)]
+        command: crate::bench::BenchCommand,
+    },
+    /// Show or change shared budgets (talks to Postgres directly).
+    Budgets {
+        #[command(subcommand)]
+        command: budgets::BudgetsCommand,
+    },
+    /// Enqueue a JSONL file (OpenAI batch input format or sluice's job format).
+    Submit(client::SubmitArgs),
+    /// Show a batch's progress, tokens and cost.
+    Status {
+        batch_id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Download a batch's finished results as JSONL (partial while it runs).
+    Results {
+        batch_id: String,
+        /// Write here instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Cancel a job (`job_…`) or every unfinished job of a batch (`batch_…`).
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Jobs that finally failed: list, show, requeue, purge (talks to Postgres directly).
+    DeadLetters {
+        #[command(subcommand)]
+        command: dead_letters::DeadLettersCommand,
+    },
+}
+
+/// `sluice keys …`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create an API key for a tenant (creating the tenant if new). Prints the key once.
+    Create {
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+/// Where the API is and how to authenticate.
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// Base URL of a running sluice.
+    #[arg(long, env = "SLUICE_API_URL", default_value = "http://127.0.0.1:8080")]
+    pub api_url: String,
+    /// Tenant API key (`sk-sluice-…`).
+    #[arg(long, env = "SLUICE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration like 50ms or 2s: {e}"))
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let load = || Config::load(cli.config.as_deref()).context("loading configuration");
+    match cli.command {
+        Command::Up { mock, mock_port } => {
+            let mut config = load()?;
+            if mock {
+                let m = crate::mock::start(
+                    SocketAddr::from(([127, 0, 0, 1], mock_port)),
+                    Default::default(),
+                )
+                .await?;
+                config.point_providers_at(&m.base_url());
+                tracing::info!(url = %m.base_url(), "mock provider started; every provider points at it");
+            }
+            serve_roles(config, Roles::all()).await
+        }
+        Command::Serve => {
+            serve_roles(
+                load()?,
+                Roles {
+                    api: true,
+                    maintenance: true,
+                    ..Default::default()
+                },
+            )
+            .await
+        }
+        Command::Worker => {
+            serve_roles(
+                load()?,
+                Roles {
+                    worker: true,
+                    ingest: true,
+                    maintenance: true,
+                    ..Default::default()
+                },
+            )
+            .await
+        }
+        Command::Migrate => {
+            let config = load()?;
+            admin_pool(&config).await?;
+            eprintln!("migrations applied and prices seeded");
+            Ok(())
+        }
+        Command::MockProvider {
+            port,
+            latency,
+            error_rate,
+            tpm,
+            rpm,
+            batch_delay,
+        } => {
+            if !(0.0..=1.0).contains(&error_rate) {
+                anyhow::bail!("--error-rate must be between 0 and 1, got {error_rate}");
+            }
+            let m = crate::mock::start(
+                SocketAddr::from(([0, 0, 0, 0], port)),
+                crate::mock::MockSettings {
+                    latency,
+                    error_rate,
+                    tpm,
+                    rpm,
+                    batch_delay,
+                    ..Default::default()
+                },
+            )
+            .await
+            .with_context(|| format!("cannot listen on port {port}; pick another with --port"))?;
+            eprintln!(
+                "mock provider listening on http://{} (OpenAI base URL http://127.0.0.1:{}/v1)",
+                m.addr,
+                m.addr.port()
+            );
+            app::wait_for_signal().await;
+            Ok(())
+        }
+        Command::Keys {
+            command: KeysCommand::Create { tenant },
+        } => {
+            if !crate::db::tenants::valid_tenant_name(&tenant) {
+                anyhow::bail!(
+                    "tenant `{tenant}` is not a valid name: use lowercase letters, digits, '-', '_' or '.', starting with a letter or digit"
+                );
+            }
+            let config = load()?;
+            let pool = admin_pool(&config).await?;
+            let created = crate::db::tenants::create_key(&pool, &tenant).await?;
+            if created.tenant_created {
+                eprintln!("created tenant `{}`", created.tenant);
+            }
+            eprintln!(
+                "API key for tenant `{}` (shown once; store it now):",
+                created.tenant
+            );
+            println!("{}", created.key);
+            Ok(())
+        }
+        Command::Bench { command } => crate::bench::run(load()?, command).await,
+        Command::Budgets { command } => budgets::run(&load()?, command).await,
+        Command::Submit(args) => client::submit(args).await,
+        Command::Status { batch_id, api } => client::status(&api, &batch_id).await,
+        Command::Results {
+            batch_id,
+            output,
+            api,
+        } => client::results(&api, &batch_id, output).await,
+        Command::Cancel { id, api } => cancel::cancel(&api, &id).await,
+        Command::DeadLetters { command } => dead_letters::run(&load()?, command).await,
+    }
+}
+
+/// A migrated, seeded pool for admin commands (no broker, no providers).
+pub(crate) async fn admin_pool(config: &Config) -> anyhow::Result<sqlx::PgPool> {
+    let pool = crate::db::connect(&config.database).await?;
+    crate::db::migrate(&pool).await?;
+    crate::db::prices::seed(
+        &pool,
+        &crate::domain::pricing::PriceBook::seed_rows(&config.prices),
+    )
+    .await?;
+    Ok(pool)
+}
+
+async fn serve_roles(config: Config, roles: Roles) -> anyhow::Result<()> {
+    let ctx = Ctx::connect(config).await?;
+    let running = app::start(ctx, roles).await?;
+    if let Some(addr) = running.api_addr {
+        tracing::info!(%addr, "sluice API listening");
+        eprintln!("sluice API listening on http://{addr}");
+    }
+    running.run_until_signal().await;
+    Ok(())
+}

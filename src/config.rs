@@ -1,0 +1,616 @@
+//! The settings tree: one struct, loaded once at start-up from `sluice.toml` (or the built-in
+//! default) and `SLUICE_…` environment variables, validated, then passed down by reference.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The configuration used when neither `--config` nor `SLUICE_CONFIG` names a file.
+pub const DEFAULT_CONFIG: &str = include_str!("../sluice.toml");
+
+/// Top-level sections that environment variables may override (`SLUICE_WORKER__CONCURRENCY`).
+const ENV_SECTIONS: &[&str] = &[
+    "batch",
+    "budgets",
+    "server",
+    "database",
+    "amqp",
+    "worker",
+    "limits",
+    "routing",
+    "providers",
+    "aliases",
+];
+
+/// Everything sluice can be configured with.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub amqp: AmqpConfig,
+    pub worker: WorkerConfig,
+    pub limits: LimitsConfig,
+    pub routing: RoutingConfig,
+    /// Upstream providers by name; a deployment is `name/model`.
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Model aliases a job may ask for, each an ordered list of deployments.
+    pub aliases: BTreeMap<String, AliasConfig>,
+    /// Prices that add to or override the built-in price list.
+    pub prices: Vec<PriceConfig>,
+    /// Shared limits, seeded into the `budgets` table at start-up.
+    pub budgets: BudgetsConfig,
+    /// The provider batch path.
+    pub batch: BatchConfig,
+}
+
+/// How batch-route jobs are packed into provider batches and followed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Send a partial batch once its oldest job has waited this long.
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// Send as soon as this many jobs wait for one deployment (capped by the provider's limit).
+    pub max_items: usize,
+    /// How often the poller checks open provider batches.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How long a poller owns a provider batch before another process may take it over.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// The completion window requested from providers that take one (OpenAI: `24h`).
+    pub completion_window: String,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_wait: Duration::from_secs(60),
+            max_items: 10_000,
+            poll_interval: Duration::from_secs(30),
+            lease: Duration::from_secs(120),
+            completion_window: "24h".into(),
+        }
+    }
+}
+
+/// Limits per deployment (`"provider/model"`) and per tenant.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetsConfig {
+    pub deployments: BTreeMap<String, BudgetSettings>,
+    pub tenants: BTreeMap<String, BudgetSettings>,
+}
+
+/// Limits on one scope; an absent value is unlimited (or, when changing limits, unchanged).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetSettings {
+    /// Tokens per minute (estimated prompt + `max_tokens` reserved, actual usage settled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<i64>,
+    /// Requests per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<i64>,
+    /// Deployments only: prompt tokens enqueued at once in provider batches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_enqueued_tokens: Option<i64>,
+    /// Tenants only: USD per UTC day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_usd: Option<rust_decimal::Decimal>,
+    /// Tenants only: USD per UTC month.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_usd: Option<rust_decimal::Decimal>,
+    /// Tenants only: `defer` (wait for the next period) or `reject` (fail with budget_exceeded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// Tenants only: share of contended capacity (1–100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<i32>,
+}
+
+/// The HTTP API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    /// Largest request body the API accepts, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Postgres.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub max_connections: u32,
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/sluice".into(),
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// RabbitMQ.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmqpConfig {
+    pub url: String,
+    /// Prepended to every exchange and queue name; empty in production, unique per test.
+    pub prefix: String,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        Self {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            prefix: String::new(),
+        }
+    }
+}
+
+/// The worker pool and its maintenance loops.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Upstream calls in flight per worker process.
+    pub concurrency: usize,
+    /// Unacknowledged deliveries RabbitMQ may push to one worker process.
+    pub prefetch: u16,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A worker silent this long is presumed dead and its running jobs are re-queued.
+    #[serde(with = "humantime_serde")]
+    pub dead_after: Duration,
+    #[serde(with = "humantime_serde")]
+    pub relay_interval: Duration,
+    /// A queued job not yet published after this long is published by the relay.
+    #[serde(with = "humantime_serde")]
+    pub relay_grace: Duration,
+    /// Upstream attempts per job unless its alias says otherwise.
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub retry_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// Consecutive failures (retryable or rate-limited) that open a deployment's circuit
+    /// breaker, shared by every process; 0 turns breakers off.
+    pub breaker_failures: u32,
+    /// How long an open breaker keeps calls away from its deployment before one probe call.
+    #[serde(with = "humantime_serde")]
+    pub breaker_cooldown: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 256,
+            prefetch: 512,
+            heartbeat_interval: Duration::from_secs(2),
+            dead_after: Duration::from_secs(15),
+            relay_interval: Duration::from_millis(500),
+            relay_grace: Duration::from_secs(5),
+            max_attempts: 4,
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Input limits enforced before anything is enqueued.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest single chat request body, in bytes.
+    pub max_request_bytes: usize,
+    /// Most jobs in one `POST /v1/jobs` call.
+    pub max_jobs_per_request: usize,
+    /// `max_tokens` assumed for a request that sets none.
+    pub default_max_tokens: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: 1024 * 1024,
+            max_jobs_per_request: 10_000,
+            default_max_tokens: 1024,
+        }
+    }
+}
+
+/// How model names resolve and which route jobs take.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Provider for a bare model name (`gpt-4o-mini`) that is not an alias.
+    pub default_provider: Option<String>,
+    /// How long a provider batch is assumed to take; `auto` batches a job only when its
+    /// deadline is at least this plus `batch_margin` away.
+    #[serde(with = "humantime_serde")]
+    pub batch_turnaround: Duration,
+    #[serde(with = "humantime_serde")]
+    pub batch_margin: Duration,
+    /// A batched job still without a result this close to its deadline moves to real-time.
+    #[serde(with = "humantime_serde")]
+    pub realtime_margin: Duration,
+    /// Tag rules that pick an alias (and route) for jobs that name no model; first match wins.
+    pub rules: Vec<crate::domain::routing::RouteRule>,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            default_provider: None,
+            batch_turnaround: Duration::from_secs(12 * 3600),
+            batch_margin: Duration::from_secs(3600),
+            realtime_margin: Duration::from_secs(30 * 60),
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// The wire format a provider speaks.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// OpenAI chat completions: OpenAI, vLLM, Ollama, DeepSeek, Mistral, Qwen, Kimi, GLM, ….
+    Openai,
+    /// Anthropic Messages (`x-api-key`, `anthropic-version`), translated from OpenAI's format.
+    Anthropic,
+}
+
+/// One upstream provider.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub kind: ProviderKind,
+    pub base_url: String,
+    /// Name of the environment variable holding the API key; the key never sits in the file.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default = "default_call_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// The price-list provider name, when it differs from this provider's name.
+    #[serde(default)]
+    pub price_provider: Option<String>,
+    /// Whether this provider offers a batch API (OpenAI and Anthropic do; vLLM and Ollama do not).
+    #[serde(default)]
+    pub batch: bool,
+}
+
+fn default_call_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+
+/// A model alias.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AliasConfig {
+    /// Ordered `provider/model` deployments: the first is preferred, the rest are fallbacks.
+    pub deployments: Vec<String>,
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// The premium real-time deployment savings are measured against (default: the first).
+    #[serde(default)]
+    pub premium: Option<String>,
+    /// Opt-in response cache: identical requests of a tenant within this time are answered
+    /// from the cache at no cost.
+    #[serde(default, with = "humantime_serde")]
+    pub cache_ttl: Option<Duration>,
+}
+
+/// A price row from config, in USD per million tokens (decimal strings or numbers).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceConfig {
+    pub provider: String,
+    pub model: String,
+    pub input_usd_per_mtok: rust_decimal::Decimal,
+    pub output_usd_per_mtok: rust_decimal::Decimal,
+    #[serde(default)]
+    pub cached_input_usd_per_mtok: Option<rust_decimal::Decimal>,
+    #[serde(default)]
+    pub batch_input_usd_per_mtok: Option<rust_decimal::Decimal>,
+    #[serde(default)]
+    pub batch_output_usd_per_mtok: Option<rust_decimal::Decimal>,
+    /// When this price starts to apply (RFC 3339); default: the Unix epoch.
+    #[serde(default)]
+    pub effective_from: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// A configuration problem, naming the key, the bad value and what is expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config: {0}")]
+    Parse(Box<figment::Error>),
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+    #[error("config file {path}: {source}")]
+    Missing {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl Config {
+    /// Loads the file at `path` (or the built-in default) and then the environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let base = match path {
+            Some(p) => {
+                if let Err(source) = std::fs::metadata(p) {
+                    return Err(ConfigError::Missing {
+                        path: p.to_owned(),
+                        source,
+                    });
+                }
+                Figment::from(Serialized::defaults(Config::default())).merge(Toml::file(p))
+            }
+            None => Figment::from(Serialized::defaults(Config::default()))
+                .merge(Toml::string(DEFAULT_CONFIG)),
+        };
+        Self::from_figment(base.merge(env_layer()))
+    }
+
+    /// Parses a TOML string on top of the struct defaults (tests and examples).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Self::from_figment(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)),
+        )
+    }
+
+    fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: cross references and ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| Err(ConfigError::Invalid { key, message });
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            return invalid(
+                "server.listen".into(),
+                format!(
+                    "`{}` is not an address like 127.0.0.1:8080",
+                    self.server.listen
+                ),
+            );
+        }
+        if self.worker.concurrency == 0 {
+            return invalid("worker.concurrency".into(), "must be at least 1".into());
+        }
+        if self.worker.max_attempts == 0 {
+            return invalid("worker.max_attempts".into(), "must be at least 1".into());
+        }
+        for (name, provider) in &self.providers {
+            if url::Url::parse(&provider.base_url).is_err() {
+                return invalid(
+                    format!("providers.{name}.base_url"),
+                    format!(
+                        "`{}` is not a URL like https://api.openai.com/v1",
+                        provider.base_url
+                    ),
+                );
+            }
+        }
+        for (scope, map) in [
+            ("deployments", &self.budgets.deployments),
+            ("tenants", &self.budgets.tenants),
+        ] {
+            for (key, b) in map {
+                if let Some(p) = &b.policy
+                    && p != "defer"
+                    && p != "reject"
+                {
+                    return invalid(
+                        format!("budgets.{scope}.{key}.policy"),
+                        format!("`{p}` is not `defer` or `reject`"),
+                    );
+                }
+                if b.tpm.is_some_and(|v| v <= 0) || b.rpm.is_some_and(|v| v <= 0) {
+                    return invalid(
+                        format!("budgets.{scope}.{key}"),
+                        "tpm and rpm must be positive".into(),
+                    );
+                }
+                if b.weight.is_some_and(|w| !(1..=100).contains(&w)) {
+                    return invalid(
+                        format!("budgets.{scope}.{key}.weight"),
+                        "must be between 1 and 100".into(),
+                    );
+                }
+            }
+        }
+        if let Some(p) = &self.routing.default_provider
+            && !self.providers.contains_key(p)
+        {
+            return invalid(
+                "routing.default_provider".into(),
+                format!(
+                    "`{p}` is not one of the configured providers {:?}",
+                    self.provider_names()
+                ),
+            );
+        }
+        for (i, r) in self.routing.rules.iter().enumerate() {
+            if !self.aliases.contains_key(&r.alias) {
+                return invalid(
+                    format!("routing.rules[{i}].alias"),
+                    format!("`{}` is not a configured alias", r.alias),
+                );
+            }
+        }
+        for (alias, a) in &self.aliases {
+            if let Some(p) = &a.premium
+                && crate::domain::catalog::Deployment::parse(p)
+                    .is_none_or(|d| !self.providers.contains_key(&d.provider))
+            {
+                return invalid(
+                    format!("aliases.{alias}.premium"),
+                    format!("`{p}` is not `provider/model` of a configured provider"),
+                );
+            }
+            if a.deployments.is_empty() {
+                return invalid(
+                    format!("aliases.{alias}.deployments"),
+                    "must name at least one deployment".into(),
+                );
+            }
+            for d in &a.deployments {
+                match d.split_once('/') {
+                    Some((p, m)) if self.providers.contains_key(p) && !m.is_empty() => {}
+                    _ => {
+                        return invalid(
+                            format!("aliases.{alias}.deployments"),
+                            format!(
+                                "`{d}` is not `provider/model` with a provider among {:?}",
+                                self.provider_names()
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn provider_names(&self) -> Vec<&str> {
+        self.providers.keys().map(String::as_str).collect()
+    }
+
+    /// The socket address the API binds.
+    pub fn listen_addr(&self) -> SocketAddr {
+        // Validated in `validate`, so the fallback is never used in practice.
+        self.server
+            .listen
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
+    }
+
+    /// Points every provider at `base_url` (the mock provider) and drops key requirements.
+    pub fn point_providers_at(&mut self, base_url: &str) {
+        for p in self.providers.values_mut() {
+            p.base_url = base_url.to_string();
+            p.api_key_env = None;
+        }
+    }
+}
+
+/// `SLUICE_SECTION__KEY` variables, plus `SLUICE_LISTEN`, `DATABASE_URL` and `AMQP_URL`.
+fn env_layer() -> Figment {
+    Figment::new()
+        .merge(
+            Env::prefixed("SLUICE_")
+                .filter(|k| {
+                    let first = k
+                        .as_str()
+                        .split("__")
+                        .next()
+                        .unwrap_or_default()
+                        .to_ascii_lowercase();
+                    ENV_SECTIONS.contains(&first.as_str())
+                })
+                .split("__"),
+        )
+        .merge(
+            Env::raw()
+                .only(&["SLUICE_LISTEN"])
+                .map(|_| "server.listen".into()),
+        )
+        .merge(
+            Env::raw()
+                .only(&["DATABASE_URL"])
+                .map(|_| "database.url".into()),
+        )
+        .merge(Env::raw().only(&["AMQP_URL"]).map(|_| "amqp.url".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_default_config_is_valid() {
+        let c = Config::from_toml(DEFAULT_CONFIG).unwrap();
+        assert!(c.aliases.contains_key("summarize"));
+        assert_eq!(c.listen_addr().port(), 8080);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::from_toml("[worker]\nconcurency = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("concurency"), "{err}");
+    }
+
+    #[test]
+    fn an_alias_naming_an_unknown_provider_is_refused_with_its_key() {
+        let err = Config::from_toml("[aliases.x]\ndeployments = [\"nope/m\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("aliases.x.deployments") && err.contains("nope/m"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_provider_examples_in_the_docs_are_valid_config() {
+        let doc = include_str!("../docs/providers.md");
+        let toml: String = doc
+            .split("```toml")
+            .skip(1)
+            .filter_map(|b| b.split("```").next())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = Config::from_toml(&toml).unwrap();
+        assert!(c.providers.contains_key("gemini") && c.providers.contains_key("vllm"));
+        let catalog = crate::domain::catalog::Catalog::from_config(&c);
+        for model in [
+            "deepseek/deepseek-chat",
+            "moonshot/kimi-k2.5",
+            "zai/glm-4.5",
+            "classify",
+        ] {
+            assert!(
+                catalog.resolve(model).is_ok(),
+                "{model}: {:?}",
+                catalog.resolve(model)
+            );
+        }
+    }
+
+    #[test]
+    fn durations_read_as_human_text() {
+        let c = Config::from_toml("[worker]\ndead_after = \"3s\"\n").unwrap();
+        assert_eq!(c.worker.dead_after, Duration::from_secs(3));
+    }
+}

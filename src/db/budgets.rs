@@ -1,0 +1,679 @@
+//! Budgets in Postgres: claiming jobs within shared TPM/RPM and USD limits (one transaction per
+//! batch, budget rows locked so every process sees one truth), provider pauses, and the
+//! settings and report behind `sluice budgets` and `GET /v1/budgets`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use serde_json::json;
+use sqlx::{PgPool, Postgres, Transaction};
+
+use super::DbError;
+use super::jobs::Claimed;
+use crate::domain::breaker::{self, Breaker};
+use crate::domain::budget::{
+    self, BudgetState, Candidate, Decision, RateState, Scope, UsdPolicy, UsdState,
+};
+use crate::domain::catalog::{Catalog, Deployment};
+use crate::domain::pricing::Usage;
+
+/// What a claim round did with each delivered job id.
+#[derive(Debug, Default)]
+pub struct ClaimOutcome {
+    /// Admitted and now `running` for this worker.
+    pub claimed: Vec<Claimed>,
+    /// Still `queued`: no budget before this Unix second.
+    pub waiting: Vec<(String, i64)>,
+    /// Failed by admission (a hard cap with `reject`, or a request larger than a limit).
+    pub rejected: Vec<String>,
+    /// Cancelled instead of claimed: a cancel was asked while they ran, then they were queued
+    /// again (a failed attempt, or a dead worker's job re-queued by the rescuer).
+    pub cancelled: Vec<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct CandidateRow {
+    id: String,
+    tenant: String,
+    deployment: Option<String>,
+    est_prompt_tokens: i32,
+    max_tokens: i32,
+    priority: i16,
+    weight: i32,
+    cancel_requested: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct BudgetRow {
+    scope: String,
+    key: String,
+    tpm: Option<i64>,
+    rpm: Option<i64>,
+    daily_usd: Option<Decimal>,
+    monthly_usd: Option<Decimal>,
+    usd_policy: String,
+    paused_until: Option<DateTime<Utc>>,
+    breaker_state: Option<String>,
+    breaker_failures: Option<i32>,
+    breaker_until: Option<DateTime<Utc>>,
+    breaker_probe: Option<String>,
+}
+
+/// Claims the queued jobs among `ids` that fit every budget; the rest wait or are rejected.
+/// Rows are locked in id order and without SKIP LOCKED: a job briefly locked by the relay or
+/// the API's publish mark must be waited for, not mistaken for one taken elsewhere.
+///
+/// An open circuit breaker holds its deployment's jobs like a pause (see `domain::breaker`);
+/// once its cool-down is over, the first admitted job goes through as the probe and the
+/// deployment is paused again until the probe's grant lapses.
+pub async fn claim(
+    pool: &PgPool,
+    ids: &[String],
+    worker: &str,
+    catalog: &Catalog,
+    breakers: breaker::Settings,
+) -> Result<ClaimOutcome, DbError> {
+    let mut tx = pool.begin().await?;
+    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&mut *tx)
+        .await?;
+    let rows: Vec<CandidateRow> = sqlx::query_as(
+        "SELECT j.id, j.tenant, j.deployments->>j.deployment_index AS deployment, j.est_prompt_tokens,
+            j.max_tokens, j.priority, t.weight, j.cancel_requested_at IS NOT NULL AS cancel_requested
+         FROM jobs j JOIN tenants t ON t.name = j.tenant
+         WHERE j.id = ANY($1) AND j.status = 'queued'
+         ORDER BY j.id
+         FOR UPDATE OF j",
+    )
+    .bind(ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let (cancel, rows): (Vec<CandidateRow>, Vec<CandidateRow>) =
+        rows.into_iter().partition(|r| r.cancel_requested);
+    let cancel: Vec<&str> = cancel.iter().map(|r| r.id.as_str()).collect();
+    let cancelled = super::cancel::cancel_requeued(&mut tx, &cancel).await?;
+    // Admission order is the fairness order: tenants interleaved by weight, priority within.
+    let keys: Vec<(&str, i64, i16, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.tenant.as_str(),
+                i64::from(r.weight),
+                r.priority,
+                r.id.as_str(),
+            )
+        })
+        .collect();
+    let order = budget::fair_order(&keys);
+    let mut slots: Vec<Option<CandidateRow>> = rows.into_iter().map(Some).collect();
+    let rows: Vec<CandidateRow> = order.into_iter().filter_map(|i| slots[i].take()).collect();
+    if rows.is_empty() {
+        tx.commit().await?;
+        return Ok(ClaimOutcome {
+            cancelled,
+            ..ClaimOutcome::default()
+        });
+    }
+    let (mut state, probing) = load_state(&mut tx, &rows, now, breakers).await?;
+    let candidates: Vec<Candidate> = rows.iter().map(|r| candidate(r, catalog, now)).collect();
+    let mut decisions = budget::admit(now, &candidates, &mut state);
+    if !probing.is_empty() {
+        let jobs: Vec<(&str, &str)> = rows
+            .iter()
+            .zip(&candidates)
+            .map(|(r, c)| (r.id.as_str(), c.deployment.as_str()))
+            .collect();
+        super::breakers::grant_probes(&mut tx, &jobs, &probing, &mut decisions, now, breakers)
+            .await?;
+    }
+
+    let mut out = ClaimOutcome {
+        cancelled,
+        ..ClaimOutcome::default()
+    };
+    let (mut admit_ids, mut admit_tokens, mut usage) = (
+        Vec::new(),
+        Vec::new(),
+        BTreeMap::<(String, String), (i64, i64)>::new(),
+    );
+    let (mut hold_ids, mut hold_tenants, mut hold_usd) = (Vec::new(), Vec::new(), Vec::new());
+    let mut rejected: Vec<(String, String, String)> = Vec::new();
+    for ((row, cand), decision) in rows.iter().zip(&candidates).zip(decisions) {
+        match decision {
+            Decision::Admit => {
+                admit_ids.push(row.id.clone());
+                admit_tokens.push(cand.tokens);
+                for scope in [
+                    Scope::Deployment(cand.deployment.clone()),
+                    Scope::Tenant(cand.tenant.clone()),
+                ] {
+                    if state.rates.contains_key(&scope) {
+                        let (s, k) = scope.parts();
+                        let slot = usage.entry((s.to_string(), k.to_string())).or_default();
+                        slot.0 += cand.tokens;
+                        slot.1 += 1;
+                    }
+                }
+                if state.usd.contains_key(&cand.tenant) {
+                    hold_ids.push(row.id.clone());
+                    hold_tenants.push(cand.tenant.clone());
+                    hold_usd.push(cand.usd);
+                }
+            }
+            Decision::Wait { until, .. } => out.waiting.push((row.id.clone(), until)),
+            Decision::Reject { code, reason } => {
+                rejected.push((row.id.clone(), code.to_string(), reason))
+            }
+        }
+    }
+    let sec = now.timestamp();
+    // Per-tenant use of paced deployments, for the fairness shares.
+    for (id, cand) in rows.iter().map(|r| &r.id).zip(&candidates) {
+        if state.shares.contains_key(&cand.deployment) && admit_ids.contains(id) {
+            let slot = usage
+                .entry((
+                    "share".to_string(),
+                    format!("{}|{}", cand.deployment, cand.tenant),
+                ))
+                .or_default();
+            slot.0 += cand.tokens;
+            slot.1 += 1;
+        }
+    }
+    let waiting: Vec<(String, String, i64)> = state
+        .shares
+        .iter()
+        .flat_map(|(d, sh)| {
+            sh.newly_waiting.iter().map(move |t| {
+                (
+                    d.clone(),
+                    t.clone(),
+                    sh.weights.get(t).copied().unwrap_or(1),
+                )
+            })
+        })
+        .collect();
+    if !waiting.is_empty() {
+        let (ds, rest): (Vec<String>, Vec<(String, i64)>) =
+            waiting.into_iter().map(|(d, t, w)| (d, (t, w))).unzip();
+        let (ts, ws): (Vec<String>, Vec<i64>) = rest.into_iter().unzip();
+        sqlx::query(
+            "INSERT INTO budget_waiters (deployment, tenant, weight, seen_at)
+             SELECT DISTINCT ON (d, t) d, t, w::int, now() FROM unnest($1::text[], $2::text[], $3::bigint[]) AS x(d, t, w)
+             ON CONFLICT (deployment, tenant) DO UPDATE SET seen_at = now(), weight = excluded.weight",
+        )
+        .bind(&ds)
+        .bind(&ts)
+        .bind(&ws)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !usage.is_empty() {
+        let mut scopes = Vec::new();
+        let mut keys = Vec::new();
+        let mut tokens = Vec::new();
+        let mut requests = Vec::new();
+        for ((s, k), (t, r)) in usage {
+            scopes.push(s);
+            keys.push(k);
+            tokens.push(t);
+            requests.push(r);
+        }
+        sqlx::query(
+            "INSERT INTO budget_usage (scope, key, sec, tokens, requests)
+             SELECT s, k, $3, t, r FROM unnest($1::text[], $2::text[], $4::bigint[], $5::bigint[]) AS x(s, k, t, r)
+             ON CONFLICT (scope, key, sec) DO UPDATE
+             SET tokens = budget_usage.tokens + excluded.tokens, requests = budget_usage.requests + excluded.requests",
+        )
+        .bind(&scopes)
+        .bind(&keys)
+        .bind(sec)
+        .bind(&tokens)
+        .bind(&requests)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !hold_ids.is_empty() {
+        sqlx::query(
+            "INSERT INTO budget_holds (job_id, tenant, usd, expires_at)
+             SELECT j, t, u, now() + interval '15 minutes' FROM unnest($1::text[], $2::text[], $3::numeric[]) AS x(j, t, u)
+             ON CONFLICT (job_id) DO UPDATE SET usd = excluded.usd, expires_at = excluded.expires_at",
+        )
+        .bind(&hold_ids)
+        .bind(&hold_tenants)
+        .bind(&hold_usd)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !admit_ids.is_empty() {
+        out.claimed = sqlx::query_as(
+            "UPDATE jobs j SET status = 'running', attempt = j.attempt + 1, attempted_by = $2, attempted_at = now(),
+                updated_at = now(), publish_after = NULL, reserved_tokens = x.tokens, reserved_sec = $4,
+                deployment = j.deployments->>j.deployment_index
+             FROM unnest($1::text[], $3::bigint[]) AS x(id, tokens)
+             WHERE j.id = x.id AND j.status = 'queued'
+             RETURNING j.id, j.tenant, j.model, j.deployments, j.deployment, j.request, j.route, j.attempt,
+                j.max_attempts, j.deadline, j.deployment_index, j.deployment_attempts, j.max_tokens,
+                j.est_prompt_tokens, j.premium, j.cache_ttl_secs, j.custom_id, j.repair_note",
+        )
+        .bind(&admit_ids)
+        .bind(worker)
+        .bind(&admit_tokens)
+        .bind(sec)
+        .fetch_all(&mut *tx)
+        .await?;
+    }
+    for (id, code, reason) in &rejected {
+        let entry = json!({"at": now, "code": code, "message": reason});
+        sqlx::query(
+            "UPDATE jobs SET status = 'failed', error = $2, errors = errors || jsonb_build_array($2::jsonb),
+                finalized_at = now(), updated_at = now(), publish_after = NULL
+             WHERE id = $1 AND status = 'queued'",
+        )
+        .bind(id)
+        .bind(&entry)
+        .execute(&mut *tx)
+        .await?;
+        out.rejected.push(id.clone());
+    }
+    tx.commit().await?;
+    Ok(out)
+}
+
+fn candidate(r: &CandidateRow, catalog: &Catalog, now: DateTime<Utc>) -> Candidate {
+    let deployment = r.deployment.clone().unwrap_or_default();
+    let prompt = i64::from(r.est_prompt_tokens.max(0));
+    let output = i64::from(r.max_tokens.max(0));
+    // The most this call can cost: every prompt token uncached, every allowed output token used.
+    let usd = Deployment::parse(&deployment)
+        .and_then(|d| {
+            catalog
+                .prices()
+                .at(catalog.price_provider(&d.provider), &d.model, now)
+                .cloned()
+        })
+        .map(|p| {
+            p.cost(
+                Usage {
+                    input_tokens: prompt,
+                    output_tokens: output,
+                    cached_tokens: 0,
+                },
+                false,
+            )
+            .cost_usd
+        })
+        .unwrap_or_default();
+    Candidate {
+        deployment,
+        tenant: r.tenant.clone(),
+        tokens: prompt + output,
+        usd,
+        weight: i64::from(r.weight),
+    }
+}
+
+/// Budget state for admission, and the deployments whose breaker waits for a probe.
+async fn load_state(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[CandidateRow],
+    now: DateTime<Utc>,
+    breakers: breaker::Settings,
+) -> Result<(BudgetState, BTreeMap<String, Breaker>), DbError> {
+    let deployments: Vec<String> = rows
+        .iter()
+        .filter_map(|r| r.deployment.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let tenants: Vec<String> = rows
+        .iter()
+        .map(|r| r.tenant.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    // A breaker that opened paused its deployment, so its row is among the budget rows.
+    let budgets: Vec<BudgetRow> = sqlx::query_as(
+        "SELECT b.scope, b.key, b.tpm, b.rpm, b.daily_usd, b.monthly_usd, b.usd_policy, b.paused_until,
+            c.state AS breaker_state, c.consecutive_failures AS breaker_failures,
+            c.opened_until AS breaker_until, c.probe_owner AS breaker_probe
+         FROM budgets b LEFT JOIN circuit_breakers c ON b.scope = 'deployment' AND c.deployment = b.key
+         WHERE (b.scope = 'deployment' AND b.key = ANY($1)) OR (b.scope = 'tenant' AND b.key = ANY($2))
+         ORDER BY b.scope, b.key FOR UPDATE OF b",
+    )
+    .bind(&deployments)
+    .bind(&tenants)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut state = BudgetState::default();
+    let mut probing = BTreeMap::new();
+    for b in &budgets {
+        let Some(scope) = Scope::from_parts(&b.scope, &b.key) else {
+            continue;
+        };
+        let cb = super::breakers::from_columns(
+            b.breaker_state.as_deref(),
+            b.breaker_failures,
+            b.breaker_until,
+            b.breaker_probe.clone(),
+        );
+        let mut paused_until = b.paused_until;
+        match breaker::gate(&cb, now) {
+            _ if !breakers.enabled() => {}
+            breaker::Gate::Pass => {}
+            breaker::Gate::Blocked(until) => paused_until = paused_until.max(Some(until)),
+            breaker::Gate::Probe => {
+                if paused_until.is_none_or(|p| p <= now) {
+                    probing.insert(b.key.clone(), cb);
+                }
+            }
+        }
+        let paused = paused_until
+            .filter(|p| *p > now)
+            .map(|p| p.timestamp() + i64::from(p.timestamp_subsec_nanos() > 0));
+        if b.tpm.is_some() || b.rpm.is_some() || paused.is_some() {
+            state.rates.insert(
+                scope.clone(),
+                RateState {
+                    tpm: b.tpm,
+                    rpm: b.rpm,
+                    paused_until: paused,
+                    ..Default::default()
+                },
+            );
+        }
+        if b.scope == "tenant" && (b.daily_usd.is_some() || b.monthly_usd.is_some()) {
+            let policy = UsdPolicy::parse(&b.usd_policy).unwrap_or_default();
+            state.usd.insert(
+                b.key.clone(),
+                UsdState {
+                    daily: b.daily_usd,
+                    monthly: b.monthly_usd,
+                    policy,
+                    ..Default::default()
+                },
+            );
+        }
+    }
+    if !state.rates.is_empty() {
+        let (scopes, keys): (Vec<&str>, Vec<&str>) = state.rates.keys().map(Scope::parts).unzip();
+        let usage: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT u.scope, u.key, u.sec, u.tokens, u.requests FROM budget_usage u
+             JOIN unnest($1::text[], $2::text[]) AS x(s, k) ON u.scope = x.s AND u.key = x.k
+             WHERE u.sec >= $3",
+        )
+        .bind(&scopes)
+        .bind(&keys)
+        .bind(now.timestamp() - budget::WINDOW_SECS)
+        .fetch_all(&mut **tx)
+        .await?;
+        for (s, k, sec, tokens, requests) in usage {
+            if let Some(rate) = Scope::from_parts(&s, &k).and_then(|sc| state.rates.get_mut(&sc)) {
+                rate.slots.insert(sec, (tokens, requests));
+            }
+        }
+    }
+    let paced: Vec<String> = state
+        .rates
+        .iter()
+        .filter_map(|(scope, r)| match scope {
+            Scope::Deployment(d) if r.tpm.is_some() => Some(d.clone()),
+            _ => None,
+        })
+        .collect();
+    if !paced.is_empty() {
+        load_shares(tx, &paced, now, &mut state).await?;
+    }
+    if !state.usd.is_empty() {
+        let capped: Vec<String> = state.usd.keys().cloned().collect();
+        let today = now.date_naive();
+        let month_start = NaiveDate::from_ymd_opt(today.year(), today.month(), 1).unwrap_or(today);
+        let spend: Vec<(String, Decimal, Decimal)> = sqlx::query_as(
+            "SELECT tenant, COALESCE(sum(usd) FILTER (WHERE day = $2), 0), COALESCE(sum(usd), 0)
+             FROM tenant_spend WHERE tenant = ANY($1) AND day >= $3 GROUP BY tenant",
+        )
+        .bind(&capped)
+        .bind(today)
+        .bind(month_start)
+        .fetch_all(&mut **tx)
+        .await?;
+        for (t, day, month) in spend {
+            if let Some(u) = state.usd.get_mut(&t) {
+                u.spent_today = day;
+                u.spent_month = month;
+            }
+        }
+        let holds: Vec<(String, Decimal)> = sqlx::query_as(
+            "SELECT tenant, sum(usd) FROM budget_holds WHERE tenant = ANY($1) AND expires_at > now() GROUP BY tenant",
+        )
+        .bind(&capped)
+        .fetch_all(&mut **tx)
+        .await?;
+        for (t, held) in holds {
+            if let Some(u) = state.usd.get_mut(&t) {
+                u.held = held;
+            }
+        }
+    }
+    Ok((state, probing))
+}
+
+/// Which tenants compete for each paced deployment: those that waited for it lately and those
+/// that used it in the current pacing span (with how much).
+async fn load_shares(
+    tx: &mut Transaction<'_, Postgres>,
+    deployments: &[String],
+    now: DateTime<Utc>,
+    state: &mut BudgetState,
+) -> Result<(), DbError> {
+    let waiters: Vec<(String, String, i32)> = sqlx::query_as(
+        "SELECT deployment, tenant, weight FROM budget_waiters
+         WHERE deployment = ANY($1) AND seen_at > now() - make_interval(secs => $2)",
+    )
+    .bind(deployments)
+    .bind((budget::PACE_SECS + 5) as f64)
+    .fetch_all(&mut **tx)
+    .await?;
+    let prefixes: Vec<String> = deployments.iter().map(|d| format!("{d}|")).collect();
+    let used: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT key, sum(tokens)::bigint FROM budget_usage
+         WHERE scope = 'share' AND sec > $2 AND split_part(key, '|', 1) || '|' = ANY($1)
+         GROUP BY key",
+    )
+    .bind(&prefixes)
+    .bind(now.timestamp() - budget::PACE_SECS)
+    .fetch_all(&mut **tx)
+    .await?;
+    for d in deployments {
+        state.shares.insert(d.clone(), budget::Shares::default());
+    }
+    for (d, t, w) in waiters {
+        if let Some(sh) = state.shares.get_mut(&d) {
+            sh.weights.insert(t, i64::from(w));
+        }
+    }
+    for (key, tokens) in used {
+        let Some((d, t)) = key.split_once('|') else {
+            continue;
+        };
+        if let Some(sh) = state.shares.get_mut(d) {
+            sh.weights.entry(t.to_string()).or_insert(1);
+            sh.used.insert(t.to_string(), tokens);
+        }
+    }
+    Ok(())
+}
+
+/// After a provider's 429 or exhausted rate-limit headers: no worker calls the deployment
+/// before `until`.
+pub async fn pause_deployment(
+    pool: &PgPool,
+    deployment: &str,
+    until: DateTime<Utc>,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "INSERT INTO budgets (scope, key, paused_until, source) VALUES ('deployment', $1, $2, 'feedback')
+         ON CONFLICT (scope, key) DO UPDATE SET paused_until = GREATEST(budgets.paused_until, excluded.paused_until),
+            updated_at = now()",
+    )
+    .bind(deployment)
+    .bind(until)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub use crate::config::BudgetSettings;
+
+/// Upserts limits for a scope. `source` is `config` (start-up seeding, never overriding a
+/// `cli` row) or `cli` (run-time changes, which win).
+pub async fn set(
+    pool: &PgPool,
+    scope: &Scope,
+    s: &BudgetSettings,
+    source: &str,
+) -> Result<(), DbError> {
+    let (sc, key) = scope.parts();
+    let policy = s
+        .policy
+        .clone()
+        .unwrap_or_else(|| UsdPolicy::Defer.as_str().into());
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO budgets (scope, key, tpm, rpm, batch_enqueued_tokens, daily_usd, monthly_usd, usd_policy, source)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ON CONFLICT (scope, key) DO UPDATE SET
+            tpm = COALESCE(excluded.tpm, budgets.tpm), rpm = COALESCE(excluded.rpm, budgets.rpm),
+            batch_enqueued_tokens = COALESCE(excluded.batch_enqueued_tokens, budgets.batch_enqueued_tokens),
+            daily_usd = COALESCE(excluded.daily_usd, budgets.daily_usd),
+            monthly_usd = COALESCE(excluded.monthly_usd, budgets.monthly_usd),
+            usd_policy = CASE WHEN $10 THEN excluded.usd_policy ELSE budgets.usd_policy END,
+            source = CASE WHEN budgets.source = 'cli' THEN 'cli' ELSE excluded.source END,
+            updated_at = now()
+         WHERE excluded.source = 'cli' OR budgets.source <> 'cli'",
+    )
+    .bind(sc)
+    .bind(key)
+    .bind(s.tpm)
+    .bind(s.rpm)
+    .bind(s.batch_enqueued_tokens)
+    .bind(s.daily_usd)
+    .bind(s.monthly_usd)
+    .bind(&policy)
+    .bind(source)
+    .bind(s.policy.is_some())
+    .execute(&mut *tx)
+    .await?;
+    if let (Scope::Tenant(t), Some(w)) = (scope, s.weight) {
+        sqlx::query("UPDATE tenants SET weight = $2 WHERE name = $1")
+            .bind(t)
+            .bind(w)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// One line of the budget report.
+#[derive(Debug, Clone, Serialize)]
+pub struct BudgetReport {
+    pub scope: String,
+    pub key: String,
+    pub tpm: Option<i64>,
+    pub rpm: Option<i64>,
+    /// Tokens and requests counted in the current 60-second window (reserved or used).
+    pub tokens_in_window: i64,
+    pub requests_in_window: i64,
+    pub daily_usd: Option<Decimal>,
+    pub monthly_usd: Option<Decimal>,
+    pub usd_policy: String,
+    pub spent_today_usd: Decimal,
+    pub spent_month_usd: Decimal,
+    pub held_usd: Decimal,
+    pub paused_until: Option<DateTime<Utc>>,
+    /// When the rate window frees fully, and when the daily and monthly caps reset.
+    pub window_resets_at: DateTime<Utc>,
+    pub day_resets_at: DateTime<Utc>,
+    pub month_resets_at: DateTime<Utc>,
+}
+
+/// The report for every budget, or only those touching `tenant` (its own row and deployments).
+pub async fn report(pool: &PgPool, tenant: Option<&str>) -> Result<Vec<BudgetReport>, DbError> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        scope: String,
+        key: String,
+        tpm: Option<i64>,
+        rpm: Option<i64>,
+        daily_usd: Option<Decimal>,
+        monthly_usd: Option<Decimal>,
+        usd_policy: String,
+        paused_until: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        tokens: i64,
+        requests: i64,
+        last_sec: Option<i64>,
+        today: Decimal,
+        month: Decimal,
+        held: Decimal,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT b.scope, b.key, b.tpm, b.rpm, b.daily_usd, b.monthly_usd, b.usd_policy, b.paused_until, now() AS now,
+            COALESCE(u.tokens, 0)::bigint AS tokens, COALESCE(u.requests, 0)::bigint AS requests, u.last_sec,
+            COALESCE(s.today, 0) AS today, COALESCE(s.month, 0) AS month, COALESCE(h.held, 0) AS held
+         FROM budgets b
+         LEFT JOIN LATERAL (SELECT sum(tokens) AS tokens, sum(requests) AS requests, max(sec) AS last_sec FROM budget_usage
+             WHERE scope = b.scope AND key = b.key AND sec >= extract(epoch FROM now())::bigint - 60) u ON true
+         LEFT JOIN LATERAL (SELECT sum(usd) FILTER (WHERE day = (now() AT TIME ZONE 'utc')::date) AS today, sum(usd) AS month
+             FROM tenant_spend WHERE b.scope = 'tenant' AND tenant = b.key
+               AND day >= date_trunc('month', now() AT TIME ZONE 'utc')::date) s ON true
+         LEFT JOIN LATERAL (SELECT sum(usd) AS held FROM budget_holds
+             WHERE b.scope = 'tenant' AND tenant = b.key AND expires_at > now()) h ON true
+         WHERE $1::text IS NULL OR (b.scope = 'tenant' AND b.key = $1) OR b.scope = 'deployment'
+         ORDER BY b.scope, b.key",
+    )
+    .bind(tenant)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| BudgetReport {
+            scope: r.scope,
+            key: r.key,
+            tpm: r.tpm,
+            rpm: r.rpm,
+            tokens_in_window: r.tokens,
+            requests_in_window: r.requests,
+            daily_usd: r.daily_usd,
+            monthly_usd: r.monthly_usd,
+            usd_policy: r.usd_policy,
+            spent_today_usd: r.today,
+            spent_month_usd: r.month,
+            held_usd: r.held,
+            paused_until: r.paused_until.filter(|p| *p > r.now),
+            window_resets_at: r
+                .last_sec
+                .and_then(|s| DateTime::from_timestamp(s + budget::WINDOW_SECS + 1, 0))
+                .unwrap_or(r.now),
+            day_resets_at: budget::next_day(r.now),
+            month_resets_at: budget::next_month(r.now),
+        })
+        .collect())
+}
+
+/// Drops usage slots and holds that can no longer count.
+pub async fn prune(pool: &PgPool) -> Result<(), DbError> {
+    sqlx::query("DELETE FROM budget_usage WHERE sec < extract(epoch FROM now())::bigint - 300")
+        .execute(pool)
+        .await?;
+    sqlx::query("DELETE FROM budget_holds WHERE expires_at < now() - interval '1 hour'")
+        .execute(pool)
+        .await?;
+    sqlx::query("DELETE FROM budget_waiters WHERE seen_at < now() - interval '1 hour'")
+        .execute(pool)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! Cancelling jobs and native batches.
+//!
+//! A job that has not started (`queued`, `retry_scheduled`) is cancelled at once. One that
+//! cannot stop at once gets `cancel_requested_at`: a `running` job's worker sees it (it polls
+//! for its own jobs, see `worker::cancel`) and aborts the provider call; a job
+//! `in_provider_batch` is left to the batch poller, which cancels the item when it next handles
+//! the batch. Whatever was already recorded (partial results, costs) stays. The rows are locked
+//! first, so a cancel racing a claim either wins (the claim skips the job) or sees it running.
+
+use sqlx::{PgPool, Postgres, Transaction};
+
+use super::DbError;
+
+/// What a cancel did.
+#[derive(Debug, Default)]
+pub struct CancelReport {
+    /// Cancelled at once (were queued or waiting for a retry).
+    pub cancelled: Vec<String>,
+    /// Asked to stop (running, or in a provider batch), now or by an earlier cancel.
+    pub requested: Vec<String>,
+    /// Already finished, with their state.
+    pub finished: Vec<(String, String)>,
+}
+
+/// Cancels one job of `tenant`; `None` if there is no such job.
+pub async fn cancel_job(
+    pool: &PgPool,
+    tenant: &str,
+    id: &str,
+) -> Result<Option<CancelReport>, DbError> {
+    retry_on_deadlock(|| async {
+        let mut tx = pool.begin().await?;
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT id, status FROM jobs WHERE id = $1 AND tenant = $2 FOR UPDATE")
+                .bind(id)
+                .bind(tenant)
+                .fetch_all(&mut *tx)
+                .await?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let report = apply(&mut tx, rows).await?;
+        tx.commit().await?;
+        Ok(Some(report))
+    })
+    .await
+}
+
+/// Cancels every unfinished job of a native batch of `tenant`'s; `None` if there is no such
+/// batch. Finished jobs are not listed in the report.
+pub async fn cancel_batch(
+    pool: &PgPool,
+    tenant: &str,
+    batch_id: &str,
+) -> Result<Option<CancelReport>, DbError> {
+    retry_on_deadlock(|| async {
+        let mut tx = pool.begin().await?;
+        let exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM batches WHERE id = $1 AND tenant = $2)",
+        )
+        .bind(batch_id)
+        .bind(tenant)
+        .fetch_one(&mut *tx)
+        .await?;
+        if !exists {
+            return Ok(None);
+        }
+        // Id order, as claims lock jobs, so the two never wait on each other in a cycle.
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT id, status FROM jobs WHERE batch_id = $1 AND tenant = $2 AND finalized_at IS NULL
+             ORDER BY id FOR UPDATE",
+        )
+        .bind(batch_id)
+        .bind(tenant)
+        .fetch_all(&mut *tx)
+        .await?;
+        let report = apply(&mut tx, rows).await?;
+        tx.commit().await?;
+        Ok(Some(report))
+    })
+    .await
+}
+
+/// Cancels or marks the locked `rows` (id, status) by their state.
+async fn apply(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: Vec<(String, String)>,
+) -> Result<CancelReport, DbError> {
+    let mut report = CancelReport::default();
+    let (mut now, mut later) = (Vec::new(), Vec::new());
+    for (id, status) in rows {
+        match status.as_str() {
+            "queued" | "retry_scheduled" => now.push(id),
+            "running" | "in_provider_batch" => later.push(id),
+            _ => report.finished.push((id, status)),
+        }
+    }
+    if !now.is_empty() {
+        report.cancelled = sqlx::query_scalar(
+            "UPDATE jobs SET status = 'cancelled', finalized_at = now(), updated_at = now(),
+                publish_after = NULL, run_after = NULL, cancel_requested_at = now(),
+                error = jsonb_build_object('at', now(), 'attempt', attempt, 'code', 'cancelled',
+                    'message', 'cancelled on request before it ran'),
+                errors = errors || jsonb_build_array(jsonb_build_object('at', now(), 'attempt', attempt,
+                    'code', 'cancelled', 'message', 'cancelled on request before it ran'))
+             WHERE id = ANY($1) AND status IN ('queued', 'retry_scheduled') RETURNING id",
+        )
+        .bind(&now)
+        .fetch_all(&mut **tx)
+        .await?;
+    }
+    if !later.is_empty() {
+        report.requested = sqlx::query_scalar(
+            "UPDATE jobs SET cancel_requested_at = COALESCE(cancel_requested_at, now()), updated_at = now()
+             WHERE id = ANY($1) AND status IN ('running', 'in_provider_batch') RETURNING id",
+        )
+        .bind(&later)
+        .fetch_all(&mut **tx)
+        .await?;
+    }
+    Ok(report)
+}
+
+/// At claim time: cancels queued jobs whose cancel was asked while they ran (they were queued
+/// again after a failed attempt, or re-queued from a dead worker). Returns their ids.
+pub(crate) async fn cancel_requeued(
+    tx: &mut Transaction<'_, Postgres>,
+    ids: &[&str],
+) -> Result<Vec<String>, DbError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar(
+        "UPDATE jobs SET status = 'cancelled', finalized_at = now(), updated_at = now(), publish_after = NULL,
+            error = jsonb_build_object('at', now(), 'attempt', attempt, 'code', 'cancelled',
+                'message', 'cancelled on request while it was running'),
+            errors = errors || jsonb_build_array(jsonb_build_object('at', now(), 'attempt', attempt,
+                'code', 'cancelled', 'message', 'cancelled on request while it was running'))
+         WHERE id = ANY($1) AND status = 'queued' AND cancel_requested_at IS NOT NULL RETURNING id",
+    )
+    .bind(ids)
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// Jobs this worker runs whose cancel was asked (for the worker's cancel watcher).
+pub async fn requested_for(pool: &PgPool, worker: &str) -> Result<Vec<String>, DbError> {
+    sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE status = 'running' AND attempted_by = $1 AND cancel_requested_at IS NOT NULL",
+    )
+    .bind(worker)
+    .fetch_all(pool)
+    .await
+}
+
+/// Runs `f` again (twice at most) when Postgres broke a deadlock by aborting it: a batch cancel
+/// locks many rows and may cross a recording worker's statement.
+async fn retry_on_deadlock<T, F, Fut>(mut f: F) -> Result<T, DbError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, DbError>>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match f().await {
+            Err(e) if tries < 3 && is_deadlock(&e) => continue,
+            other => return other,
+        }
+    }
+}
+
+fn is_deadlock(e: &DbError) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "40P01")
+}

@@ -1,0 +1,468 @@
+//! Jobs, batches and the attempts ledger: inserting submissions, claiming work, recording
+//! outcomes, and reading them back. Every state write is conditional on the current state.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgPool, Postgres, Transaction};
+
+use super::DbError;
+
+/// A validated job ready to insert.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewJobRow {
+    pub id: String,
+    pub custom_id: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub model: String,
+    pub deployments: Vec<String>,
+    /// The deployment the first attempt uses.
+    pub deployment_index: i32,
+    pub request: Value,
+    pub tags: Value,
+    pub route_requested: &'static str,
+    pub route: &'static str,
+    pub route_reason: String,
+    pub deadline: Option<DateTime<Utc>>,
+    pub webhook_url: Option<String>,
+    pub priority: i16,
+    pub max_tokens: i32,
+    pub max_attempts: i32,
+    pub est_prompt_tokens: i32,
+    pub premium: Option<String>,
+    pub cache_ttl_secs: Option<i32>,
+}
+
+/// What happened to one submitted job.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inserted {
+    pub id: String,
+    pub custom_id: Option<String>,
+    pub priority: i16,
+    /// False when an earlier job with the same idempotency key was returned instead.
+    pub created: bool,
+    /// On the batch route: waits in Postgres for the packer instead of a work message.
+    pub batch: bool,
+}
+
+/// Creates a batch row.
+pub async fn insert_batch(
+    tx: &mut Transaction<'_, Postgres>,
+    id: &str,
+    tenant: &str,
+    source: &str,
+    metadata: &Value,
+) -> Result<(), DbError> {
+    sqlx::query("INSERT INTO batches (id, tenant, source, metadata) VALUES ($1, $2, $3, $4)")
+        .bind(id)
+        .bind(tenant)
+        .bind(source)
+        .bind(metadata)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Whether `batch_id` exists and belongs to `tenant`.
+pub async fn batch_belongs_to(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant: &str,
+    batch_id: &str,
+) -> Result<bool, DbError> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM batches WHERE id = $1 AND tenant = $2)")
+        .bind(batch_id)
+        .bind(tenant)
+        .fetch_one(&mut **tx)
+        .await
+}
+
+/// Inserts jobs in one statement. A job whose idempotency key was seen before is not inserted
+/// again; the earlier job is returned in its place. `publish_in` delays the relay's pick-up so
+/// the submitter's own publish normally wins.
+pub async fn insert_jobs(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant: &str,
+    batch_id: Option<&str>,
+    rows: &[NewJobRow],
+    publish_in: std::time::Duration,
+) -> Result<Vec<Inserted>, DbError> {
+    let created: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO jobs (id, tenant, batch_id, custom_id, idempotency_key, model, deployments, deployment_index,
+            request, tags, route_requested, route, route_reason, deadline, webhook_url, priority, max_tokens,
+            max_attempts, est_prompt_tokens, premium, cache_ttl_secs, deployment, publish_after)
+         SELECT x.id, $1, $2, x.custom_id, x.idempotency_key, x.model, x.deployments, x.deployment_index,
+            x.request, x.tags, x.route_requested, x.route, x.route_reason, x.deadline, x.webhook_url, x.priority,
+            x.max_tokens, x.max_attempts, x.est_prompt_tokens, x.premium, x.cache_ttl_secs,
+            x.deployments->>x.deployment_index,
+            CASE WHEN x.route = 'batch' THEN NULL ELSE now() + make_interval(secs => $4) END
+         FROM jsonb_to_recordset($3) AS x(id text, custom_id text, idempotency_key text, model text,
+            deployments jsonb, deployment_index integer, request jsonb, tags jsonb, route_requested text,
+            route text, route_reason text, deadline timestamptz, webhook_url text, priority smallint,
+            max_tokens integer, max_attempts integer, est_prompt_tokens integer, premium text,
+            cache_ttl_secs integer)
+         ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+         RETURNING id",
+    )
+    .bind(tenant)
+    .bind(batch_id)
+    .bind(sqlx::types::Json(rows))
+    .bind(publish_in.as_secs_f64())
+    .fetch_all(&mut **tx)
+    .await?;
+    let created: std::collections::HashSet<String> = created.into_iter().collect();
+    let missing: Vec<&str> = rows
+        .iter()
+        .filter(|r| !created.contains(&r.id))
+        .filter_map(|r| r.idempotency_key.as_deref())
+        .collect();
+    let mut earlier: HashMap<String, (String, i16)> = HashMap::new();
+    if !missing.is_empty() {
+        let found: Vec<(String, String, i16)> = sqlx::query_as(
+            "SELECT idempotency_key, id, priority FROM jobs WHERE tenant = $1 AND idempotency_key = ANY($2)",
+        )
+        .bind(tenant)
+        .bind(&missing)
+        .fetch_all(&mut **tx)
+        .await?;
+        earlier = found.into_iter().map(|(k, id, p)| (k, (id, p))).collect();
+    }
+    Ok(rows
+        .iter()
+        .map(|r| {
+            if created.contains(&r.id) {
+                Inserted {
+                    id: r.id.clone(),
+                    custom_id: r.custom_id.clone(),
+                    priority: r.priority,
+                    created: true,
+                    batch: r.route == "batch",
+                }
+            } else {
+                let (id, priority) = r
+                    .idempotency_key
+                    .as_ref()
+                    .and_then(|k| earlier.get(k).cloned())
+                    .unwrap_or_else(|| (r.id.clone(), r.priority));
+                Inserted {
+                    id,
+                    custom_id: r.custom_id.clone(),
+                    priority,
+                    created: false,
+                    batch: false,
+                }
+            }
+        })
+        .collect())
+}
+
+/// Notes that these jobs' work messages are in the broker, so the relay leaves them alone.
+pub async fn mark_published(pool: &PgPool, ids: &[String]) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE jobs SET publish_after = NULL WHERE id = ANY($1) AND publish_after IS NOT NULL",
+    )
+    .bind(ids)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// A job a worker has claimed.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Claimed {
+    pub id: String,
+    pub tenant: String,
+    pub model: String,
+    pub deployments: sqlx::types::Json<Vec<String>>,
+    /// The deployment this attempt uses (`deployments[deployment_index]`).
+    pub deployment: Option<String>,
+    pub request: Value,
+    pub route: Option<String>,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub deadline: Option<DateTime<Utc>>,
+    pub deployment_index: i32,
+    pub deployment_attempts: i32,
+    pub max_tokens: i32,
+    pub est_prompt_tokens: i32,
+    pub premium: Option<String>,
+    pub cache_ttl_secs: Option<i32>,
+    pub custom_id: Option<String>,
+    /// A schema-validation error of the previous answer, sent along as a repair message.
+    #[sqlx(default)]
+    pub repair_note: Option<String>,
+}
+
+/// The recorded result of one claimed job: its next state, and the ledger row of the upstream
+/// call if one was made.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub job_id: String,
+    pub attempt: i32,
+    /// `succeeded`, `failed`, `retry_scheduled`, `expired` or `queued`.
+    pub status: &'static str,
+    pub run_after: Option<DateTime<Utc>>,
+    pub deployment: Option<String>,
+    /// Which deployment the next attempt uses, and attempts already spent on it.
+    pub next_deployment_index: i32,
+    pub next_deployment_attempts: i32,
+    pub response: Option<Value>,
+    pub error: Option<Value>,
+    /// Whether an upstream call was made (and so a ledger row is written).
+    pub called: bool,
+    pub attempt_id: String,
+    pub provider: String,
+    pub upstream_model: String,
+    pub route: &'static str,
+    pub attempt_status: &'static str,
+    pub error_code: Option<String>,
+    pub http_status: Option<i32>,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cached_tokens: i64,
+    pub input_usd_per_mtok: Option<Decimal>,
+    pub output_usd_per_mtok: Option<Decimal>,
+    pub cached_input_usd_per_mtok: Option<Decimal>,
+    pub discount: Decimal,
+    pub cost_usd: Decimal,
+    pub baseline_cost_usd: Decimal,
+    /// A cache hit: what the call would have cost.
+    pub saved_usd: Decimal,
+    /// The provider batch this result came from, if any.
+    pub provider_batch_id: Option<String>,
+    pub latency_ms: Option<i32>,
+    pub provider_request_id: Option<String>,
+    pub started_at: DateTime<Utc>,
+    /// Set when the answer missed the job's JSON schema: the repair attempt sends it along.
+    pub repair_note: Option<String>,
+}
+
+/// In `record`: a job whose cancel was asked while it ran is not queued again (after a failed
+/// attempt, a fallback or a lost reservation): it is cancelled instead.
+const RECORD_CANCELS: &str =
+    "(j.cancel_requested_at IS NOT NULL AND i.status IN ('queued', 'retry_scheduled'))";
+/// The error entry of a job cancelled in `record`.
+const RECORD_CANCELLED: &str =
+    "jsonb_build_object('at', now(), 'attempt', i.attempt, 'code', 'cancelled',
+    'message', 'cancelled on request while it was running')";
+
+/// Records outcomes in one statement: each job's state moves only if this worker still holds
+/// it at this attempt; for the jobs that moved, the ledger row is written, the budget
+/// reservation is settled to actual usage, the USD hold released and the spend booked. Returns
+/// the ids recorded; the others lost their claim (re-queued after a presumed crash).
+pub async fn record(
+    pool: &PgPool,
+    worker: &str,
+    outcomes: &[Outcome],
+) -> Result<Vec<String>, DbError> {
+    sqlx::query_scalar(&format!(
+        "WITH input AS (
+            SELECT * FROM jsonb_to_recordset($1) AS x(job_id text, attempt integer, status text,
+                run_after timestamptz, deployment text, next_deployment_index integer,
+                next_deployment_attempts integer, response jsonb, error jsonb, called boolean,
+                attempt_id text, provider text, upstream_model text, route text, attempt_status text,
+                error_code text, http_status integer, input_tokens bigint, output_tokens bigint,
+                cached_tokens bigint, input_usd_per_mtok numeric, output_usd_per_mtok numeric,
+                cached_input_usd_per_mtok numeric, discount numeric, cost_usd numeric,
+                baseline_cost_usd numeric, saved_usd numeric, provider_batch_id text, latency_ms integer,
+                provider_request_id text, started_at timestamptz, repair_note text)
+         ), moved AS (
+            UPDATE jobs j SET
+                status = CASE WHEN {CANCELS} THEN 'cancelled' ELSE i.status END,
+                deployment = COALESCE(i.deployment, j.deployment),
+                deployment_index = i.next_deployment_index,
+                deployment_attempts = i.next_deployment_attempts,
+                response = COALESCE(i.response, j.response),
+                error = CASE WHEN i.status = 'succeeded' THEN NULL WHEN {CANCELS} THEN {CANCELLED}
+                             ELSE COALESCE(i.error, j.error) END,
+                errors = j.errors || CASE WHEN i.error IS NULL THEN '[]'::jsonb ELSE jsonb_build_array(i.error) END
+                    || CASE WHEN {CANCELS} THEN jsonb_build_array({CANCELLED}) ELSE '[]'::jsonb END,
+                repair_note = COALESCE(i.repair_note, j.repair_note),
+                input_tokens = j.input_tokens + i.input_tokens,
+                output_tokens = j.output_tokens + i.output_tokens,
+                cached_tokens = j.cached_tokens + i.cached_tokens,
+                cost_usd = j.cost_usd + i.cost_usd,
+                baseline_cost_usd = COALESCE(j.baseline_cost_usd, 0) + i.baseline_cost_usd,
+                run_after = i.run_after,
+                publish_after = CASE WHEN i.status = 'queued' AND NOT {CANCELS} THEN now() END,
+                updated_at = now(),
+                finalized_at = CASE WHEN i.status IN ('succeeded', 'failed', 'cancelled', 'expired') OR {CANCELS}
+                                    THEN now() END
+            FROM input i
+            WHERE j.id = i.job_id AND j.status = 'running' AND j.attempted_by = $2 AND j.attempt = i.attempt
+            RETURNING j.id, j.tenant, j.reserved_tokens, j.reserved_sec
+         ), ledger AS (
+            INSERT INTO attempts (id, job_id, tenant, attempt, provider, model, route, status, error_code,
+                http_status, input_tokens, output_tokens, cached_tokens, input_usd_per_mtok,
+                output_usd_per_mtok, cached_input_usd_per_mtok, discount, cost_usd, saved_usd,
+                provider_batch_id, latency_ms, provider_request_id, worker, started_at, finished_at)
+            SELECT i.attempt_id, i.job_id, m.tenant, i.attempt, i.provider, i.upstream_model, i.route,
+                i.attempt_status, i.error_code, i.http_status, i.input_tokens, i.output_tokens,
+                i.cached_tokens, i.input_usd_per_mtok, i.output_usd_per_mtok, i.cached_input_usd_per_mtok,
+                i.discount, i.cost_usd, i.saved_usd, i.provider_batch_id, i.latency_ms, i.provider_request_id,
+                $2, i.started_at, now()
+            FROM input i JOIN moved m ON m.id = i.job_id
+            WHERE i.called
+            RETURNING 1
+         ), refunds AS (
+            SELECT s.scope, s.key, m.reserved_sec AS sec,
+                sum(m.reserved_tokens - i.input_tokens - i.output_tokens) AS tokens
+            FROM moved m JOIN input i ON i.job_id = m.id
+            CROSS JOIN LATERAL (VALUES ('deployment', i.deployment), ('tenant', m.tenant)) AS s(scope, key)
+            WHERE m.reserved_sec IS NOT NULL
+            GROUP BY 1, 2, 3
+         ), settled AS (
+            UPDATE budget_usage u SET tokens = u.tokens - r.tokens
+            FROM refunds r WHERE u.scope = r.scope AND u.key = r.key AND u.sec = r.sec
+            RETURNING 1
+         ), released AS (
+            DELETE FROM budget_holds h USING moved m WHERE h.job_id = m.id RETURNING 1
+         ), spent AS (
+            INSERT INTO tenant_spend (tenant, day, usd)
+            SELECT m.tenant, (now() AT TIME ZONE 'utc')::date, sum(i.cost_usd)
+            FROM moved m JOIN input i ON i.job_id = m.id
+            GROUP BY m.tenant HAVING sum(i.cost_usd) <> 0
+            ON CONFLICT (tenant, day) DO UPDATE SET usd = tenant_spend.usd + excluded.usd
+            RETURNING 1
+         )
+         SELECT id FROM moved",
+        CANCELS = RECORD_CANCELS,
+        CANCELLED = RECORD_CANCELLED,
+    ))
+    .bind(sqlx::types::Json(outcomes))
+    .bind(worker)
+    .fetch_all(pool)
+    .await
+}
+
+/// A job as the API shows it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobRow {
+    pub id: String,
+    pub tenant: String,
+    pub batch_id: Option<String>,
+    pub custom_id: Option<String>,
+    pub model: String,
+    pub status: String,
+    pub route: Option<String>,
+    pub route_reason: Option<String>,
+    pub deployment: Option<String>,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub priority: i16,
+    pub tags: Value,
+    pub deadline: Option<DateTime<Utc>>,
+    pub response: Option<Value>,
+    pub error: Option<Value>,
+    pub errors: Value,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cached_tokens: i64,
+    pub cost_usd: Decimal,
+    pub baseline_cost_usd: Option<Decimal>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finalized_at: Option<DateTime<Utc>>,
+    /// When a cancel was asked for this job while it could not stop at once.
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    /// When this failed job was purged from the dead letters (the row stays).
+    pub dead_letter_purged_at: Option<DateTime<Utc>>,
+}
+
+/// The columns of a [`JobRow`].
+pub(crate) const JOB_COLUMNS: &str = "id, tenant, batch_id, custom_id, model, status, route, route_reason, deployment,
+    attempt, max_attempts, priority, tags, deadline, response, error, errors, input_tokens, output_tokens,
+    cached_tokens, cost_usd, baseline_cost_usd, created_at, updated_at, finalized_at, cancel_requested_at,
+    dead_letter_purged_at";
+
+/// One job of `tenant`.
+pub async fn get(pool: &PgPool, tenant: &str, id: &str) -> Result<Option<JobRow>, DbError> {
+    sqlx::query_as(&format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND tenant = $2"
+    ))
+    .bind(id)
+    .bind(tenant)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Filters for listing jobs.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub batch_id: Option<String>,
+    pub status: Option<String>,
+    pub after: Option<String>,
+    /// Only finished jobs (for results).
+    pub finished: bool,
+    pub limit: i64,
+}
+
+/// A page of `tenant`'s jobs in id (creation) order.
+pub async fn list(pool: &PgPool, tenant: &str, f: &JobFilter) -> Result<Vec<JobRow>, DbError> {
+    sqlx::query_as(&format!(
+        "SELECT {JOB_COLUMNS} FROM jobs
+         WHERE tenant = $1 AND ($2::text IS NULL OR batch_id = $2) AND ($3::text IS NULL OR status = $3)
+           AND ($4::text IS NULL OR id > $4) AND (NOT $5 OR finalized_at IS NOT NULL)
+         ORDER BY id LIMIT $6"
+    ))
+    .bind(tenant)
+    .bind(&f.batch_id)
+    .bind(&f.status)
+    .bind(&f.after)
+    .bind(f.finished)
+    .bind(f.limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Totals of one batch.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BatchSummary {
+    pub id: String,
+    pub created_at: Option<DateTime<Utc>>,
+    pub counts: HashMap<String, i64>,
+    pub total: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_usd: Decimal,
+}
+
+/// Counts by state, tokens and cost of a batch of `tenant`'s; `None` if it is not theirs.
+pub async fn batch_summary(
+    pool: &PgPool,
+    tenant: &str,
+    batch_id: &str,
+) -> Result<Option<BatchSummary>, DbError> {
+    let created: Option<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT created_at FROM batches WHERE id = $1 AND tenant = $2")
+            .bind(batch_id)
+            .bind(tenant)
+            .fetch_optional(pool)
+            .await?;
+    let Some(created_at) = created else {
+        return Ok(None);
+    };
+    let rows: Vec<(String, i64, Decimal, Decimal, Decimal)> = sqlx::query_as(
+        "SELECT status, count(*), COALESCE(sum(input_tokens), 0)::numeric, COALESCE(sum(output_tokens), 0)::numeric,
+                COALESCE(sum(cost_usd), 0)
+         FROM jobs WHERE batch_id = $1 GROUP BY status",
+    )
+    .bind(batch_id)
+    .fetch_all(pool)
+    .await?;
+    let mut s = BatchSummary {
+        id: batch_id.to_string(),
+        created_at: Some(created_at),
+        ..Default::default()
+    };
+    for (status, n, input, output, cost) in rows {
+        s.total += n;
+        s.input_tokens += i64::try_from(input).unwrap_or(i64::MAX);
+        s.output_tokens += i64::try_from(output).unwrap_or(i64::MAX);
+        s.cost_usd += cost;
+        s.counts.insert(status, n);
+    }
+    Ok(Some(s))
+}

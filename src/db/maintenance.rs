@@ -1,0 +1,125 @@
+//! Queries of the maintenance loops: worker heartbeats, rescuing the jobs of dead workers,
+//! staging due retries, and the relay that publishes what was recorded but not yet published.
+
+use std::time::Duration;
+
+use sqlx::{PgPool, Postgres, Transaction};
+
+use super::DbError;
+
+/// Registers a worker process.
+pub async fn register_worker(pool: &PgPool, id: &str, host: &str, pid: u32) -> Result<(), DbError> {
+    sqlx::query("INSERT INTO workers (id, host, pid) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()")
+        .bind(id)
+        .bind(host)
+        .bind(pid as i32)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Proves the worker is alive.
+pub async fn heartbeat(pool: &PgPool, id: &str, host: &str, pid: u32) -> Result<(), DbError> {
+    // An upsert: a worker that was frozen (or cut off) long enough to be forgotten registers
+    // again, instead of having every later job rescued from under it.
+    register_worker(pool, id, host, pid).await
+}
+
+/// Removes a worker that stopped cleanly.
+pub async fn deregister_worker(pool: &PgPool, id: &str) -> Result<(), DbError> {
+    sqlx::query("DELETE FROM workers WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Re-queues running jobs whose worker is gone or silent for `dead_after`, recording the loss
+/// in each job's history, and forgets such workers. Returns how many jobs were re-queued.
+pub async fn rescue_orphans(pool: &PgPool, dead_after: Duration) -> Result<u64, DbError> {
+    let secs = dead_after.as_secs_f64();
+    // The lost attempt counts: a job whose worker keeps dying moves to its next deployment,
+    // then fails, like any job whose attempts are spent.
+    let done = sqlx::query(
+        "WITH lost AS (
+            SELECT j.id, jsonb_build_object('at', now(), 'attempt', j.attempt, 'code', 'worker_lost',
+                'message', 'the worker running this attempt stopped answering', 'worker', j.attempted_by) AS entry,
+                j.deployment_attempts + 1 < j.max_attempts AS retry_here,
+                j.deployment_index + 1 < jsonb_array_length(j.deployments) AS fall_back
+            FROM jobs j
+            WHERE j.status = 'running' AND NOT EXISTS (
+                SELECT 1 FROM workers w WHERE w.id = j.attempted_by
+                  AND w.heartbeat_at > now() - make_interval(secs => $1))
+            FOR UPDATE OF j SKIP LOCKED)
+         UPDATE jobs j SET
+            status = CASE WHEN l.retry_here OR l.fall_back THEN 'queued' ELSE 'failed' END,
+            deployment_attempts = CASE WHEN l.retry_here THEN j.deployment_attempts + 1 ELSE 0 END,
+            deployment_index = CASE WHEN NOT l.retry_here AND l.fall_back THEN j.deployment_index + 1 ELSE j.deployment_index END,
+            publish_after = CASE WHEN l.retry_here OR l.fall_back THEN now() END,
+            error = CASE WHEN l.retry_here OR l.fall_back THEN j.error ELSE l.entry END,
+            finalized_at = CASE WHEN l.retry_here OR l.fall_back THEN NULL ELSE now() END,
+            errors = j.errors || jsonb_build_array(l.entry),
+            updated_at = now()
+         FROM lost l WHERE j.id = l.id",
+    )
+    .bind(secs)
+    .execute(pool)
+    .await?;
+    sqlx::query("DELETE FROM workers WHERE heartbeat_at < now() - make_interval(secs => $1) * 4")
+        .bind(secs)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// Moves retries whose time has come back to `queued`, for the relay to publish.
+pub async fn stage_due_retries(pool: &PgPool) -> Result<u64, DbError> {
+    let done = sqlx::query(
+        "UPDATE jobs SET status = 'queued', publish_after = now(), updated_at = now()
+         WHERE status = 'retry_scheduled' AND run_after <= now()",
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Locks up to `limit` jobs due for publishing (skipping rows another relay holds) in `tx`.
+pub async fn pick_unpublished(
+    tx: &mut Transaction<'_, Postgres>,
+    limit: i64,
+) -> Result<Vec<(String, i16, String)>, DbError> {
+    sqlx::query_as(
+        "SELECT id, priority, tenant FROM jobs
+         WHERE publish_after <= now() AND status = 'queued'
+         ORDER BY publish_after LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// Clears the publish mark of jobs the relay just published, inside its transaction.
+pub async fn clear_publish_mark(
+    tx: &mut Transaction<'_, Postgres>,
+    ids: &[String],
+) -> Result<(), DbError> {
+    sqlx::query("UPDATE jobs SET publish_after = NULL WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Parks queued jobs that wait for budget: the relay publishes each again at its Unix second.
+pub async fn park(pool: &PgPool, ids: &[String], until: &[i64]) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE jobs j SET publish_after = to_timestamp(x.until), updated_at = now()
+         FROM unnest($1::text[], $2::bigint[]) AS x(id, until)
+         WHERE j.id = x.id AND j.status = 'queued'",
+    )
+    .bind(ids)
+    .bind(until)
+    .execute(pool)
+    .await?;
+    Ok(())
+}

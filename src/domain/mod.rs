@@ -1,0 +1,14 @@
+//! Pure types and rules: no I/O here. Job validation and states, the model catalog, prices and
+//! costs, retry timing and error classes, routing, circuit breakers, structured-output checks.
+//! I/O modules call these; these call nothing.
+
+pub mod breaker;
+pub mod budget;
+pub mod cache;
+pub mod catalog;
+pub mod job;
+pub mod pricing;
+pub mod retry;
+pub mod routing;
+pub mod schema;
+pub mod tokens;

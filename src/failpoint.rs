@@ -1,0 +1,10 @@
+//! Failpoints for fault-injection tests: when `SLUICE_FAILPOINT` names a point, the process
+//! aborts there, as if killed. Unset in production; a single environment read per hit.
+
+/// Aborts the process if `SLUICE_FAILPOINT` equals `name`.
+pub fn hit(name: &str) {
+    if std::env::var("SLUICE_FAILPOINT").is_ok_and(|v| v == name) {
+        eprintln!("failpoint {name} hit: aborting");
+        std::process::abort();
+    }
+}

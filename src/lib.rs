@@ -1,0 +1,44 @@
+//! sluice: an async, queue-driven batch gateway for LLM APIs.
+//!
+//! Producers submit chat-completion jobs over HTTP, AMQP or the CLI; jobs are recorded in
+//! Postgres (the truth) and their ids move through RabbitMQ to a pool of workers that call the
+//! providers and record each result with its priced ledger row before acknowledging.
+//!
+//! - [`domain`]: pure rules (validation, states, catalog, pricing, retry timing, routing).
+//! - [`db`]: all SQL. [`queue`]: all AMQP names, publishing and the ingest consumer.
+//! - [`worker`]: claim → call → record → ack, plus maintenance loops (rescuer, stager, relay).
+//! - [`api`]: the HTTP API. [`providers`]: upstream adapters. [`mock`]: the mock provider.
+//! - [`app`]: wiring and the supervisor. [`cli`]: the command line. [`config`]: settings.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod batch;
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod failpoint;
+pub mod ids;
+pub mod mock;
+pub mod providers;
+pub mod queue;
+pub mod submit;
+pub mod worker;
+
+/// Installs the tracing subscriber: readable logs on a terminal, JSON with `SLUICE_LOG_JSON=1`,
+/// level from `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("SLUICE_LOG_JSON").is_ok_and(|v| v == "1") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

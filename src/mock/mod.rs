@@ -1,0 +1,508 @@
+//! The mock provider: answers `POST /v1/chat/completions` in OpenAI's exact response format
+//! with deterministic replies and realistic `usage`, with dials for latency and error rate, and
+//! counts what it served so tests can check sluice's behaviour against it.
+//!
+//! Per-request behaviour can be forced from the prompt, so one mock serves every test:
+//! - `[[mock:status=503]]` answers with that HTTP status (429 carries `retry-after: 1`);
+//! - `[[mock:fail-first=2]]` fails the first 2 calls for the same job (`x-sluice-job-id`) with 500;
+//! - `[[mock:refuse]]` answers with a safety refusal;
+//! - `[[mock:malformed]]` answers 200 with a body that is not JSON;
+//! - `[[mock:sleep=300ms]]` adds latency to this request;
+//! - `[[mock:json={"a":1}]]` makes the answer's content that literal JSON text;
+//! - `[[mock:json-first-bad]]` makes the first call for a job answer text that is not JSON, and
+//!   later calls answer the `json=` literal (or `{"ok": true}`), to exercise schema repairs.
+//!
+//! It also speaks Anthropic Messages ([`anthropic`]) and both providers' batch APIs
+//! ([`openai_batch`], [`anthropic`]), whose items are answered by the same deterministic logic.
+
+pub mod anthropic;
+mod batches;
+pub mod limits;
+pub mod openai_batch;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+
+/// The mock's dials.
+#[derive(Debug, Clone, Default)]
+pub struct MockSettings {
+    /// Added to every answer.
+    pub latency: Duration,
+    /// Fraction of requests answered with a 500 (deterministic per request body).
+    pub error_rate: f64,
+    /// How long a batch takes from creation until its last item is done (items finish evenly).
+    pub batch_delay: Duration,
+    /// Every batch expires halfway through `batch_delay`: finished items keep their results,
+    /// the rest come back expired.
+    pub batch_expire: bool,
+    /// Tokens per minute per model (prompt + `max_tokens` to admit, actual usage once done).
+    pub tpm: Option<u64>,
+    /// Requests per minute per model.
+    pub rpm: Option<u64>,
+}
+
+/// What the mock has served.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct MockStats {
+    pub requests: u64,
+    pub by_status: HashMap<u16, u64>,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Calls per `x-sluice-job-id`; batch items count under their `custom_id`.
+    pub calls_by_job: HashMap<String, u64>,
+    /// Batch items answered (succeeded or errored; expired and cancelled items are not served).
+    pub batch_items: u64,
+    /// Real-time tokens and requests served per Unix second (after settling to actual usage).
+    pub per_second: std::collections::BTreeMap<i64, limits::Served>,
+    /// Requests refused with a 429 by the mock's own rate limits.
+    pub rate_limited: u64,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    settings: MockSettings,
+    stats: Mutex<MockStats>,
+    /// Files and batches of both providers.
+    batches: Mutex<batches::Store>,
+    /// The mock's own TPM/RPM limits and its per-second log.
+    limiter: Mutex<limits::Limiter>,
+}
+
+/// A running mock provider.
+#[derive(Debug, Clone)]
+pub struct MockHandle {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl MockHandle {
+    /// The base URL to configure a provider with (`http://127.0.0.1:PORT/v1`).
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// A copy of the counters.
+    pub fn stats(&self) -> MockStats {
+        self.shared.snapshot()
+    }
+}
+
+/// Starts the mock on `addr` (port 0 picks one) and serves until the runtime stops.
+pub async fn start(addr: SocketAddr, settings: MockSettings) -> std::io::Result<MockHandle> {
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let limiter = limits::Limiter::new(limits::Limits {
+        tpm: settings.tpm,
+        rpm: settings.rpm,
+    });
+    let shared = Arc::new(Shared {
+        settings,
+        stats: Mutex::default(),
+        batches: Mutex::default(),
+        limiter: Mutex::new(limiter),
+    });
+    let app = Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/mock/stats", get(stats))
+        .merge(openai_batch::routes())
+        .merge(anthropic::routes())
+        .with_state(shared.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "mock provider stopped");
+        }
+    });
+    Ok(MockHandle { addr, shared })
+}
+
+async fn stats(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    axum::Json(shared.snapshot())
+}
+
+impl Shared {
+    /// The counters, with the rate limiter's per-second log.
+    fn snapshot(&self) -> MockStats {
+        let mut s = self.stats.lock().map(|s| s.clone()).unwrap_or_default();
+        if let Ok(l) = self.limiter.lock() {
+            s.per_second = l.log.clone();
+            s.rate_limited = l.refused;
+        }
+        s
+    }
+}
+
+fn marker<'a>(prompt: &'a str, name: &str) -> Option<&'a str> {
+    let start = prompt.find(&format!("[[mock:{name}"))? + 7 + name.len();
+    let rest = &prompt[start..];
+    let end = rest.find("]]")?;
+    Some(rest[..end].trim_start_matches('='))
+}
+
+fn openai_error(status: StatusCode, message: &str, kind: &str) -> Response {
+    let mut resp = (
+        status,
+        axum::Json(
+            json!({"error": {"message": message, "type": kind, "param": null, "code": null}}),
+        ),
+    )
+        .into_response();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        resp.headers_mut()
+            .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+async fn chat(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let job = headers
+        .get("x-sluice-job-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let calls = {
+        let mut s = match shared.stats.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        s.requests += 1;
+        let c = s.calls_by_job.entry(job.clone()).or_default();
+        *c += 1;
+        *c
+    };
+    let limited = shared.settings.tpm.is_some() || shared.settings.rpm.is_some();
+    let admission = if limited {
+        admit(&shared, &body)
+    } else {
+        Ok(None)
+    };
+    let mut resp = match admission {
+        Err(refused) => refused,
+        Ok(reservation) => {
+            let mut resp = answer(&shared.settings, &body, calls).await;
+            if let Some((model, at, reserved)) = reservation {
+                let actual = resp.extensions().get::<ServedTokens>().map_or(0, |t| t.0);
+                let mut limiter = shared.limiter.lock().unwrap_or_else(|p| p.into_inner());
+                limiter.settle(&model, at, reserved, actual);
+                for (k, v) in limiter.headers(&model, chrono::Utc::now().timestamp()) {
+                    if let Ok(v) = v.parse() {
+                        resp.headers_mut().insert(k, v);
+                    }
+                }
+            }
+            resp
+        }
+    };
+    if let Ok(mut s) = shared.stats.lock() {
+        *s.by_status.entry(resp.status().as_u16()).or_default() += 1;
+    }
+    resp.extensions_mut().remove::<ServedTokens>();
+    resp
+}
+
+/// Tokens an answer used (prompt + completion), for the rate limiter's settlement.
+#[derive(Debug, Clone, Copy)]
+struct ServedTokens(u64);
+
+/// Admits a request against the mock's own TPM/RPM limits: `Ok(Some((model, second,
+/// reserved)))` to settle later, or the 429 to send.
+#[allow(clippy::result_large_err)]
+fn admit(shared: &Shared, body: &[u8]) -> Result<Option<(String, i64, u64)>, Response> {
+    let Ok(req) = serde_json::from_slice::<Value>(body) else {
+        return Ok(None);
+    };
+    let model = req
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("mock")
+        .to_string();
+    let max_tokens = req
+        .get("max_completion_tokens")
+        .or_else(|| req.get("max_tokens"))
+        .and_then(Value::as_u64)
+        .unwrap_or(4096);
+    let reserved =
+        crate::domain::tokens::estimate_prompt_tokens(&model, &req).max(0) as u64 + max_tokens;
+    let now = chrono::Utc::now().timestamp();
+    let mut limiter = shared.limiter.lock().unwrap_or_else(|p| p.into_inner());
+    match limiter.admit(&model, now, reserved) {
+        Ok(_) => Ok(Some((model, now, reserved))),
+        Err(refused) => {
+            let mut resp = openai_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!(
+                    "Rate limit reached for {model}: limit {:?} tokens per min. Please try again in {}s.",
+                    refused.remaining.limit_tokens, refused.retry_after_secs
+                ),
+                "tokens",
+            );
+            let h = resp.headers_mut();
+            if let Ok(v) = refused.retry_after_secs.to_string().parse() {
+                h.insert("retry-after", v);
+            }
+            for (k, v) in limits::header_pairs(refused.remaining) {
+                if let Ok(v) = v.parse() {
+                    h.insert(k, v);
+                }
+            }
+            Err(resp)
+        }
+    }
+}
+
+async fn answer(settings: &MockSettings, body: &[u8], calls: u64) -> Response {
+    let Ok(req) = serde_json::from_slice::<Value>(body) else {
+        return openai_error(
+            StatusCode::BAD_REQUEST,
+            "We could not parse the JSON body of your request.",
+            "invalid_request_error",
+        );
+    };
+    let Some(messages) = req
+        .get("messages")
+        .and_then(Value::as_array)
+        .filter(|m| !m.is_empty())
+    else {
+        return openai_error(
+            StatusCode::BAD_REQUEST,
+            "'messages' is a required property",
+            "invalid_request_error",
+        );
+    };
+    let prompt = prompt_text(messages);
+    let latency = settings.latency + extra_latency(&prompt);
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let digest = Sha256::digest(body);
+    if let Some((status, message, kind)) = forced_error(settings, &prompt, calls, &digest) {
+        return openai_error(status, message, kind);
+    }
+    if marker(&prompt, "malformed").is_some() {
+        return (
+            StatusCode::OK,
+            "{\"id\": \"chatcmpl-broken\", \"choices\": [",
+        )
+            .into_response();
+    }
+    let model = req.get("model").and_then(Value::as_str).unwrap_or("mock");
+    let max_tokens = req
+        .get("max_completion_tokens")
+        .or_else(|| req.get("max_tokens"))
+        .and_then(Value::as_u64)
+        .unwrap_or(4096);
+    // Prompt tokens as sluice estimates them (OpenAI's tokenizer for OpenAI models), so the
+    // usage the mock reports is what a real provider would report for the same text.
+    let prompt_tokens = crate::domain::tokens::estimate_prompt_tokens(model, &req).max(0) as u64;
+    let mut reply = reply(prompt_tokens, max_tokens, &prompt, &digest);
+    if let Some(text) = json_content(&prompt, calls) {
+        reply.text = text;
+    }
+    let mut resp = (StatusCode::OK, axum::Json(chat_completion(model, &reply))).into_response();
+    resp.extensions_mut()
+        .insert(ServedTokens(prompt_tokens + reply.completion_tokens));
+    resp.headers_mut().insert(
+        "x-request-id",
+        format!("req_{}", reply.request_hex)
+            .parse()
+            .unwrap_or_else(|_| axum::http::HeaderValue::from_static("req")),
+    );
+    resp
+}
+
+/// Every message's text, one per line: where markers are looked for and replies come from.
+fn prompt_text(messages: &[Value]) -> String {
+    messages
+        .iter()
+        .map(content_text)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The content a `[[mock:json=…]]` or `[[mock:json-first-bad]]` marker forces, if any.
+fn json_content(prompt: &str, calls: u64) -> Option<String> {
+    let literal = marker(prompt, "json=").map(str::to_owned);
+    if marker(prompt, "json-first-bad").is_some() {
+        return Some(if calls <= 1 {
+            "Sure! Here is the JSON you asked for: {\"a\":".into()
+        } else {
+            literal.unwrap_or_else(|| "{\"ok\": true}".into())
+        });
+    }
+    literal
+}
+
+/// Latency a `[[mock:sleep=…]]` marker adds.
+fn extra_latency(prompt: &str) -> Duration {
+    marker(prompt, "sleep")
+        .and_then(|d| humantime::parse_duration(d).ok())
+        .unwrap_or_default()
+}
+
+/// The failure the prompt or the error-rate dial forces, if any: `(status, message, type)`.
+/// `digest` is a hash of the request, so the error-rate roll is deterministic per request.
+fn forced_error(
+    settings: &MockSettings,
+    prompt: &str,
+    calls: u64,
+    digest: &[u8],
+) -> Option<(StatusCode, &'static str, &'static str)> {
+    if let Some(code) = marker(prompt, "status").and_then(|s| s.parse::<u16>().ok()) {
+        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return Some((status, "mock: forced status", "mock_error"));
+    }
+    if let Some(n) = marker(prompt, "fail-first").and_then(|s| s.parse::<u64>().ok())
+        && calls <= n
+    {
+        return Some((
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "mock: transient failure",
+            "server_error",
+        ));
+    }
+    let roll = f64::from(u16::from_be_bytes([digest[0], digest[1]])) / 65536.0;
+    (roll < settings.error_rate).then_some((
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "The server had an error while processing your request.",
+        "server_error",
+    ))
+}
+
+/// The deterministic part of a successful answer, shared by every wire format the mock speaks.
+#[derive(Debug, Clone)]
+struct Reply {
+    text: String,
+    refused: bool,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    /// `max_tokens` cut the answer short.
+    truncated: bool,
+    /// Hex for the answer's id and request id, from the request's digest.
+    id_hex: String,
+    request_hex: String,
+}
+
+fn reply(prompt_tokens: u64, max_tokens: u64, prompt: &str, digest: &[u8]) -> Reply {
+    let wanted = 16 + u64::from(digest[2]) % 120;
+    let completion_tokens = wanted.min(max_tokens.max(1));
+    let words: Vec<&str> = prompt
+        .split_whitespace()
+        .filter(|w| !w.starts_with("[["))
+        .take(completion_tokens.min(24) as usize)
+        .collect();
+    Reply {
+        text: format!("Summary: {}", words.join(" ")),
+        refused: marker(prompt, "refuse").is_some(),
+        prompt_tokens,
+        completion_tokens,
+        truncated: completion_tokens < wanted,
+        id_hex: hex::encode(&digest[..12]),
+        request_hex: hex::encode(&digest[12..24]),
+    }
+}
+
+/// A `chat.completion` body for `reply`.
+fn chat_completion(model: &str, reply: &Reply) -> Value {
+    let finish = if reply.truncated { "length" } else { "stop" };
+    let message = if reply.refused {
+        json!({"role": "assistant", "content": null, "refusal": "I can't help with that request.", "annotations": []})
+    } else {
+        json!({"role": "assistant", "content": reply.text, "refusal": null, "annotations": []})
+    };
+    let (prompt_tokens, completion_tokens) = (reply.prompt_tokens, reply.completion_tokens);
+    json!({
+        "id": format!("chatcmpl-{}", reply.id_hex),
+        "object": "chat.completion",
+        "created": chrono::Utc::now().timestamp(),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}
+        },
+        "service_tier": "default",
+        "system_fingerprint": "fp_sluice_mock"
+    })
+}
+
+fn content_text(m: &Value) -> String {
+    match m.get("content") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    }
+}
+
+/// About 4 characters a token plus OpenAI's per-message overhead: close to what tokenizers give
+/// for English text, and deterministic.
+pub fn estimate_tokens(messages: &[Value]) -> u64 {
+    3 + messages
+        .iter()
+        .map(|m| 4 + (content_text(m).chars().count() as u64).div_ceil(4))
+        .sum::<u64>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_are_read_from_prompts() {
+        assert_eq!(marker("x [[mock:status=503]] y", "status"), Some("503"));
+        assert_eq!(marker("[[mock:refuse]]", "refuse"), Some(""));
+        assert_eq!(marker("plain", "refuse"), None);
+    }
+
+    #[test]
+    fn json_markers_force_the_answers_content() {
+        let cases = [
+            ("plain", 1, None),
+            ("x [[mock:json={\"a\":1}]]", 1, Some("{\"a\":1}")),
+            ("x [[mock:json={\"a\":[1]}]] y", 3, Some("{\"a\":[1]}")),
+            ("[[mock:json-first-bad]]", 2, Some("{\"ok\": true}")),
+            (
+                "[[mock:json-first-bad]] [[mock:json={\"a\":2}]]",
+                2,
+                Some("{\"a\":2}"),
+            ),
+        ];
+        for (prompt, calls, expected) in cases {
+            assert_eq!(json_content(prompt, calls).as_deref(), expected, "{prompt}");
+        }
+        let first = json_content("[[mock:json-first-bad]]", 1).unwrap_or_default();
+        assert!(
+            serde_json::from_str::<Value>(&first).is_err(),
+            "the first answer is not JSON"
+        );
+    }
+
+    #[test]
+    fn token_estimates_grow_with_text() {
+        let short = estimate_tokens(&[json!({"role": "user", "content": "hi"})]);
+        let long = estimate_tokens(&[json!({"role": "user", "content": "hi ".repeat(100)})]);
+        assert!(short < long && short >= 8);
+    }
+}

@@ -1,0 +1,427 @@
+//! RabbitMQ: the one place that owns exchange and queue names, declares the topology, publishes
+//! with confirms and opens consumers. Postgres holds job state; RabbitMQ only moves work.
+//!
+//! Topology (every name carries the configured prefix, empty in production):
+//! - `sluice.jobs` (durable topic exchange): where any producer publishes full jobs, routing
+//!   key = tenant. Bound with `#` to the queue `sluice.jobs.ingest`.
+//! - `sluice.jobs.rejected` (durable queue): malformed or unauthorised producer messages, with
+//!   a `sluice-reject-reason` header.
+//! - `sluice.work` (durable direct exchange) and one durable priority queue per tenant,
+//!   `sluice.work.<tenant>`, bound with the tenant as routing key: job ids ready to run. Workers
+//!   consume every tenant's queue with a prefetch proportional to the tenant's weight, so one
+//!   tenant's backlog cannot starve another's jobs; priority orders work within a tenant.
+
+pub mod ingest;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::Confirmation;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use tokio::sync::Mutex;
+
+/// The message schema version producers send in the `sluice-schema` header.
+pub const SCHEMA_VERSION: &str = "1";
+/// Header carrying the producer's tenant API key.
+pub const API_KEY_HEADER: &str = "sluice-api-key";
+/// Header carrying the schema version.
+pub const SCHEMA_HEADER: &str = "sluice-schema";
+/// Header sluice adds to a rejected message.
+pub const REJECT_REASON_HEADER: &str = "sluice-reject-reason";
+
+/// Exchange and queue names.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    prefix: String,
+}
+
+impl Topology {
+    /// Names with `prefix` in front (empty in production).
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+        }
+    }
+    /// Producers publish full jobs here.
+    pub fn jobs_exchange(&self) -> String {
+        format!("{}sluice.jobs", self.prefix)
+    }
+    /// sluice consumes producer messages from here.
+    pub fn ingest_queue(&self) -> String {
+        format!("{}sluice.jobs.ingest", self.prefix)
+    }
+    /// Producer messages that could not be accepted.
+    pub fn rejected_queue(&self) -> String {
+        format!("{}sluice.jobs.rejected", self.prefix)
+    }
+    /// Where job ids ready to run are published (routing key = tenant).
+    pub fn work_exchange(&self) -> String {
+        format!("{}sluice.work", self.prefix)
+    }
+    /// One tenant's ready job ids.
+    pub fn work_queue(&self, tenant: &str) -> String {
+        format!("{}sluice.work.{tenant}", self.prefix)
+    }
+}
+
+/// A broker failure.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("broker: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("broker returned the message as unroutable ({0})")]
+    Returned(String),
+    #[error("broker refused the message (nack)")]
+    Nacked,
+}
+
+/// Declares everything sluice needs; idempotent.
+pub async fn declare(channel: &Channel, topo: &Topology) -> Result<(), QueueError> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .exchange_declare(
+            topo.jobs_exchange().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(topo.ingest_queue().into(), durable, FieldTable::default())
+        .await?;
+    channel
+        .queue_bind(
+            topo.ingest_queue().into(),
+            topo.jobs_exchange().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(topo.rejected_queue().into(), durable, FieldTable::default())
+        .await?;
+    channel
+        .exchange_declare(
+            topo.work_exchange().into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Declares a tenant's work queue and binds it; idempotent.
+pub async fn declare_tenant(
+    channel: &Channel,
+    topo: &Topology,
+    tenant: &str,
+) -> Result<(), QueueError> {
+    let mut args = FieldTable::default();
+    args.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(9));
+    let queue = topo.work_queue(tenant);
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.into(),
+            topo.work_exchange().into(),
+            tenant.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// A job id ready to run, and where it goes.
+#[derive(Debug, Clone)]
+pub struct WorkItem {
+    pub id: String,
+    pub tenant: String,
+    pub priority: i16,
+}
+
+/// Opens a connection with a name that shows in the management UI.
+pub async fn connect(url: &str, name: &str) -> Result<Connection, QueueError> {
+    let props =
+        ConnectionProperties::default().with_connection_name(LongString::from(name.to_string()));
+    Ok(Connection::connect(url, props).await?)
+}
+
+/// One persistent message to publish.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub exchange: String,
+    pub routing_key: String,
+    pub body: Vec<u8>,
+    pub properties: BasicProperties,
+}
+
+struct Connected {
+    // Kept so the connection lives as long as its channel.
+    _conn: Connection,
+    channel: Channel,
+}
+
+/// A shared, self-healing publisher in confirm mode. Every publish is `mandatory` and counts
+/// as done only when the broker confirms it and did not return it.
+#[derive(Clone)]
+pub struct Broker {
+    url: String,
+    topo: Topology,
+    state: Arc<Mutex<Option<Connected>>>,
+    /// Tenants whose work queue this process has declared.
+    declared: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("topo", &self.topo)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// A broker handle; the connection opens on first use.
+    pub fn new(url: &str, topo: Topology) -> Self {
+        Self {
+            url: url.to_string(),
+            topo,
+            state: Arc::new(Mutex::new(None)),
+            declared: Arc::default(),
+        }
+    }
+
+    /// The names in use.
+    pub fn topology(&self) -> &Topology {
+        &self.topo
+    }
+
+    /// The AMQP URL (consumers open their own connections).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    async fn channel(&self) -> Result<Channel, QueueError> {
+        let mut state = self.state.lock().await;
+        if let Some(c) = state.as_ref()
+            && c.channel.status().connected()
+        {
+            return Ok(c.channel.clone());
+        }
+        *state = None;
+        let conn = connect(&self.url, "sluice-publisher").await?;
+        let channel = conn.create_channel().await?;
+        declare(&channel, &self.topo).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        *state = Some(Connected {
+            _conn: conn,
+            channel: channel.clone(),
+        });
+        Ok(channel)
+    }
+
+    /// Publishes every message, then waits for every confirm. Any failure fails the call; the
+    /// caller retries (duplicates are harmless: consumers are idempotent).
+    pub async fn publish_all(&self, messages: Vec<Outgoing>) -> Result<(), QueueError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let result = self.publish_inner(messages).await;
+        if result.is_err() {
+            // Start over on a fresh channel next time, declaring queues again.
+            *self.state.lock().await = None;
+            if let Ok(mut d) = self.declared.lock() {
+                d.clear();
+            }
+        }
+        result
+    }
+
+    async fn publish_inner(&self, messages: Vec<Outgoing>) -> Result<(), QueueError> {
+        let channel = self.channel().await?;
+        let mut confirms = Vec::with_capacity(messages.len());
+        for m in messages {
+            let c = channel
+                .basic_publish(
+                    m.exchange.into(),
+                    m.routing_key.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &m.body,
+                    m.properties,
+                )
+                .await?;
+            confirms.push(c);
+        }
+        for c in confirms {
+            match c.await? {
+                Confirmation::Ack(None) | Confirmation::NotRequested => {}
+                Confirmation::Ack(Some(returned)) => {
+                    return Err(QueueError::Returned(returned.reply_text.to_string()));
+                }
+                Confirmation::Nack(_) => return Err(QueueError::Nacked),
+            }
+        }
+        Ok(())
+    }
+
+    /// Work messages for jobs ready to run: body = job id, routing key = tenant.
+    pub async fn publish_work(&self, jobs: &[WorkItem]) -> Result<(), QueueError> {
+        let missing: Vec<String> = {
+            let declared = self.declared.lock().map(|d| d.clone()).unwrap_or_default();
+            let mut m: Vec<String> = jobs
+                .iter()
+                .filter(|j| !declared.contains(&j.tenant))
+                .map(|j| j.tenant.clone())
+                .collect();
+            m.sort();
+            m.dedup();
+            m
+        };
+        if !missing.is_empty() {
+            let channel = self.channel().await?;
+            for tenant in &missing {
+                declare_tenant(&channel, &self.topo, tenant).await?;
+            }
+            if let Ok(mut d) = self.declared.lock() {
+                d.extend(missing);
+            }
+        }
+        let exchange = self.topo.work_exchange();
+        let messages = jobs
+            .iter()
+            .map(|j| Outgoing {
+                exchange: exchange.clone(),
+                routing_key: j.tenant.clone(),
+                body: j.id.as_bytes().to_vec(),
+                properties: persistent()
+                    .with_message_id(ShortString::from(j.id.clone()))
+                    .with_priority(j.priority.clamp(0, 9) as u8),
+            })
+            .collect();
+        self.publish_all(messages).await
+    }
+
+    /// Drops the publishing channel (after a timeout) so the next publish starts afresh.
+    pub async fn reset(&self) {
+        if let Ok(mut state) =
+            tokio::time::timeout(Duration::from_millis(100), self.state.lock()).await
+        {
+            *state = None;
+        }
+        if let Ok(mut d) = self.declared.lock() {
+            d.clear();
+        }
+    }
+
+    /// Whether the broker answers (for `/readyz`).
+    pub async fn ping(&self) -> bool {
+        tokio::time::timeout(Duration::from_secs(2), self.channel())
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// Properties of a persistent JSON message.
+pub fn persistent() -> BasicProperties {
+    BasicProperties::default().with_delivery_mode(2)
+}
+
+/// Opens a consumer on its own connection (publishing and consuming never share one, so
+/// broker flow control on publishers cannot stall acknowledgements).
+pub async fn consume(
+    url: &str,
+    topo: &Topology,
+    queue: &str,
+    prefetch: u16,
+    tag: &str,
+) -> Result<(Connection, Channel, Consumer), QueueError> {
+    let conn = connect(url, tag).await?;
+    let channel = conn.create_channel().await?;
+    declare(&channel, topo).await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((conn, channel, consumer))
+}
+
+/// Runs `session` until `shutdown`, starting it again with exponential backoff (200 ms to
+/// 10 s) whenever it fails: the one reconnect policy of every long-lived consumer.
+pub async fn reconnecting<F, Fut>(
+    what: &str,
+    shutdown: &tokio_util::sync::CancellationToken,
+    mut session: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut backoff = Duration::from_millis(200);
+    while !shutdown.is_cancelled() {
+        match session().await {
+            Ok(()) => backoff = Duration::from_millis(200),
+            Err(e) => {
+                tracing::warn!(error = %e, "{what} lost its broker session; reconnecting");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Reads a text header.
+pub fn header_text(headers: &Option<FieldTable>, name: &str) -> Option<String> {
+    let value = headers.as_ref()?.inner().get(name)?;
+    match value {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        AMQPValue::ShortShortInt(n) => Some(n.to_string()),
+        AMQPValue::ShortShortUInt(n) => Some(n.to_string()),
+        AMQPValue::ShortInt(n) => Some(n.to_string()),
+        AMQPValue::ShortUInt(n) => Some(n.to_string()),
+        AMQPValue::LongInt(n) => Some(n.to_string()),
+        AMQPValue::LongUInt(n) => Some(n.to_string()),
+        AMQPValue::LongLongInt(n) => Some(n.to_string()),
+        _ => None,
+    }
+}

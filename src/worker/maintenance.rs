@@ -1,0 +1,88 @@
+//! Small background loops: the heartbeat that proves a worker is alive, the rescuer that
+//! re-queues a dead worker's jobs, the stager that moves due retries back to `queued`, and the
+//! relay that publishes queued jobs whose work message never reached the broker. Every query is
+//! conditional and idempotent, so any number of processes may run these loops at once.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::app::Ctx;
+use crate::db::maintenance as q;
+use crate::queue::WorkItem;
+
+/// Most jobs the relay publishes in one transaction.
+const RELAY_BATCH: i64 = 1000;
+
+/// Beats every `heartbeat_interval` until `stop`, then removes the worker row. `stop` fires
+/// only after every other loop of the process has ended, so jobs still being finished during a
+/// graceful shutdown keep a live owner and are never rescued from under it.
+pub async fn heartbeat(ctx: Arc<Ctx>, worker_id: String, host: String, stop: CancellationToken) {
+    let every = ctx.config.worker.heartbeat_interval;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if let Err(e) = q::heartbeat(&ctx.pool, &worker_id, &host, std::process::id()).await {
+            tracing::warn!(error = %e, "heartbeat failed");
+        }
+    }
+    if let Err(e) = q::deregister_worker(&ctx.pool, &worker_id).await {
+        tracing::warn!(error = %e, "could not deregister worker");
+    }
+}
+
+/// Rescuer, stager and relay, every `relay_interval`.
+pub async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+    let every = ctx.config.worker.relay_interval;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if let Err(e) = tick(&ctx).await {
+            tracing::warn!(error = %e, "maintenance tick failed");
+        }
+    }
+}
+
+/// One round of every maintenance duty (also called directly by tests to step the system).
+pub async fn tick(ctx: &Ctx) -> anyhow::Result<()> {
+    let rescued = q::rescue_orphans(&ctx.pool, ctx.config.worker.dead_after).await?;
+    if rescued > 0 {
+        tracing::warn!(
+            jobs = rescued,
+            "re-queued jobs of a worker that stopped answering"
+        );
+    }
+    q::stage_due_retries(&ctx.pool).await?;
+    crate::db::expiry::expire_overdue(&ctx.pool).await?;
+    crate::db::budgets::prune(&ctx.pool).await?;
+    crate::db::cache::prune(&ctx.pool).await?;
+    while relay_once(ctx).await? == RELAY_BATCH as usize {}
+    Ok(())
+}
+
+/// Publishes one batch of due jobs; the rows stay locked until the broker confirms.
+async fn relay_once(ctx: &Ctx) -> anyhow::Result<usize> {
+    let mut tx = ctx.pool.begin().await?;
+    let due = q::pick_unpublished(&mut tx, RELAY_BATCH).await?;
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let work: Vec<WorkItem> = due
+        .into_iter()
+        .map(|(id, priority, tenant)| WorkItem {
+            id,
+            tenant,
+            priority,
+        })
+        .collect();
+    ctx.broker.publish_work(&work).await?;
+    let ids: Vec<String> = work.into_iter().map(|w| w.id).collect();
+    q::clear_publish_mark(&mut tx, &ids).await?;
+    tx.commit().await?;
+    tracing::debug!(jobs = ids.len(), "relay published jobs");
+    Ok(ids.len())
+}
