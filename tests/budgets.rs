@@ -1,0 +1,297 @@
+//! Shared budgets end to end: several real worker processes against a mock provider whose own
+//! limits equal the configured budgets.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Client, TestEnv, job, wait_until};
+use rust_decimal::Decimal;
+use serde_json::json;
+use sluice::app::Roles;
+use sluice::config::BudgetSettings;
+use sluice::mock::MockSettings;
+
+fn spawn_workers(env: &TestEnv, dir: &tempfile::TempDir, n: usize) -> Vec<common::ChildGuard> {
+    (0..n).map(|_| env.spawn_worker(dir.path(), &[])).collect()
+}
+
+fn stop(children: Vec<common::ChildGuard>) {
+    for mut c in children {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let start = Instant::now();
+        while c.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+    }
+}
+
+fn jobs(n: usize, model: &str, tag: &str) -> serde_json::Value {
+    let list: Vec<_> = (0..n)
+        .map(|i| {
+            let mut j = job(&format!(
+                "{tag} ticket {i}: the export page times out for large accounts"
+            ));
+            j["model"] = json!(model);
+            j["body"]["max_tokens"] = json!(50);
+            j
+        })
+        .collect();
+    json!({"jobs": list})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_worker_processes_share_one_tpm_budget_without_a_single_429_and_a_small_tenant_is_not_starved()
+ {
+    const TPM: u64 = 6_000;
+    let mut env = TestEnv::with_mock(MockSettings {
+        tpm: Some(TPM),
+        ..Default::default()
+    })
+    .await;
+    env.config.database.max_connections = 4;
+    env.config.budgets.deployments.insert(
+        "openai/gpt-4o-mini".into(),
+        BudgetSettings {
+            tpm: Some(TPM as i64),
+            ..Default::default()
+        },
+    );
+    // The API process also seeds the budget from its config.
+    let api = env
+        .start(Roles {
+            api: true,
+            maintenance: true,
+            ..Default::default()
+        })
+        .await;
+    let big = Client::new(&api, &env.key("big").await);
+    let small = Client::new(&api, &env.key("small").await);
+    let dir = tempfile::tempdir().unwrap();
+    let workers = spawn_workers(&env, &dir, 4);
+    let started = Instant::now();
+
+    // A backlog worth about two minutes of budget.
+    let (s, _) = big
+        .post("/v1/jobs", &jobs(200, "gpt-4o-mini", "big"), None)
+        .await;
+    assert_eq!(s, 200);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (_, body) = small
+        .post("/v1/jobs", &jobs(3, "gpt-4o-mini", "small"), None)
+        .await;
+    let small_ids: Vec<String> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect();
+    let submitted = Instant::now();
+    for id in &small_ids {
+        small.wait_job(id, Duration::from_secs(30)).await;
+    }
+    let small_wait = submitted.elapsed();
+    let big_left = env
+        .count("SELECT count(*) FROM jobs WHERE tenant = 'big' AND finalized_at IS NULL")
+        .await;
+    assert!(
+        big_left > 50,
+        "the big backlog is still running ({big_left} left)"
+    );
+    assert!(
+        small_wait < Duration::from_secs(20),
+        "the small tenant waited {small_wait:?} behind the backlog"
+    );
+
+    // Let the budget run across more than one full window.
+    let remaining = Duration::from_secs(75).saturating_sub(started.elapsed());
+    tokio::time::sleep(remaining).await;
+    stop(workers);
+
+    let stats = env.mock.stats();
+    assert_eq!(stats.rate_limited, 0, "no 429 at all");
+    let worst = sluice::mock::limits::worst_window(&stats.per_second);
+    assert!(
+        worst <= TPM,
+        "worst 60-second window served {worst} tokens > {TPM}"
+    );
+    let first_minute: u64 = stats
+        .per_second
+        .range(..stats.per_second.keys().next().unwrap() + 60)
+        .map(|(_, s)| s.tokens)
+        .sum();
+    assert!(
+        first_minute * 100 >= TPM * 80,
+        "the budget is used, not just respected: {first_minute} of {TPM} in the first minute"
+    );
+    let report = sluice::db::budgets::report(&env.pool, None).await.unwrap();
+    assert!(
+        report
+            .iter()
+            .any(|r| r.key == "openai/gpt-4o-mini" && r.tpm == Some(TPM as i64))
+    );
+    api.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_workers_racing_for_a_daily_cap_never_pass_it_by_a_cent() {
+    let mut env = TestEnv::new().await;
+    env.config.database.max_connections = 3;
+    let cap: Decimal = "0.50".parse().unwrap();
+    env.config.budgets.tenants.insert(
+        "acme".into(),
+        BudgetSettings {
+            daily_usd: Some(cap),
+            policy: Some("reject".into()),
+            ..Default::default()
+        },
+    );
+    let api = env
+        .start(Roles {
+            api: true,
+            maintenance: true,
+            ..Default::default()
+        })
+        .await;
+    let c = Client::new(&api, &env.key("acme").await);
+    let dir = tempfile::tempdir().unwrap();
+    let workers = spawn_workers(&env, &dir, 8);
+    // gpt-4 at $30/$60 per million: each call may cost up to ~$0.004, so ~130 fit in $0.50.
+    let (s, _) = c
+        .post("/v1/jobs", &jobs(300, "openai/gpt-4", "costly"), None)
+        .await;
+    assert_eq!(s, 200);
+    wait_until(Duration::from_secs(60), "every job is finished", || async {
+        env.count("SELECT count(*) FROM jobs WHERE finalized_at IS NULL")
+            .await
+            == 0
+    })
+    .await;
+    stop(workers);
+
+    let spent: Decimal =
+        sqlx::query_scalar("SELECT COALESCE(sum(cost_usd), 0) FROM attempts WHERE tenant = 'acme'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    let booked: Decimal =
+        sqlx::query_scalar("SELECT COALESCE(sum(usd), 0) FROM tenant_spend WHERE tenant = 'acme'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert!(spent <= cap, "spent ${spent} > cap ${cap}");
+    assert_eq!(spent, booked, "the spend counter equals the ledger");
+    assert!(
+        spent >= "0.45".parse().unwrap(),
+        "the cap is used, not just respected: ${spent}"
+    );
+    let rejected = env.count("SELECT count(*) FROM jobs WHERE status = 'failed' AND error->>'code' = 'budget_exceeded'").await;
+    let succeeded = env
+        .count("SELECT count(*) FROM jobs WHERE status = 'succeeded'")
+        .await;
+    assert_eq!(rejected + succeeded, 300);
+    assert!(rejected > 0);
+    env.check_invariants().await;
+    api.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_deferred_job_waits_for_the_next_day_and_the_api_reports_the_budget() {
+    let mut env = TestEnv::new().await;
+    env.config.budgets.tenants.insert(
+        "acme".into(),
+        BudgetSettings {
+            daily_usd: Some("0.01".parse().unwrap()),
+            policy: Some("defer".into()),
+            ..Default::default()
+        },
+    );
+    let app = env.up().await;
+    let c = Client::new(&app, &env.key("acme").await);
+    let (_, body) = c
+        .post("/v1/jobs", &jobs(6, "openai/gpt-4", "deferred"), None)
+        .await;
+    let ids: Vec<String> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect();
+    wait_until(Duration::from_secs(20), "the affordable jobs finish and the rest are parked", || async {
+        let done = env.count("SELECT count(*) FROM jobs WHERE status = 'succeeded'").await;
+        let parked = env.count("SELECT count(*) FROM jobs WHERE status = 'queued' AND publish_after > now() + interval '1 minute'").await;
+        done >= 1 && done + parked == 6
+    })
+    .await;
+    let spent: Decimal = sqlx::query_scalar("SELECT COALESCE(sum(cost_usd), 0) FROM attempts")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert!(spent <= "0.01".parse().unwrap());
+    let next_midnight: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT max(publish_after) FROM jobs WHERE status = 'queued'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        next_midnight,
+        sluice::domain::budget::next_day(chrono::Utc::now())
+    );
+    let (_, report) = c.get("/v1/budgets").await;
+    let mine = report["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["key"] == "acme")
+        .unwrap()
+        .clone();
+    assert_eq!(mine["daily_usd"], "0.01");
+    assert_eq!(
+        mine["spent_today_usd"]
+            .as_str()
+            .unwrap()
+            .parse::<Decimal>()
+            .unwrap(),
+        spent
+    );
+    assert!(ids.len() == 6);
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_429_pauses_the_deployment_for_every_worker_until_retry_after() {
+    let env = TestEnv::new().await;
+    let app = env.up().await;
+    let c = Client::new(&app, &env.key("acme").await);
+    let mut j = job("rate limited [[mock:status=429]]");
+    j["model"] = json!("openai/gpt-4o-mini");
+    j["max_attempts"] = json!(2);
+    let (_, body) = c.post("/v1/jobs", &j, None).await;
+    let done = c
+        .wait_job(body["id"].as_str().unwrap(), Duration::from_secs(30))
+        .await;
+    assert_eq!(done["status"], "failed");
+    let times: Vec<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT started_at FROM attempts ORDER BY attempt")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(times.len(), 2);
+    assert!(
+        times[1] - times[0] >= chrono::Duration::milliseconds(900),
+        "the retry honoured retry-after: {times:?}"
+    );
+    let paused: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT paused_until FROM budgets WHERE scope = 'deployment' AND key = 'openai/gpt-4o-mini'").fetch_one(&env.pool).await.unwrap();
+    assert!(paused.is_some(), "the pause is shared through Postgres");
+    app.stop().await;
+    env.cleanup().await;
+}

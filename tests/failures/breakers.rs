@@ -1,0 +1,139 @@
+//! Circuit breakers: consecutive failures cut a deployment off for a cool-down, then one probe
+//! call decides whether it opens again or closes.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::common::{Client, TestEnv, wait_until};
+use super::{T, attempts, single, submit};
+
+const DEPLOYMENT: &str = "openai/gpt-4o-mini";
+
+async fn breaker(env: &TestEnv) -> Option<(String, i32, Option<DateTime<Utc>>)> {
+    sqlx::query_as(
+        "SELECT state, consecutive_failures, opened_until FROM circuit_breakers WHERE deployment = $1",
+    )
+    .bind(DEPLOYMENT)
+    .fetch_optional(&env.pool)
+    .await
+    .unwrap()
+}
+
+/// A test environment whose breakers open after 2 failures, for `cooldown`.
+async fn env_with_breakers(cooldown: Duration) -> TestEnv {
+    let mut env = TestEnv::new().await;
+    env.config.worker.breaker_failures = 2;
+    env.config.worker.breaker_cooldown = cooldown;
+    env
+}
+
+/// Fails two jobs on the deployment and waits until its breaker is open and its pause shared;
+/// returns when the cool-down ends.
+async fn open_breaker(env: &TestEnv, c: &Client) -> DateTime<Utc> {
+    for i in 0..2 {
+        let id = submit(c, &single(&format!("down {i} [[mock:status=503]]"), 1)).await;
+        assert_eq!(c.wait_job(&id, T).await["status"], "failed");
+    }
+    wait_until(T, "the breaker opens and pauses the deployment", || async {
+        let paused = env
+            .count(&format!(
+                "SELECT count(*) FROM budgets WHERE key = '{DEPLOYMENT}' AND paused_until > now()"
+            ))
+            .await;
+        matches!(breaker(env).await, Some((s, 2, Some(_))) if s == "open") && paused == 1
+    })
+    .await;
+    breaker(env).await.and_then(|b| b.2).unwrap()
+}
+
+#[tokio::test]
+async fn a_failing_deployment_is_cut_off_then_one_probe_closes_its_breaker() {
+    let env = env_with_breakers(Duration::from_secs(2)).await;
+    let app = env.up().await;
+    let c = Client::new(&app, &env.key("acme").await);
+    let opened_until = open_breaker(&env, &c).await;
+
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(submit(&c, &single(&format!("healthy again {i}"), 1)).await);
+    }
+    for id in &ids {
+        assert_eq!(c.wait_job(id, T).await["status"], "succeeded");
+    }
+    let mut ledger = Vec::new();
+    for id in &ids {
+        ledger.extend(attempts(&env.pool, id).await);
+    }
+    ledger.sort_by_key(|a| a.started_at);
+    let slack = chrono::Duration::milliseconds(50);
+    assert!(
+        ledger[0].started_at + slack >= opened_until,
+        "nothing was sent during the cool-down: {:?} < {opened_until}",
+        ledger[0].started_at
+    );
+    for later in &ledger[1..] {
+        assert!(
+            later.started_at >= ledger[0].finished_at,
+            "one probe went first, alone: {ledger:?}"
+        );
+    }
+    wait_until(T, "the breaker closes", || async {
+        matches!(breaker(&env).await, Some((s, 0, None)) if s == "closed")
+    })
+    .await;
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_failed_probe_opens_the_breaker_for_another_cool_down() {
+    let cooldown = Duration::from_millis(1500);
+    let env = env_with_breakers(cooldown).await;
+    let app = env.up().await;
+    let c = Client::new(&app, &env.key("acme").await);
+    open_breaker(&env, &c).await;
+
+    // The probe fails once, then its retry (after the second cool-down) succeeds.
+    let id = submit(&c, &single("recovering [[mock:fail-first=1]]", 3)).await;
+    let done = c.wait_job(&id, T).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let ledger = attempts(&env.pool, &id).await;
+    assert_eq!(ledger.len(), 2);
+    let gap = ledger[1].started_at - ledger[0].finished_at;
+    assert!(
+        gap >= chrono::Duration::milliseconds(1200),
+        "the retry waited for the reopened breaker, not just its backoff: {gap:?}"
+    );
+    wait_until(T, "the breaker closes", || async {
+        matches!(breaker(&env).await, Some((s, _, None)) if s == "closed")
+    })
+    .await;
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn fatal_errors_and_refusals_never_open_a_breaker() {
+    let env = env_with_breakers(Duration::from_secs(30)).await;
+    let app = env.up().await;
+    let c = Client::new(&app, &env.key("acme").await);
+    for prompt in [
+        "bad [[mock:status=400]]",
+        "bad [[mock:status=422]]",
+        "no [[mock:refuse]]",
+        "bad [[mock:status=404]]",
+    ] {
+        let id = submit(&c, &single(prompt, 1)).await;
+        c.wait_job(&id, T).await;
+    }
+    let id = submit(&c, &single("fine", 1)).await;
+    assert_eq!(c.wait_job(&id, T).await["status"], "succeeded");
+    assert!(
+        breaker(&env).await.is_none_or(|(s, _, _)| s == "closed"),
+        "{:?}",
+        breaker(&env).await
+    );
+    app.stop().await;
+    env.cleanup().await;
+}

@@ -1,0 +1,377 @@
+//! End-to-end tests that run the real `sluice` binary as separate processes: killed workers,
+//! graceful shutdown, and the CLI.
+
+mod common;
+
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::{Client, TestEnv, job, wait_until};
+use serde_json::json;
+use sluice::app::Roles;
+
+const T: Duration = Duration::from_secs(40);
+
+fn sluice() -> Command {
+    common::sluice_cmd()
+}
+
+fn spawn_worker(
+    env: &TestEnv,
+    dir: &tempfile::TempDir,
+    extra_env: &[(&str, &str)],
+) -> common::ChildGuard {
+    env.spawn_worker(dir.path(), extra_env)
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+async fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "process did not exit in {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn running_by_other_process(env: &TestEnv, id: &str, ours: &str) -> bool {
+    let row: Option<(String, Option<String>)> =
+        sqlx::query_as("SELECT status, attempted_by FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&env.pool)
+            .await
+            .unwrap();
+    matches!(row, Some((s, Some(by))) if s == "running" && by != ours)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_job_is_finished_by_another_worker() {
+    let env = TestEnv::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let api = env
+        .start(Roles {
+            api: true,
+            ..Default::default()
+        })
+        .await;
+    let c = Client::new(&api, &env.key("acme").await);
+    let mut child = spawn_worker(&env, &dir, &[]);
+
+    let (_, body) = c
+        .post("/v1/jobs", &job("long call [[mock:sleep=2s]]"), None)
+        .await;
+    let id = body["id"].as_str().unwrap().to_string();
+    wait_until(T, "the child worker is running the job", || {
+        running_by_other_process(&env, &id, &api.worker_id)
+    })
+    .await;
+    signal(&child, "KILL");
+    wait_exit(&mut child, T).await;
+
+    // Another worker (with the rescuer) takes over once the dead worker's heartbeat is stale.
+    let rescuer = env
+        .start(Roles {
+            worker: true,
+            maintenance: true,
+            ..Default::default()
+        })
+        .await;
+    let done = c.wait_job(&id, T).await;
+    assert_eq!(done["status"], "succeeded");
+    assert_eq!(done["attempts"], 2);
+    assert!(done["errors"].to_string().contains("worker_lost"), "{done}");
+    assert_eq!(
+        env.count(&format!(
+            "SELECT count(*) FROM attempts WHERE job_id = '{id}'"
+        ))
+        .await,
+        1,
+        "billed once"
+    );
+    env.check_invariants().await;
+    rescuer.stop().await;
+    api.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_after_recording_but_before_acking_causes_no_second_call() {
+    let env = TestEnv::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let api = env
+        .start(Roles {
+            api: true,
+            ..Default::default()
+        })
+        .await;
+    let c = Client::new(&api, &env.key("acme").await);
+    let mut child = spawn_worker(
+        &env,
+        &dir,
+        &[("SLUICE_FAILPOINT", "worker.after_record_before_ack")],
+    );
+
+    let (_, body) = c.post("/v1/jobs", &job("commit then die"), None).await;
+    let id = body["id"].as_str().unwrap().to_string();
+    let status = wait_exit(&mut child, T).await;
+    assert!(!status.success(), "the failpoint aborted the worker");
+    assert_eq!(env.status_of(&id).await, "succeeded");
+
+    // The unacked delivery comes back to a new worker, which sees a finished job.
+    let worker = env
+        .start(Roles {
+            worker: true,
+            ..Default::default()
+        })
+        .await;
+    wait_until(T, "the redelivery is consumed", || async {
+        let (messages, consumers) = env.work_queue_depth("acme").await;
+        messages == 0 && consumers >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        env.mock.stats().calls_by_job[&id],
+        1,
+        "no second provider call"
+    );
+    assert_eq!(
+        env.count(&format!(
+            "SELECT count(*) FROM attempts WHERE job_id = '{id}'"
+        ))
+        .await,
+        1
+    );
+    env.check_invariants().await;
+    worker.stop().await;
+    api.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_work_and_exits_zero() {
+    let env = TestEnv::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let api = env
+        .start(Roles {
+            api: true,
+            ..Default::default()
+        })
+        .await;
+    let c = Client::new(&api, &env.key("acme").await);
+    let mut child = spawn_worker(&env, &dir, &[]);
+    let jobs: Vec<_> = (0..20)
+        .map(|i| job(&format!("job {i} [[mock:sleep=1s]]")))
+        .collect();
+    let (_, body) = c.post("/v1/jobs", &json!({"jobs": jobs}), None).await;
+    let ids: Vec<String> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect();
+    wait_until(T, "the child is running jobs", || async {
+        env.count("SELECT count(*) FROM jobs WHERE status = 'running'")
+            .await
+            > 0
+    })
+    .await;
+    let in_flight: Vec<String> = sqlx::query_scalar("SELECT id FROM jobs WHERE status = 'running'")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    signal(&child, "TERM");
+    let status = wait_exit(&mut child, T).await;
+    assert!(status.success(), "exit status {status}");
+    for id in &in_flight {
+        assert_eq!(
+            env.status_of(id).await,
+            "succeeded",
+            "in-flight job {id} was finished before exit"
+        );
+    }
+    assert_eq!(
+        env.count("SELECT count(*) FROM jobs WHERE status = 'running'")
+            .await,
+        0,
+        "nothing left running"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM workers").await,
+        0,
+        "the worker deregistered"
+    );
+
+    // What it had not started is still there for the next worker.
+    let worker = env
+        .start(Roles {
+            worker: true,
+            ..Default::default()
+        })
+        .await;
+    for id in &ids {
+        c.wait_job(id, T).await;
+    }
+    env.check_invariants().await;
+    worker.stop().await;
+    api.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_submits_a_file_follows_it_and_downloads_results() {
+    let env = TestEnv::new().await;
+    let app = env.up().await;
+    let key = env.key("acme").await;
+    let url = format!("http://{}", app.api_addr.unwrap());
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/tickets.jsonl");
+
+    let out = sluice()
+        .args([
+            "submit",
+            example,
+            "--wait",
+            "--api-url",
+            &url,
+            "--api-key",
+            &key,
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let batch = stdout.lines().next().unwrap().trim().to_string();
+    assert!(batch.starts_with("batch_"), "{stdout}");
+    assert!(
+        stdout.contains("completed") && stdout.contains("1000"),
+        "{stdout}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("out.jsonl");
+    let out = sluice()
+        .args([
+            "results",
+            &batch,
+            "-o",
+            file.to_str().unwrap(),
+            "--api-url",
+            &url,
+            "--api-key",
+            &key,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(text.lines().count(), 1000);
+    assert!(text.contains("\"custom_id\":\"ticket-00001\""));
+
+    let out = sluice()
+        .args(["status", &batch, "--api-url", &url, "--api-key", &key])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("completed"));
+    env.check_invariants().await;
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_refuses_a_bad_file_naming_the_line_and_enqueues_nothing() {
+    let env = TestEnv::new().await;
+    let app = env.up().await;
+    let key = env.key("acme").await;
+    let url = format!("http://{}", app.api_addr.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let ok = serde_json::to_string(&job("fine")).unwrap();
+    let cases = [
+        (format!("{ok}\n{ok}\n{{\"body\": oops}}\n"), "bad.jsonl:3:"),
+        (format!("{ok}\n{}\n", serde_json::to_string(&json!({"model": "gpt-99", "body": {"messages": [{"role": "user", "content": "x"}]}})).unwrap()), "bad.jsonl:2: model"),
+        (format!("{}\n", serde_json::to_string(&json!({"model": "summarize", "body": {"messages": [{"role": "wizard", "content": "x"}]}})).unwrap()), "bad.jsonl:1: body.messages[0].role"),
+    ];
+    for (content, expected) in cases {
+        let file = dir.path().join("bad.jsonl");
+        std::fs::write(&file, content).unwrap();
+        let out = sluice()
+            .current_dir(dir.path())
+            .args(["submit", "bad.jsonl", "--api-url", &url, "--api-key", &key])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains(expected),
+            "expected `{expected}` in: {stderr}"
+        );
+    }
+    let out = sluice()
+        .args(["submit", "nope.jsonl", "--api-url", &url, "--api-key", &key])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read nope.jsonl"));
+    let out = sluice()
+        .args(["status", "batch_x", "--api-url", &url])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SLUICE_API_KEY"));
+    assert_eq!(env.count("SELECT count(*) FROM jobs").await, 0);
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_create_prints_a_working_key_once() {
+    let env = TestEnv::new().await;
+    let out = sluice()
+        .env("DATABASE_URL", &env.db_url)
+        .args(["keys", "create", "--tenant", "initech"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(key.starts_with("sk-sluice-"));
+    assert_eq!(
+        sluice::db::tenants::tenant_for_key(&env.pool, &key)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("initech")
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM api_keys WHERE key_prefix = left(key_prefix, 14)")
+            .await,
+        1,
+        "only a prefix is kept in clear"
+    );
+    let out = sluice()
+        .env("DATABASE_URL", &env.db_url)
+        .args(["keys", "create", "--tenant", "Bad Name"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid name"));
+    env.cleanup().await;
+}
