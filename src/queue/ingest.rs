@@ -10,7 +10,6 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -81,13 +80,7 @@ async fn handle(ctx: &Arc<Ctx>, deliveries: Vec<Delivery>) {
             Verdict::Accept { tenant, row } => groups.entry(tenant).or_default().push((d, *row)),
             Verdict::Reject(reason) => reject(ctx, d, &reason).await,
             Verdict::Retry => {
-                let _ = d
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
+                crate::queue::requeue(&d.acker).await;
             }
         }
     }
@@ -97,19 +90,13 @@ async fn handle(ctx: &Arc<Ctx>, deliveries: Vec<Delivery>) {
             Ok(inserted) => {
                 crate::submit::dispatch(ctx, &tenant, &inserted).await;
                 for d in deliveries {
-                    let _ = d.acker.ack(BasicAckOptions::default()).await;
+                    crate::queue::ack(&d.acker).await;
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, tenant = %tenant, "could not record ingested jobs; they will be redelivered");
                 for d in deliveries {
-                    let _ = d
-                        .acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..Default::default()
-                        })
-                        .await;
+                    crate::queue::requeue(&d.acker).await;
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
@@ -214,17 +201,11 @@ async fn reject(ctx: &Ctx, d: Delivery, reason: &str) {
     };
     match ctx.broker.publish_all(vec![out]).await {
         Ok(()) => {
-            let _ = d.acker.ack(BasicAckOptions::default()).await;
+            crate::queue::ack(&d.acker).await;
         }
         Err(e) => {
             tracing::warn!(error = %e, "could not move a message to the rejected queue; handing it back");
-            let _ = d
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await;
+            crate::queue::requeue(&d.acker).await;
         }
     }
 }

@@ -18,11 +18,13 @@ use std::time::Duration;
 
 use lapin::Confirmation;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use lapin::{
+    Acker, BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind,
+};
 use tokio::sync::Mutex;
 
 /// The message schema version producers send in the `sluice-schema` header.
@@ -78,6 +80,8 @@ pub enum QueueError {
     Returned(String),
     #[error("broker refused the message (nack)")]
     Nacked,
+    #[error("broker did not answer in time while {0}")]
+    Timeout(&'static str),
 }
 
 /// Declares everything sluice needs; idempotent.
@@ -169,7 +173,46 @@ pub struct WorkItem {
 pub async fn connect(url: &str, name: &str) -> Result<Connection, QueueError> {
     let props =
         ConnectionProperties::default().with_connection_name(LongString::from(name.to_string()));
-    Ok(Connection::connect(url, props).await?)
+    let url = with_heartbeat(url);
+    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&url, props)).await {
+        Ok(conn) => Ok(conn?),
+        Err(_) => Err(QueueError::Timeout("connecting")),
+    }
+}
+
+/// Longest wait for a connection's TCP and AMQP handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Heartbeat interval asked for when the URL names none: a peer that stops answering (a hung
+/// broker, a dead network path) is noticed within two intervals instead of never.
+const HEARTBEAT_SECS: u16 = 15;
+/// Longest wait for a batch of publishes and their confirms.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for an acknowledgement to be handed to the connection. One that times out is
+/// harmless: the delivery comes back after the connection closes, and redeliveries are
+/// idempotent.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The URL with `heartbeat=` added unless it sets one.
+fn with_heartbeat(url: &str) -> String {
+    if url.contains("heartbeat=") {
+        return url.to_string();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}heartbeat={HEARTBEAT_SECS}")
+}
+
+/// Acknowledges a delivery, bounded in time; a failure only means it will be redelivered.
+pub async fn ack(acker: &Acker) {
+    let _ = tokio::time::timeout(ACK_TIMEOUT, acker.ack(BasicAckOptions::default())).await;
+}
+
+/// Hands a delivery back to the broker for another try, bounded in time.
+pub async fn requeue(acker: &Acker) {
+    let options = BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    };
+    let _ = tokio::time::timeout(ACK_TIMEOUT, acker.nack(options)).await;
 }
 
 /// One persistent message to publish.
@@ -254,7 +297,11 @@ impl Broker {
         if messages.is_empty() {
             return Ok(());
         }
-        let result = self.publish_inner(messages).await;
+        let result = match tokio::time::timeout(PUBLISH_TIMEOUT, self.publish_inner(messages)).await
+        {
+            Ok(r) => r,
+            Err(_) => Err(QueueError::Timeout("publishing")),
+        };
         if result.is_err() {
             // Start over on a fresh channel next time, declaring queues again.
             *self.state.lock().await = None;
@@ -309,9 +356,19 @@ impl Broker {
             m
         };
         if !missing.is_empty() {
-            let channel = self.channel().await?;
-            for tenant in &missing {
-                declare_tenant(&channel, &self.topo, tenant).await?;
+            let declare_all = async {
+                let channel = self.channel().await?;
+                for tenant in &missing {
+                    declare_tenant(&channel, &self.topo, tenant).await?;
+                }
+                Ok::<(), QueueError>(())
+            };
+            match tokio::time::timeout(PUBLISH_TIMEOUT, declare_all).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    self.reset().await;
+                    return Err(QueueError::Timeout("declaring work queues"));
+                }
             }
             if let Ok(mut d) = self.declared.lock() {
                 d.extend(missing);
@@ -345,8 +402,24 @@ impl Broker {
     }
 
     /// Whether the broker answers (for `/readyz`).
+    /// A round trip to the broker (a passive declare of the ingest queue), so a broker that
+    /// hangs with the connection still open is reported too.
     pub async fn ping(&self) -> bool {
-        tokio::time::timeout(Duration::from_secs(2), self.channel())
+        let probe = async {
+            let channel = self.channel().await?;
+            channel
+                .queue_declare(
+                    self.topo.ingest_queue().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok::<(), QueueError>(())
+        };
+        tokio::time::timeout(Duration::from_secs(2), probe)
             .await
             .is_ok_and(|r| r.is_ok())
     }

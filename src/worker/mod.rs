@@ -19,9 +19,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Acker, Channel};
 use tokio::sync::{Semaphore, mpsc};
@@ -102,12 +100,16 @@ async fn run_session(
         tasks: tasks.clone(),
         calls: calls.clone(),
     };
+    // Cancelled on shutdown, or when this session's connection breaks: deliveries already
+    // prefetched from a dead channel are then handed back (the broker redelivers them on the
+    // next session) instead of being claimed.
+    let stop_claiming = shutdown.child_token();
     let claimer = tokio::spawn(claim_loop(
         ctx.clone(),
         worker_id.to_string(),
         claim_rx,
         runner,
-        shutdown.clone(),
+        stop_claiming.clone(),
     ));
 
     let mut consuming: HashSet<String> = HashSet::new();
@@ -118,6 +120,9 @@ async fn run_session(
             _ = shutdown.cancelled() => break Ok(()),
             Some(e) = err_rx.recv() => break Err(e),
             _ = refresh.tick() => {
+                if !conn.status().connected() {
+                    break Err(anyhow::anyhow!("the broker connection is closed"));
+                }
                 match consume_new_tenants(ctx, &channel, worker_id, &mut consuming, &claim_tx, &err_tx).await {
                     Ok(new_tags) => tags.extend(new_tags),
                     Err(e) => break Err(e),
@@ -133,6 +138,7 @@ async fn run_session(
     }
     drop(claim_tx);
     if result.is_err() {
+        stop_claiming.cancel();
         // The channel is gone: forwarders will not end by themselves.
         let _ = conn.close(200, "worker reconnecting".into()).await;
     }
@@ -276,13 +282,7 @@ fn take_fair(ready: Vec<Delivery>, limit: usize) -> (Vec<Delivery>, Vec<Delivery
 
 async fn nack_all(deliveries: Vec<Delivery>) {
     for d in deliveries {
-        let _ = d
-            .acker
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..Default::default()
-            })
-            .await;
+        crate::queue::requeue(&d.acker).await;
     }
 }
 
@@ -292,7 +292,7 @@ async fn claim_loop(
     worker_id: String,
     mut rx: mpsc::Receiver<Delivery>,
     runner: Runner,
-    shutdown: CancellationToken,
+    stop: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(ctx.config.worker.concurrency));
     let mut deferred = Deferred::default();
@@ -325,7 +325,7 @@ async fn claim_loop(
         // cannot crowd out another tenant's fresh work; the rest stays due for the next round.
         let (batch, rest) = take_fair(ready, limit);
         deferred.extend_due(rest);
-        if shutdown.is_cancelled() {
+        if stop.is_cancelled() {
             // Stopping: hand prefetched work back to the broker for another worker.
             nack_all(batch).await;
             nack_all(deferred.drain_all()).await;
@@ -349,12 +349,12 @@ async fn claim_batch(
             Ok(id) if id.starts_with("job_") => {
                 // A duplicate id in one batch: acknowledge the extra copy now.
                 if let Some(extra) = by_id.insert(id.to_string(), d) {
-                    let _ = extra.acker.ack(BasicAckOptions::default()).await;
+                    crate::queue::ack(&extra.acker).await;
                 }
             }
             _ => {
                 tracing::warn!("dropping a work message that is not a job id");
-                let _ = d.acker.ack(BasicAckOptions::default()).await;
+                crate::queue::ack(&d.acker).await;
             }
         }
     }
@@ -415,7 +415,7 @@ async fn claim_batch(
         match crate::db::maintenance::park(&ctx.pool, &ids, &untils).await {
             Ok(()) => {
                 for (_, _, d) in park {
-                    let _ = d.acker.ack(BasicAckOptions::default()).await;
+                    crate::queue::ack(&d.acker).await;
                 }
             }
             Err(e) => {
@@ -426,7 +426,7 @@ async fn claim_batch(
     }
     // Rejected by admission (already failed in Postgres), finished, running elsewhere, or gone.
     for d in by_id.into_values() {
-        let _ = d.acker.ack(BasicAckOptions::default()).await;
+        crate::queue::ack(&d.acker).await;
     }
 }
 
@@ -471,7 +471,7 @@ async fn record_loop(ctx: Arc<Ctx>, worker_id: String, mut rx: mpsc::Receiver<Re
             })
             .collect();
         for (_, _, acker) in buf.drain(..) {
-            let _ = acker.ack(BasicAckOptions::default()).await;
+            crate::queue::ack(&acker).await;
         }
         update_breakers(&ctx, &events).await;
     }

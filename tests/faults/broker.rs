@@ -144,6 +144,11 @@ async fn a_hung_broker_does_not_hang_the_api_and_work_resumes_when_it_answers() 
     })
     .await;
     let ready_during_hang = tokio::time::timeout(Duration::from_secs(3), readyz(&c)).await;
+    assert_eq!(
+        ready_during_hang,
+        Ok(503),
+        "/readyz makes a broker round trip, so it reports a hung broker"
+    );
     hold_fault(hang, Duration::from_secs(6)).await;
     broker.pass();
 
@@ -162,7 +167,7 @@ async fn a_hung_broker_does_not_hang_the_api_and_work_resumes_when_it_answers() 
         answered_in < Duration::from_secs(3),
         "POST /v1/jobs during a broker hang must answer promptly (the job is committed before \
          its publish; the relay publishes it later), but it answered after {answered_in:?}, \
-         when the broker came back (the hang lasted 6 s; /readyz during it: {ready_during_hang:?})"
+         when the broker came back (the hang lasted 6 s)"
     );
 }
 
