@@ -430,29 +430,25 @@ async fn load_state(
         let capped: Vec<String> = state.usd.keys().cloned().collect();
         let today = now.date_naive();
         let month_start = NaiveDate::from_ymd_opt(today.year(), today.month(), 1).unwrap_or(today);
-        let spend: Vec<(String, Decimal, Decimal)> = sqlx::query_as(
-            "SELECT tenant, COALESCE(sum(usd) FILTER (WHERE day = $2), 0), COALESCE(sum(usd), 0)
-             FROM tenant_spend WHERE tenant = ANY($1) AND day >= $3 GROUP BY tenant",
+        // Spend and holds in ONE statement, so one snapshot: `jobs::record` releases a hold and
+        // books its spend in one commit, and two separate reads could straddle that commit and
+        // see the job's cost in neither (then admit past the cap).
+        let spend: Vec<(String, Decimal, Decimal, Decimal)> = sqlx::query_as(
+            "SELECT t.tenant,
+                COALESCE((SELECT sum(s.usd) FROM tenant_spend s WHERE s.tenant = t.tenant AND s.day = $2), 0),
+                COALESCE((SELECT sum(s.usd) FROM tenant_spend s WHERE s.tenant = t.tenant AND s.day >= $3), 0),
+                COALESCE((SELECT sum(h.usd) FROM budget_holds h WHERE h.tenant = t.tenant AND h.expires_at > now()), 0)
+             FROM unnest($1::text[]) AS t(tenant)",
         )
         .bind(&capped)
         .bind(today)
         .bind(month_start)
         .fetch_all(&mut **tx)
         .await?;
-        for (t, day, month) in spend {
+        for (t, day, month, held) in spend {
             if let Some(u) = state.usd.get_mut(&t) {
                 u.spent_today = day;
                 u.spent_month = month;
-            }
-        }
-        let holds: Vec<(String, Decimal)> = sqlx::query_as(
-            "SELECT tenant, sum(usd) FROM budget_holds WHERE tenant = ANY($1) AND expires_at > now() GROUP BY tenant",
-        )
-        .bind(&capped)
-        .fetch_all(&mut **tx)
-        .await?;
-        for (t, held) in holds {
-            if let Some(u) = state.usd.get_mut(&t) {
                 u.held = held;
             }
         }

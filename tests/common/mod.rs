@@ -36,13 +36,17 @@ fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+/// Logs of the in-process app go to the test's captured output, shown only when a test fails:
+/// warnings and sluice's own info lines by default, `TEST_LOG=<filter>` for more.
 pub fn init_logs() {
-    if std::env::var("TEST_LOG").is_ok() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("info,sluice=debug")
-            .with_test_writer()
-            .try_init();
-    }
+    let filter = std::env::var("TEST_LOG")
+        .ok()
+        .filter(|f| !f.is_empty() && f != "1")
+        .unwrap_or_else(|| "warn,sluice=info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }
 
 impl TestEnv {
@@ -238,6 +242,16 @@ impl TestEnv {
             .fetch_one(&self.pool)
             .await
             .unwrap()
+    }
+
+    /// Jobs per status, for a failure message.
+    pub async fn job_summary(&self) -> String {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, count(*) FROM jobs GROUP BY status ORDER BY status")
+                .fetch_all(&self.pool)
+                .await
+                .unwrap_or_default();
+        format!("{rows:?}")
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
