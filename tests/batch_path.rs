@@ -333,3 +333,80 @@ async fn a_batched_job_whose_deadline_draws_near_moves_to_real_time() {
     app.stop().await;
     env.cleanup().await;
 }
+
+/// A tenant's USD cap holds on the batch path too: each packed job holds its worst-case batch
+/// cost until its batch's results are recorded, so racing batches never pass the cap, and jobs
+/// past it fail with `budget_exceeded` (policy `reject`).
+#[tokio::test]
+async fn a_tenants_usd_cap_holds_on_the_batch_path() {
+    let mut env = TestEnv::with_mock(MockSettings {
+        batch_delay: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .await;
+    let cap: Decimal = "0.02".parse().unwrap();
+    env.config.budgets.tenants.insert(
+        "acme".into(),
+        sluice::config::BudgetSettings {
+            daily_usd: Some(cap),
+            policy: Some("reject".into()),
+            ..Default::default()
+        },
+    );
+    let app = env.up().await;
+    let c = Client::new(&app, &env.key("acme").await);
+    // o1 at batch prices ($7.50 / $30 per million): up to ~$0.009 per job with 300 output
+    // tokens, about a tenth of that actually spent. Two fit in flight at first.
+    let jobs: Vec<Value> = (0..20)
+        .map(|i| {
+            let mut j = with(
+                "openai/o1-2024-12-17",
+                "batch",
+                &format!("capped batch job {i}"),
+            );
+            j["body"]["max_tokens"] = json!(300);
+            j
+        })
+        .collect();
+    let (s, body) = c.post("/v1/jobs", &json!({ "jobs": jobs }), None).await;
+    assert_eq!(s, 200, "{body}");
+    wait_until(Duration::from_secs(60), "every job is finished", || async {
+        env.count("SELECT count(*) FROM jobs WHERE finalized_at IS NULL")
+            .await
+            == 0
+    })
+    .await;
+
+    let spent: Decimal =
+        sqlx::query_scalar("SELECT COALESCE(sum(cost_usd), 0) FROM attempts WHERE tenant = 'acme'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert!(spent <= cap, "spent ${spent} > cap ${cap}");
+    let succeeded = env
+        .count("SELECT count(*) FROM jobs WHERE status = 'succeeded' AND route = 'batch'")
+        .await;
+    let rejected = env
+        .count("SELECT count(*) FROM jobs WHERE status = 'failed' AND error->>'code' = 'budget_exceeded'")
+        .await;
+    assert_eq!(succeeded + rejected, 20);
+    assert!(
+        succeeded >= 3,
+        "the cap is used: {succeeded} succeeded, ${spent}"
+    );
+    assert!(rejected > 0, "jobs past the cap are rejected");
+    assert!(
+        env.count("SELECT count(*) FROM provider_batches WHERE state = 'ended'")
+            .await
+            >= 2,
+        "the cap spread the work over several batches"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM budget_holds").await,
+        0,
+        "every batch hold is released when its results are recorded"
+    );
+    env.check_invariants().await;
+    app.stop().await;
+    env.cleanup().await;
+}

@@ -89,6 +89,17 @@ async fn pack_due(ctx: &Ctx, owner: &str) -> anyhow::Result<()> {
                     .collect();
                 pack(&sizes, limits).first().map_or(0, |r| r.len())
             };
+            let catalog = ctx.catalog();
+            let worst_cost = |j: &Packable| {
+                crate::db::budgets::worst_case_usd(
+                    &catalog,
+                    &deployment,
+                    i64::from(j.est_prompt_tokens.max(0)),
+                    i64::from(j.max_tokens.max(0)),
+                    true,
+                    Utc::now(),
+                )
+            };
             let Some((id, jobs)) = q::pack(
                 &ctx.pool,
                 &deployment,
@@ -96,6 +107,7 @@ async fn pack_due(ctx: &Ctx, owner: &str) -> anyhow::Result<()> {
                 cfg.lease,
                 max_items as i64,
                 fits,
+                worst_cost,
             )
             .await?
             else {

@@ -239,7 +239,7 @@ pub async fn claim(
         sqlx::query(
             "INSERT INTO budget_holds (job_id, tenant, usd, expires_at)
              SELECT j, t, u, now() + interval '15 minutes' FROM unnest($1::text[], $2::text[], $3::numeric[]) AS x(j, t, u)
-             ON CONFLICT (job_id) DO UPDATE SET usd = excluded.usd, expires_at = excluded.expires_at",
+             ON CONFLICT (job_id, source) DO UPDATE SET usd = excluded.usd, expires_at = excluded.expires_at",
         )
         .bind(&hold_ids)
         .bind(&hold_tenants)
@@ -265,7 +265,19 @@ pub async fn claim(
         .fetch_all(&mut *tx)
         .await?;
     }
-    for (id, code, reason) in &rejected {
+    out.rejected = reject(&mut tx, &rejected, now).await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// Fails queued jobs that no budget will ever admit, each with its code and reason.
+pub async fn reject(
+    tx: &mut Transaction<'_, Postgres>,
+    rejected: &[(String, String, String)],
+    now: DateTime<Utc>,
+) -> Result<Vec<String>, DbError> {
+    let mut ids = Vec::with_capacity(rejected.len());
+    for (id, code, reason) in rejected {
         let entry = json!({"at": now, "code": code, "message": reason});
         sqlx::query(
             "UPDATE jobs SET status = 'failed', error = $2, errors = errors || jsonb_build_array($2::jsonb),
@@ -274,20 +286,24 @@ pub async fn claim(
         )
         .bind(id)
         .bind(&entry)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
-        out.rejected.push(id.clone());
+        ids.push(id.clone());
     }
-    tx.commit().await?;
-    Ok(out)
+    Ok(ids)
 }
 
-fn candidate(r: &CandidateRow, catalog: &Catalog, now: DateTime<Utc>) -> Candidate {
-    let deployment = r.deployment.clone().unwrap_or_default();
-    let prompt = i64::from(r.est_prompt_tokens.max(0));
-    let output = i64::from(r.max_tokens.max(0));
-    // The most this call can cost: every prompt token uncached, every allowed output token used.
-    let usd = Deployment::parse(&deployment)
+/// The most a call can cost on `deployment` (at batch prices if `batch`): every prompt token
+/// uncached, every allowed output token used. Zero for a model without a price.
+pub fn worst_case_usd(
+    catalog: &Catalog,
+    deployment: &str,
+    prompt_tokens: i64,
+    max_tokens: i64,
+    batch: bool,
+    now: DateTime<Utc>,
+) -> Decimal {
+    Deployment::parse(deployment)
         .and_then(|d| {
             catalog
                 .prices()
@@ -297,15 +313,22 @@ fn candidate(r: &CandidateRow, catalog: &Catalog, now: DateTime<Utc>) -> Candida
         .map(|p| {
             p.cost(
                 Usage {
-                    input_tokens: prompt,
-                    output_tokens: output,
+                    input_tokens: prompt_tokens,
+                    output_tokens: max_tokens,
                     cached_tokens: 0,
                 },
-                false,
+                batch,
             )
             .cost_usd
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+fn candidate(r: &CandidateRow, catalog: &Catalog, now: DateTime<Utc>) -> Candidate {
+    let deployment = r.deployment.clone().unwrap_or_default();
+    let prompt = i64::from(r.est_prompt_tokens.max(0));
+    let output = i64::from(r.max_tokens.max(0));
+    let usd = worst_case_usd(catalog, &deployment, prompt, output, false, now);
     Candidate {
         deployment,
         tenant: r.tenant.clone(),
@@ -426,34 +449,78 @@ async fn load_state(
     if !paced.is_empty() {
         load_shares(tx, &paced, now, &mut state).await?;
     }
-    if !state.usd.is_empty() {
-        let capped: Vec<String> = state.usd.keys().cloned().collect();
-        let today = now.date_naive();
-        let month_start = NaiveDate::from_ymd_opt(today.year(), today.month(), 1).unwrap_or(today);
-        // Spend and holds in ONE statement, so one snapshot: `jobs::record` releases a hold and
-        // books its spend in one commit, and two separate reads could straddle that commit and
-        // see the job's cost in neither (then admit past the cap).
-        let spend: Vec<(String, Decimal, Decimal, Decimal)> = sqlx::query_as(
-            "SELECT t.tenant,
-                COALESCE((SELECT sum(s.usd) FROM tenant_spend s WHERE s.tenant = t.tenant AND s.day = $2), 0),
-                COALESCE((SELECT sum(s.usd) FROM tenant_spend s WHERE s.tenant = t.tenant AND s.day >= $3), 0),
-                COALESCE((SELECT sum(h.usd) FROM budget_holds h WHERE h.tenant = t.tenant AND h.expires_at > now()), 0)
-             FROM unnest($1::text[]) AS t(tenant)",
-        )
-        .bind(&capped)
-        .bind(today)
-        .bind(month_start)
-        .fetch_all(&mut **tx)
-        .await?;
-        for (t, day, month, held) in spend {
-            if let Some(u) = state.usd.get_mut(&t) {
-                u.spent_today = day;
-                u.spent_month = month;
-                u.held = held;
-            }
+    read_spend(tx, &mut state.usd, now).await?;
+    Ok((state, probing))
+}
+
+/// Fills in what each capped tenant has spent today and this month, and holds in flight.
+///
+/// Spend and holds are read in ONE statement, so one snapshot: a result's record releases its
+/// hold and books its spend in one commit, and two separate reads could straddle that commit
+/// and see the cost in neither (then admit past the cap). Callers hold the tenants' budget rows
+/// locked, so no other admission adds holds meanwhile.
+async fn read_spend(
+    tx: &mut Transaction<'_, Postgres>,
+    usd: &mut BTreeMap<String, UsdState>,
+    now: DateTime<Utc>,
+) -> Result<(), DbError> {
+    if usd.is_empty() {
+        return Ok(());
+    }
+    let capped: Vec<String> = usd.keys().cloned().collect();
+    let today = now.date_naive();
+    let month_start = NaiveDate::from_ymd_opt(today.year(), today.month(), 1).unwrap_or(today);
+    let spend: Vec<(String, Decimal, Decimal, Decimal)> = sqlx::query_as(
+        "SELECT t.tenant,
+            COALESCE((SELECT sum(s.usd) FROM tenant_spend s WHERE s.tenant = t.tenant AND s.day = $2), 0),
+            COALESCE((SELECT sum(s.usd) FROM tenant_spend s WHERE s.tenant = t.tenant AND s.day >= $3), 0),
+            COALESCE((SELECT sum(h.usd) FROM budget_holds h WHERE h.tenant = t.tenant AND h.expires_at > now()), 0)
+         FROM unnest($1::text[]) AS t(tenant)",
+    )
+    .bind(&capped)
+    .bind(today)
+    .bind(month_start)
+    .fetch_all(&mut **tx)
+    .await?;
+    for (t, day, month, held) in spend {
+        if let Some(u) = usd.get_mut(&t) {
+            u.spent_today = day;
+            u.spent_month = month;
+            u.held = held;
         }
     }
-    Ok((state, probing))
+    Ok(())
+}
+
+/// The USD caps of `tenants` that have any, with what is spent and held, their budget rows
+/// locked until the transaction ends (admissions of the same tenants wait meanwhile).
+pub async fn lock_usd_caps(
+    tx: &mut Transaction<'_, Postgres>,
+    tenants: &[String],
+    now: DateTime<Utc>,
+) -> Result<BTreeMap<String, UsdState>, DbError> {
+    let rows: Vec<(String, Option<Decimal>, Option<Decimal>, String)> = sqlx::query_as(
+        "SELECT key, daily_usd, monthly_usd, usd_policy FROM budgets
+         WHERE scope = 'tenant' AND key = ANY($1) AND (daily_usd IS NOT NULL OR monthly_usd IS NOT NULL)
+         ORDER BY key FOR UPDATE",
+    )
+    .bind(tenants)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut usd: BTreeMap<String, UsdState> = rows
+        .into_iter()
+        .map(|(tenant, daily, monthly, policy)| {
+            let state = UsdState {
+                daily,
+                monthly,
+                policy: UsdPolicy::parse(&policy).unwrap_or_default(),
+                ..Default::default()
+            };
+            (tenant, state)
+        })
+        .collect();
+    read_spend(tx, &mut usd, now).await?;
+    Ok(usd)
 }
 
 /// Which tenants compete for each paced deployment: those that waited for it lately and those

@@ -318,7 +318,7 @@ pub async fn record(
             FROM refunds r WHERE u.scope = r.scope AND u.key = r.key AND u.sec = r.sec
             RETURNING 1
          ), released AS (
-            DELETE FROM budget_holds h USING moved m WHERE h.job_id = m.id RETURNING 1
+            DELETE FROM budget_holds h USING moved m WHERE h.job_id = m.id AND h.source = 'call' RETURNING 1
          ), spent AS (
             INSERT INTO tenant_spend (tenant, day, usd)
             SELECT m.tenant, (now() AT TIME ZONE 'utc')::date, sum(i.cost_usd)

@@ -11,6 +11,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 use super::DbError;
+use crate::domain::budget::{Decision, UsdCheck};
 
 /// Deployments with batch-route jobs waiting, how many, and how long the oldest has waited.
 pub async fn waiting(pool: &PgPool) -> Result<Vec<(String, i64, f64)>, DbError> {
@@ -27,6 +28,7 @@ pub async fn waiting(pool: &PgPool) -> Result<Vec<(String, i64, f64)>, DbError> 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Packable {
     pub id: String,
+    pub tenant: String,
     pub request: Value,
     pub est_prompt_tokens: i32,
     pub max_tokens: i32,
@@ -58,11 +60,15 @@ pub async fn pack(
     lease: Duration,
     max_items: i64,
     fits: impl Fn(&[Packable]) -> usize,
+    worst_cost: impl Fn(&Packable) -> Decimal,
 ) -> Result<Option<(String, Vec<Packable>)>, DbError> {
     let mut tx = pool.begin().await?;
+    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&mut *tx)
+        .await?;
     let (open, limit) = enqueued(&mut tx, deployment).await?;
     let mut jobs: Vec<Packable> = sqlx::query_as(
-        "SELECT id, request, est_prompt_tokens, max_tokens FROM jobs
+        "SELECT id, tenant, request, est_prompt_tokens, max_tokens FROM jobs
          WHERE status = 'queued' AND route = 'batch' AND deployment = $1
          ORDER BY priority DESC, created_at LIMIT $2 FOR UPDATE SKIP LOCKED",
     )
@@ -70,6 +76,39 @@ pub async fn pack(
     .bind(max_items)
     .fetch_all(&mut *tx)
     .await?;
+    // USD caps: each job holds its worst-case batch cost until the batch's results are in.
+    // Jobs over a cap are left queued (`defer`) or failed (`reject`), like on the real-time path.
+    let mut tenants: Vec<String> = jobs.iter().map(|j| j.tenant.clone()).collect();
+    tenants.sort();
+    tenants.dedup();
+    let mut caps = super::budgets::lock_usd_caps(&mut tx, &tenants, now).await?;
+    let mut rejected = Vec::new();
+    let mut holds: Vec<(String, String, Decimal)> = Vec::new();
+    jobs.retain(|j| {
+        let Some(usd) = caps.get_mut(&j.tenant) else {
+            return true;
+        };
+        let cost = worst_cost(j);
+        match usd.check(now, &j.tenant, cost) {
+            UsdCheck::Fits => {
+                usd.held += cost;
+                holds.push((j.id.clone(), j.tenant.clone(), cost));
+                true
+            }
+            UsdCheck::Over(Decision::Reject { code, reason }) => {
+                rejected.push((j.id.clone(), code.to_string(), reason));
+                false
+            }
+            UsdCheck::Over(_) | UsdCheck::InFlight(_) => false,
+        }
+    });
+    if !rejected.is_empty() {
+        super::budgets::reject(&mut tx, &rejected, now).await?;
+        tracing::info!(
+            jobs = rejected.len(),
+            "failed batch-route jobs over their tenant's USD cap (policy reject)"
+        );
+    }
     if let Some(limit) = limit {
         let mut total = open;
         let keep = jobs
@@ -118,6 +157,29 @@ pub async fn pack(
     .bind(&id)
     .execute(&mut *tx)
     .await?;
+    let (hold_ids, hold_tenants, hold_usd): (Vec<String>, Vec<String>, Vec<Decimal>) = holds
+        .into_iter()
+        .filter(|(job, _, _)| ids.contains(&job.as_str()))
+        .fold(Default::default(), |(mut a, mut b, mut c), (j, t, u)| {
+            a.push(j);
+            b.push(t);
+            c.push(u);
+            (a, b, c)
+        });
+    if !hold_ids.is_empty() {
+        // Held past the provider's completion window; released when the results are recorded.
+        sqlx::query(
+            "INSERT INTO budget_holds (job_id, source, tenant, usd, expires_at)
+             SELECT j, $4, t, u, now() + interval '3 days'
+             FROM unnest($1::text[], $2::text[], $3::numeric[]) AS x(j, t, u)",
+        )
+        .bind(&hold_ids)
+        .bind(&hold_tenants)
+        .bind(&hold_usd)
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await?;
     Ok(Some((id, jobs)))
 }
@@ -195,7 +257,7 @@ pub async fn polled(
 /// The requests of a provider batch's jobs (to submit it again after a crash).
 pub async fn packed_jobs(pool: &PgPool, id: &str) -> Result<Vec<Packable>, DbError> {
     sqlx::query_as(
-        "SELECT j.id, j.request, j.est_prompt_tokens, j.max_tokens FROM provider_batch_items i
+        "SELECT j.id, j.tenant, j.request, j.est_prompt_tokens, j.max_tokens FROM provider_batch_items i
          JOIN jobs j ON j.id = i.job_id WHERE i.provider_batch_id = $1 ORDER BY j.id",
     )
     .bind(id)
@@ -250,7 +312,7 @@ pub async fn record_results(
     final_state: &str,
 ) -> Result<u64, DbError> {
     let mut tx = pool.begin().await?;
-    let fresh: Vec<String> = sqlx::query_scalar(
+    let settled: Vec<String> = sqlx::query_scalar(
         "UPDATE provider_batch_items SET settled = true
          WHERE provider_batch_id = $1 AND NOT settled RETURNING job_id",
     )
@@ -259,7 +321,7 @@ pub async fn record_results(
     .await?;
     let fresh: Vec<&ItemOutcome> = outcomes
         .iter()
-        .filter(|o| fresh.contains(&o.job_id))
+        .filter(|o| settled.contains(&o.job_id))
         .collect();
     let (provider, model) = batch
         .deployment
@@ -314,6 +376,8 @@ pub async fn record_results(
             FROM input i JOIN jobs j ON j.id = i.job_id
             ON CONFLICT (job_id, attempt) DO NOTHING
             RETURNING 1
+         ), released AS (
+            DELETE FROM budget_holds WHERE source = $2 AND job_id = ANY($5) RETURNING 1
          ), spent AS (
             INSERT INTO tenant_spend (tenant, day, usd)
             SELECT j.tenant, (now() AT TIME ZONE 'utc')::date, sum(i.cost_usd)
@@ -328,6 +392,7 @@ pub async fn record_results(
     .bind(&batch.id)
     .bind(provider)
     .bind(model)
+    .bind(&settled)
     .fetch_one(&mut *tx)
     .await?;
     let moved: i64 = recorded;
@@ -361,6 +426,11 @@ pub async fn submission_failed(pool: &PgPool, id: &str, reason: &str) -> Result<
     .execute(&mut *tx)
     .await?;
     sqlx::query("UPDATE provider_batch_items SET settled = true WHERE provider_batch_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    // Nothing was sent, so nothing will be billed.
+    sqlx::query("DELETE FROM budget_holds WHERE source = $1")
         .bind(id)
         .execute(&mut *tx)
         .await?;

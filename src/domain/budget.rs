@@ -168,6 +168,57 @@ pub struct UsdState {
     pub held: Decimal,
 }
 
+/// What a tenant's USD caps say about one more call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UsdCheck {
+    Fits,
+    /// Over a cap counting only what is spent: the period is spent. Holds the decision the
+    /// policy asks for (`Wait` until the period resets, or `Reject`).
+    Over(Decision),
+    /// Over a cap only with the calls in flight, which may settle lower: try again soon.
+    InFlight(String),
+}
+
+impl UsdState {
+    /// Whether a call that may cost up to `cost` fits `tenant`'s caps, given what is spent and
+    /// held. A call that fits must then be added to `held`.
+    pub fn check(&self, now: DateTime<Utc>, tenant: &str, cost: Decimal) -> UsdCheck {
+        let caps = [
+            (self.daily, self.spent_today, "daily", next_day(now)),
+            (self.monthly, self.spent_month, "monthly", next_month(now)),
+        ];
+        let mut in_flight = None;
+        for (cap, spent, period, resets) in caps {
+            let Some(cap) = cap else { continue };
+            if spent + cost > cap {
+                // Over the cap even if every call in flight costs nothing: the period is spent.
+                let reason = format!(
+                    "tenant {tenant} would pass its {period} cap of ${cap} (spent ${spent}, this call up to ${})",
+                    cost.round_dp(6)
+                );
+                return UsdCheck::Over(match self.policy {
+                    UsdPolicy::Reject => Decision::Reject {
+                        code: "budget_exceeded",
+                        reason,
+                    },
+                    UsdPolicy::Defer => Decision::Wait {
+                        until: resets.timestamp(),
+                        reason,
+                    },
+                });
+            }
+            if spent + self.held + cost > cap && in_flight.is_none() {
+                // It may fit once the calls in flight settle at their actual (lower) cost.
+                in_flight = Some(format!(
+                    "tenant {tenant} {period} cap: waiting for ${} in flight to settle",
+                    self.held.round_dp(6)
+                ));
+            }
+        }
+        in_flight.map_or(UsdCheck::Fits, UsdCheck::InFlight)
+    }
+}
+
 /// One call asking to be admitted.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
@@ -386,38 +437,25 @@ fn admit_one(now: DateTime<Utc>, sec: i64, c: &Candidate, state: &mut BudgetStat
         );
     }
     if let Some(usd) = state.usd.get(&c.tenant) {
-        let caps = [
-            (usd.daily, usd.spent_today, "daily", next_day(now)),
-            (usd.monthly, usd.spent_month, "monthly", next_month(now)),
-        ];
-        for (cap, spent, period, resets) in caps {
-            let Some(cap) = cap else { continue };
-            if spent + c.usd > cap {
-                // Over the cap even if every call in flight costs nothing: the period is spent.
-                let reason = format!(
-                    "tenant {} would pass its {period} cap of ${cap} (spent ${spent}, this call up to ${})",
-                    c.tenant,
-                    c.usd.round_dp(6)
-                );
-                return match usd.policy {
-                    UsdPolicy::Reject => Decision::Reject {
-                        code: "budget_exceeded",
+        match usd.check(now, &c.tenant, c.usd) {
+            UsdCheck::Fits => {}
+            UsdCheck::Over(decision) => {
+                return match decision {
+                    Decision::Wait {
+                        until: resets,
+                        reason,
+                    } => Decision::Wait {
+                        until: resets.max(until),
                         reason,
                     },
-                    UsdPolicy::Defer => Decision::Wait {
-                        until: resets.timestamp().max(until),
-                        reason,
-                    },
+                    other => other,
                 };
             }
-            if spent + usd.held + c.usd > cap && until <= sec {
-                // It may fit once the calls in flight settle at their actual (lower) cost.
-                until = sec + 1;
-                why = format!(
-                    "tenant {} {period} cap: waiting for ${} in flight to settle",
-                    c.tenant,
-                    usd.held.round_dp(6)
-                );
+            UsdCheck::InFlight(reason) => {
+                if until <= sec {
+                    until = sec + 1;
+                    why = reason;
+                }
             }
         }
     }
