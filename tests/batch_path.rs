@@ -250,6 +250,69 @@ async fn a_poller_killed_mid_batch_is_replaced_by_another_process() {
     env.cleanup().await;
 }
 
+/// The packer's process dies after the provider created the batch but before sluice recorded
+/// it (as when the create call's answer is lost). The process taking the batch over finds the
+/// provider batch by its metadata and adopts it: one provider batch, one item, billed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_submission_answer_was_lost_is_adopted_not_sent_twice() {
+    let env = TestEnv::with_mock(MockSettings {
+        batch_delay: Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await;
+    let api = env
+        .start(Roles {
+            api: true,
+            ..Default::default()
+        })
+        .await;
+    let c = Client::new(&api, &env.key("acme").await);
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = env.spawn_worker(
+        dir.path(),
+        &[("SLUICE_FAILPOINT", "batch.after_submit_before_record")],
+    );
+    let (_, body) = c
+        .post(
+            "/v1/jobs",
+            &with("openai/gpt-4o-mini", "batch", "lost answer"),
+            None,
+        )
+        .await;
+    let id = body["id"].as_str().unwrap().to_string();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(started.elapsed() < T, "the failpoint never fired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(env.mock.stats().batches_created, 1);
+    assert_eq!(
+        env.count("SELECT count(*) FROM provider_batches WHERE state = 'submitting'")
+            .await,
+        1,
+        "sluice never learnt the provider batch's id"
+    );
+    let other = env
+        .start(Roles {
+            maintenance: true,
+            ..Default::default()
+        })
+        .await;
+    let done = c.wait_job(&id, T).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let stats = env.mock.stats();
+    assert_eq!(
+        stats.batches_created, 1,
+        "the batch was adopted, not sent again"
+    );
+    assert_eq!(stats.calls_by_job.get(&id).copied(), Some(1));
+    assert_eq!(attempts(&env, &id).await.len(), 1);
+    env.check_invariants().await;
+    other.stop().await;
+    api.stop().await;
+    env.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_repeated_request_is_answered_from_the_cache_at_no_cost() {
     let mut env = TestEnv::new().await;

@@ -175,9 +175,20 @@ async fn a_batch_runs_to_the_end(d: Deployment) {
     .await;
     let p = providers(&m);
     let submitted = p
-        .submit_batch(&d, &items(&d.model, &PROMPTS), "24h")
+        .submit_batch(&d, &items(&d.model, &PROMPTS), "24h", "pb_test")
         .await
         .unwrap();
+    // A lost answer can be recovered where the provider keeps the batch's metadata.
+    let found = p.find_batch(&d, "pb_test").await.unwrap();
+    if d.provider == "openai" {
+        assert_eq!(
+            found.map(|f| f.provider_batch_id),
+            Some(submitted.provider_batch_id.clone())
+        );
+        assert!(p.find_batch(&d, "pb_other").await.unwrap().is_none());
+    } else {
+        assert!(found.is_none(), "Anthropic batches carry no metadata");
+    }
     let e = p
         .batch_results(&d, &submitted.provider_batch_id)
         .await
@@ -223,7 +234,7 @@ async fn an_expiring_batch_returns_finished_items(d: Deployment, state: BatchSta
     let p = providers(&m);
     let prompts = ["one", "two", "three", "four"];
     let id = p
-        .submit_batch(&d, &items(&d.model, &prompts), "24h")
+        .submit_batch(&d, &items(&d.model, &prompts), "24h", "pb_test")
         .await
         .unwrap()
         .provider_batch_id;
@@ -257,7 +268,7 @@ async fn a_cancelled_batch_keeps_finished_items(d: Deployment) {
     let p = providers(&m);
     let prompts = ["one", "two", "three", "four", "five", "six"];
     let id = p
-        .submit_batch(&d, &items(&d.model, &prompts), "24h")
+        .submit_batch(&d, &items(&d.model, &prompts), "24h", "pb_test")
         .await
         .unwrap()
         .provider_batch_id;
@@ -304,7 +315,7 @@ async fn the_openai_mock_serves_file_and_batch_objects_in_openais_format() {
     let p = providers(&m);
     let d = openai();
     let submitted = p
-        .submit_batch(&d, &items(&d.model, &["a", "b"]), "24h")
+        .submit_batch(&d, &items(&d.model, &["a", "b"]), "24h", "pb_test")
         .await
         .unwrap();
     let http = reqwest::Client::new();

@@ -134,11 +134,12 @@ async fn submit(ctx: &Ctx, id: &str, d: &Deployment, jobs: &[Packable]) {
             request: j.request.clone(),
         })
         .collect();
-    match ctx
+    let submitted = ctx
         .providers
-        .submit_batch(d, &items, &ctx.config.batch.completion_window)
-        .await
-    {
+        .submit_batch(d, &items, &ctx.config.batch.completion_window, id)
+        .await;
+    crate::failpoint::hit("batch.after_submit_before_record");
+    match submitted {
         Ok(s) => {
             tracing::info!(batch = id, provider_batch = %s.provider_batch_id, items = items.len(), deployment = %d, "submitted a provider batch");
             if let Err(e) = q::submitted(
@@ -173,7 +174,21 @@ async fn follow(ctx: &Ctx, owner: &str, batch: &Leased) -> anyhow::Result<()> {
         .clone()
         .filter(|_| batch.state == "in_progress")
     else {
-        // Packed but never confirmed submitted (a crash or a transient error): send it now.
+        // Packed but never confirmed submitted (a crash or a transient error). The provider
+        // may have created it all the same (the answer was lost): adopt that batch rather
+        // than pay twice; otherwise send it now.
+        if let Some(s) = ctx.providers.find_batch(&d, &batch.id).await? {
+            tracing::info!(batch = %batch.id, provider_batch = %s.provider_batch_id, "found the provider batch of an unconfirmed submission; adopting it");
+            q::submitted(
+                &ctx.pool,
+                &batch.id,
+                &s.provider_batch_id,
+                s.input_file_id.as_deref(),
+                ctx.config.batch.poll_interval,
+            )
+            .await?;
+            return Ok(());
+        }
         let jobs = q::packed_jobs(&ctx.pool, &batch.id).await?;
         submit(ctx, &batch.id, &d, &jobs).await;
         return Ok(());

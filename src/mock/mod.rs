@@ -65,6 +65,8 @@ pub struct MockStats {
     pub calls_by_job: HashMap<String, u64>,
     /// Batch items answered (succeeded or errored; expired and cancelled items are not served).
     pub batch_items: u64,
+    /// Batches created, both providers.
+    pub batches_created: u64,
     /// Real-time tokens and requests served per Unix second (after settling to actual usage).
     pub per_second: std::collections::BTreeMap<i64, limits::Served>,
     /// Requests refused with a 429 by the mock's own rate limits.

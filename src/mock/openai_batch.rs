@@ -98,6 +98,8 @@ async fn create(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> R
     };
     let out = batch_json(&batch);
     store.openai.insert(batch.id.clone(), batch);
+    drop(store);
+    lock(&shared.stats).batches_created += 1;
     axum::Json(out).into_response()
 }
 

@@ -87,10 +87,20 @@ impl Provider {
         &self,
         items: &[BatchItem],
         completion_window: &str,
+        tag: &str,
     ) -> Result<SubmittedBatch, ProviderError> {
         match self {
-            Self::OpenAi(c) => c.submit_batch(items, completion_window).await,
+            Self::OpenAi(c) => c.submit_batch(items, completion_window, tag).await,
             Self::Anthropic(c) => c.submit_batch(items).await,
+        }
+    }
+
+    /// A batch an earlier `submit_batch` with this `tag` created, if the provider can tell
+    /// (OpenAI: by the batch's metadata; Anthropic keeps no metadata on batches, so never).
+    pub async fn find_batch(&self, tag: &str) -> Result<Option<SubmittedBatch>, ProviderError> {
+        match self {
+            Self::OpenAi(c) => c.find_batch(tag).await,
+            Self::Anthropic(_) => Ok(None),
         }
     }
 
@@ -201,17 +211,30 @@ impl Providers {
             .await
     }
 
-    /// Submits `items` (each carrying `deployment`'s model) as one batch at `deployment`'s provider.
+    /// Submits `items` (each carrying `deployment`'s model) as one batch at `deployment`'s
+    /// provider, tagged with sluice's batch id where the provider keeps metadata.
     #[tracing::instrument(skip_all, fields(provider = %deployment.provider, model = %deployment.model, items = items.len()))]
     pub async fn submit_batch(
         &self,
         deployment: &Deployment,
         items: &[BatchItem],
         completion_window: &str,
+        tag: &str,
     ) -> Result<SubmittedBatch, ProviderError> {
         self.get(deployment)?
-            .submit_batch(items, completion_window)
+            .submit_batch(items, completion_window, tag)
             .await
+    }
+
+    /// The batch an earlier submission tagged `tag` created at `deployment`'s provider, if any
+    /// and if the provider can tell; see [`Provider::find_batch`].
+    #[tracing::instrument(skip_all, fields(provider = %deployment.provider, tag = tag))]
+    pub async fn find_batch(
+        &self,
+        deployment: &Deployment,
+        tag: &str,
+    ) -> Result<Option<SubmittedBatch>, ProviderError> {
+        self.get(deployment)?.find_batch(tag).await
     }
 
     /// Where batch `provider_batch_id` at `deployment`'s provider stands.

@@ -18,6 +18,24 @@ use crate::domain::retry::{ErrorClass, classify_status};
 /// The only endpoint sluice batches.
 const ENDPOINT: &str = "/v1/chat/completions";
 
+/// The batch metadata key carrying sluice's own batch id.
+const TAG_KEY: &str = "sluice_batch_id";
+/// How many of the newest batches `find_batch` looks through (OpenAI's page maximum).
+const FIND_AMONG: usize = 100;
+
+/// The batch in a `GET /v1/batches` page whose metadata carries `tag`.
+pub fn find_tagged(list: &Value, tag: &str) -> Option<SubmittedBatch> {
+    let batch = list
+        .get("data")?
+        .as_array()?
+        .iter()
+        .find(|b| b["metadata"][TAG_KEY].as_str() == Some(tag))?;
+    Some(SubmittedBatch {
+        provider_batch_id: batch["id"].as_str()?.to_string(),
+        input_file_id: batch["input_file_id"].as_str().map(str::to_string),
+    })
+}
+
 /// Files can be up to 200 MB: uploads and downloads get at least this long.
 const FILE_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -44,6 +62,7 @@ impl OpenAiClient {
         &self,
         items: &[BatchItem],
         completion_window: &str,
+        tag: &str,
     ) -> Result<SubmittedBatch, ProviderError> {
         let jsonl = input_jsonl(items)?;
         let file = Part::bytes(jsonl.into_bytes())
@@ -57,7 +76,7 @@ impl OpenAiClient {
             .await?;
         let file_id = string_field(&uploaded, "id")?;
         let create = json!({"input_file_id": file_id, "endpoint": ENDPOINT,
-            "completion_window": completion_window});
+            "completion_window": completion_window, "metadata": {TAG_KEY: tag}});
         let created = self
             .json(
                 self.call(Method::POST, "/batches", self.timeout())
@@ -77,6 +96,17 @@ impl OpenAiClient {
             provider_batch_id: batch,
             input_file_id: Some(file_id),
         })
+    }
+
+    /// The batch created with metadata `sluice_batch_id = tag`, among the provider's newest
+    /// [`FIND_AMONG`] batches (a re-submission looks within minutes of the first try).
+    #[tracing::instrument(skip_all, fields(provider = "openai", tag = tag))]
+    pub async fn find_batch(&self, tag: &str) -> Result<Option<SubmittedBatch>, ProviderError> {
+        let path = format!("/batches?limit={FIND_AMONG}");
+        let list = self
+            .json(self.call(Method::GET, &path, self.timeout()))
+            .await?;
+        Ok(find_tagged(&list, tag))
     }
 
     /// The batch's state, with its output and error file ids once it has them.
@@ -291,6 +321,20 @@ mod tests {
             request: json!({"model": "summarize", "stream": true,
                 "messages": [{"role": "user", "content": "hi"}]}),
         }
+    }
+
+    #[test]
+    fn a_tagged_batch_is_found_in_a_list_page() {
+        let page = json!({"object": "list", "data": [
+            {"id": "batch_b", "input_file_id": "file_b", "metadata": {"sluice_batch_id": "pb_2"}},
+            {"id": "batch_n", "input_file_id": "file_n", "metadata": null},
+            {"id": "batch_a", "input_file_id": "file_a", "metadata": {"sluice_batch_id": "pb_1"}}
+        ]});
+        let found = find_tagged(&page, "pb_1").unwrap();
+        assert_eq!(found.provider_batch_id, "batch_a");
+        assert_eq!(found.input_file_id.as_deref(), Some("file_a"));
+        assert!(find_tagged(&page, "pb_3").is_none());
+        assert!(find_tagged(&json!({"error": {}}), "pb_1").is_none());
     }
 
     #[test]

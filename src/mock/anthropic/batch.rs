@@ -97,6 +97,7 @@ async fn create_batch(
     lock(&shared.batches)
         .anthropic
         .insert(batch.id.clone(), batch);
+    lock(&shared.stats).batches_created += 1;
     axum::Json(out).into_response()
 }
 
