@@ -72,6 +72,54 @@ pub async fn rescue_orphans(pool: &PgPool, dead_after: Duration) -> Result<u64, 
     Ok(done.rows_affected())
 }
 
+/// The jobs `worker` has held `running` for longer than `older_than`.
+pub async fn held_by(
+    pool: &PgPool,
+    worker: &str,
+    older_than: Duration,
+) -> Result<Vec<String>, DbError> {
+    sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE status = 'running' AND attempted_by = $1
+           AND attempted_at < now() - make_interval(secs => $2)",
+    )
+    .bind(worker)
+    .bind(older_than.as_secs_f64())
+    .fetch_all(pool)
+    .await
+}
+
+/// Puts back in the queue jobs among `ids` that `worker` holds `running` (for longer than
+/// `older_than`) but is not running: no call was made, so the attempt does not count. Their
+/// USD holds are released.
+pub async fn requeue_strays(
+    pool: &PgPool,
+    worker: &str,
+    ids: &[String],
+    older_than: Duration,
+) -> Result<u64, DbError> {
+    let moved: Vec<i32> = sqlx::query_scalar(
+        "WITH stray AS (
+            UPDATE jobs j SET status = 'queued', publish_after = now(), updated_at = now(),
+                errors = j.errors || jsonb_build_array(jsonb_build_object('at', now(), 'attempt', j.attempt,
+                    'code', 'claim_lost', 'worker', j.attempted_by,
+                    'message', 'claimed but never started by its worker (the claim''s answer was lost); queued again')),
+                reserved_sec = NULL
+            WHERE j.id = ANY($1) AND j.status = 'running' AND j.attempted_by = $2
+              AND j.attempted_at < now() - make_interval(secs => $3)
+            RETURNING j.id
+         ), released AS (
+            DELETE FROM budget_holds h USING stray s WHERE h.job_id = s.id AND h.source = 'call'
+         )
+         SELECT 1 FROM stray",
+    )
+    .bind(ids)
+    .bind(worker)
+    .bind(older_than.as_secs_f64())
+    .fetch_all(pool)
+    .await?;
+    Ok(moved.len() as u64)
+}
+
 /// Moves retries whose time has come back to `queued`, for the relay to publish.
 pub async fn stage_due_retries(pool: &PgPool) -> Result<u64, DbError> {
     let done = sqlx::query(

@@ -94,18 +94,38 @@ impl Registry {
             .count()
     }
 
+    /// Those of `ids` with no call registered here.
+    pub fn unregistered(&self, ids: Vec<String>) -> Vec<String> {
+        let calls = self.lock();
+        ids.into_iter()
+            .filter(|id| !calls.by_job.contains_key(id))
+            .collect()
+    }
+
     /// Whether no call is in flight.
     pub fn is_empty(&self) -> bool {
         self.lock().by_job.is_empty()
     }
 }
 
-/// Fires the tokens of this worker's calls whose job was cancelled, until `stop`.
+/// How often the watcher looks for strays: jobs Postgres says this worker runs, that it does
+/// not (a claim whose commit answer was lost, so the deliveries were handed back).
+const STRAY_EVERY: Duration = Duration::from_secs(15);
+/// A claim this old without a registered call is a stray (calls register right after the claim).
+pub const STRAY_AFTER: Duration = Duration::from_secs(60);
+
+/// Fires the tokens of this worker's calls whose job was cancelled, and hands back strays,
+/// until `stop`.
 pub async fn watch(ctx: Arc<Ctx>, worker_id: String, registry: Registry, stop: CancellationToken) {
+    let mut last_stray_check = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(POLL) => {}
+        }
+        if last_stray_check.elapsed() >= STRAY_EVERY {
+            last_stray_check = tokio::time::Instant::now();
+            hand_back_strays(&ctx, &worker_id, &registry).await;
         }
         if registry.is_empty() {
             continue;
@@ -120,6 +140,33 @@ pub async fn watch(ctx: Arc<Ctx>, worker_id: String, registry: Registry, stop: C
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not look for cancelled jobs"),
         }
+    }
+}
+
+/// Re-queues the jobs this worker holds in Postgres without running them. Without this, such a
+/// job would stay `running` for as long as this worker heartbeats: the rescuer only takes the
+/// jobs of silent workers, and redeliveries of a running job are acknowledged without a call.
+async fn hand_back_strays(ctx: &Ctx, worker_id: &str, registry: &Registry) {
+    let held = match crate::db::maintenance::held_by(&ctx.pool, worker_id, STRAY_AFTER).await {
+        Ok(ids) => ids,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not look for stray claims");
+            return;
+        }
+    };
+    let strays = registry.unregistered(held);
+    if strays.is_empty() {
+        return;
+    }
+    match crate::db::maintenance::requeue_strays(&ctx.pool, worker_id, &strays, STRAY_AFTER).await {
+        Ok(n) if n > 0 => {
+            tracing::warn!(
+                jobs = n,
+                "re-queued jobs claimed by this worker but not running here"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not re-queue stray claims"),
     }
 }
 
@@ -139,6 +186,10 @@ mod tests {
             r.fire(&["job_a".into()]),
             0,
             "a fired token is not fired again"
+        );
+        assert_eq!(
+            r.unregistered(vec!["job_a".into(), "job_x".into()]),
+            vec!["job_x".to_string()]
         );
         drop(a);
         drop(b);

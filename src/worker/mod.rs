@@ -30,8 +30,10 @@ use crate::app::Ctx;
 use crate::db::jobs::Outcome;
 use crate::domain::breaker::{self, Signal};
 
-/// An attempt's outcome, what it said about its deployment, and the delivery to acknowledge.
-type Recorded = (Outcome, Option<Signal>, Acker);
+/// An attempt's outcome, what it said about its deployment, the delivery to acknowledge, and
+/// the call's registration (kept until the outcome is recorded, so the job never looks like a
+/// stray claim meanwhile).
+type Recorded = (Outcome, Option<Signal>, Acker, cancel::Registration);
 
 /// Where claimed jobs' calls run: tracked tasks, registered for cancellation, whose outcomes
 /// go to the recorder.
@@ -388,9 +390,8 @@ async fn claim_batch(
         runner.tasks.spawn(async move {
             let (outcome, signal) =
                 execute::execute(&ctx, &worker_id, job, claimed_at, call.token()).await;
-            drop(call);
             drop(permit);
-            let _ = tx.send((outcome, signal, delivery.acker)).await;
+            let _ = tx.send((outcome, signal, delivery.acker, call)).await;
         });
     }
     let now_sec = chrono::Utc::now().timestamp();
@@ -439,7 +440,7 @@ async fn record_loop(ctx: Arc<Ctx>, worker_id: String, mut rx: mpsc::Receiver<Re
         if rx.recv_many(&mut buf, RECORD_BATCH).await == 0 {
             return;
         }
-        let outcomes: Vec<Outcome> = buf.iter().map(|(o, _, _)| o.clone()).collect();
+        let outcomes: Vec<Outcome> = buf.iter().map(|(o, _, _, _)| o.clone()).collect();
         let mut delay = Duration::from_millis(100);
         loop {
             match crate::db::jobs::record(&ctx.pool, &worker_id, &outcomes).await {
@@ -462,7 +463,7 @@ async fn record_loop(ctx: Arc<Ctx>, worker_id: String, mut rx: mpsc::Receiver<Re
         crate::failpoint::hit("worker.after_record_before_ack");
         let events: Vec<crate::db::breakers::Event> = buf
             .iter()
-            .filter_map(|(o, signal, _)| {
+            .filter_map(|(o, signal, _, _)| {
                 Some(crate::db::breakers::Event {
                     deployment: o.deployment.clone()?,
                     job_id: o.job_id.clone(),
@@ -470,7 +471,7 @@ async fn record_loop(ctx: Arc<Ctx>, worker_id: String, mut rx: mpsc::Receiver<Re
                 })
             })
             .collect();
-        for (_, _, acker) in buf.drain(..) {
+        for (_, _, acker, _registration) in buf.drain(..) {
             crate::queue::ack(&acker).await;
         }
         update_breakers(&ctx, &events).await;

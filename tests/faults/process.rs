@@ -201,3 +201,74 @@ async fn a_job_whose_worker_keeps_dying_fails_after_its_allowed_attempts() {
         done["errors"]
     );
 }
+
+/// A claim whose commit answer is lost: the job is `running` under a live worker that never
+/// started it (the worker handed the delivery back, and the redelivery was acknowledged
+/// because the job looked taken). The rescuer ignores it, since the worker heartbeats. The
+/// worker's own stray check re-queues it, without counting an attempt, and it runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_answer_was_lost_is_handed_back_by_its_own_worker() {
+    let env = TestEnv::new().await;
+    let api = env
+        .start(sluice::app::Roles {
+            api: true,
+            ..Default::default()
+        })
+        .await;
+    let c = Client::new(&api, &env.key("acme").await);
+    // Accepted and published while no worker consumes, then taken by a claim whose answer
+    // was lost: `running`, its delivery to be acknowledged as "taken" when it comes.
+    let ids = submit(&c, vec![job("stranded by a lost claim answer")]).await;
+    let id = ids[0].clone();
+    let stranded = sqlx::query(
+        "UPDATE jobs SET status = 'running', attempt = attempt + 1, attempted_by = 'wrk_unknown',
+            attempted_at = now() - interval '2 minutes', publish_after = NULL
+         WHERE id = $1 AND status = 'queued'",
+    )
+    .bind(&id)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(stranded.rows_affected(), 1);
+    let workers = env.start(worker_only()).await;
+    let worker: String = {
+        let mut found = None;
+        let started = Instant::now();
+        while found.is_none() {
+            assert!(started.elapsed() < T, "the worker never registered");
+            found = sqlx::query_scalar("SELECT id FROM workers LIMIT 1")
+                .fetch_optional(&env.pool)
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        found.unwrap()
+    };
+    // The claim was this live worker's.
+    sqlx::query("UPDATE jobs SET attempted_by = $2 WHERE id = $1")
+        .bind(&id)
+        .bind(&worker)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    // The rescuer and the relay run too: the rescuer must leave the job alone (its worker
+    // heartbeats), the relay publishes it once the worker hands it back.
+    let maintenance = env.start(api_and_maintenance()).await;
+    let done = c.wait_job(&id, T).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let history = done["errors"].to_string();
+    assert!(history.contains("claim_lost"), "{history}");
+    assert_eq!(
+        env.count(&format!(
+            "SELECT count(*) FROM attempts WHERE job_id = '{id}'"
+        ))
+        .await,
+        1,
+        "one call, one ledger row"
+    );
+    env.check_exactly_once(&env.mock.stats()).await;
+    maintenance.stop().await;
+    workers.stop().await;
+    api.stop().await;
+    env.cleanup().await;
+}
