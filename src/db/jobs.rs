@@ -250,8 +250,10 @@ const RECORD_CANCELLED: &str =
 
 /// Records outcomes in one statement: each job's state moves only if this worker still holds
 /// it at this attempt; for the jobs that moved, the ledger row is written, the budget
-/// reservation is settled to actual usage, the USD hold released and the spend booked. Returns
-/// the ids recorded; the others lost their claim (re-queued after a presumed crash).
+/// reservation is settled to actual usage, the USD hold released and the spend booked. A paid
+/// call whose job this worker no longer holds is booked as `discarded` (cost and spend, no
+/// state change). Returns the ids recorded; the others lost their claim (re-queued after a
+/// presumed crash).
 pub async fn record(
     pool: &PgPool,
     worker: &str,
@@ -306,6 +308,29 @@ pub async fn record(
             FROM input i JOIN moved m ON m.id = i.job_id
             WHERE i.called
             RETURNING 1
+         ), discarded AS (
+            -- The call completed after this worker lost the claim: the provider billed it all
+            -- the same. Booked once (the attempt number is this claim's), its answer unused.
+            INSERT INTO attempts (id, job_id, tenant, attempt, provider, model, route, status, error_code,
+                http_status, input_tokens, output_tokens, cached_tokens, input_usd_per_mtok,
+                output_usd_per_mtok, cached_input_usd_per_mtok, discount, cost_usd, saved_usd,
+                provider_batch_id, latency_ms, provider_request_id, worker, started_at, finished_at)
+            SELECT i.attempt_id, i.job_id, j.tenant, i.attempt, i.provider, i.upstream_model, i.route,
+                'discarded', i.error_code, i.http_status, i.input_tokens, i.output_tokens,
+                i.cached_tokens, i.input_usd_per_mtok, i.output_usd_per_mtok, i.cached_input_usd_per_mtok,
+                i.discount, i.cost_usd, 0, i.provider_batch_id, i.latency_ms, i.provider_request_id,
+                $2, i.started_at, now()
+            FROM input i JOIN jobs j ON j.id = i.job_id
+            WHERE i.called AND NOT EXISTS (SELECT 1 FROM moved m WHERE m.id = i.job_id)
+            ON CONFLICT (job_id, attempt) DO NOTHING
+            RETURNING job_id, tenant, input_tokens, output_tokens, cached_tokens, cost_usd
+         ), discarded_cost AS (
+            UPDATE jobs j SET input_tokens = j.input_tokens + d.input_tokens,
+                output_tokens = j.output_tokens + d.output_tokens,
+                cached_tokens = j.cached_tokens + d.cached_tokens,
+                cost_usd = j.cost_usd + d.cost_usd
+            FROM discarded d WHERE j.id = d.job_id
+            RETURNING 1
          ), refunds AS (
             SELECT s.scope, s.key, m.reserved_sec AS sec,
                 sum(m.reserved_tokens - i.input_tokens - i.output_tokens) AS tokens
@@ -321,9 +346,10 @@ pub async fn record(
             DELETE FROM budget_holds h USING moved m WHERE h.job_id = m.id AND h.source = 'call' RETURNING 1
          ), spent AS (
             INSERT INTO tenant_spend (tenant, day, usd)
-            SELECT m.tenant, (now() AT TIME ZONE 'utc')::date, sum(i.cost_usd)
-            FROM moved m JOIN input i ON i.job_id = m.id
-            GROUP BY m.tenant HAVING sum(i.cost_usd) <> 0
+            SELECT c.tenant, (now() AT TIME ZONE 'utc')::date, sum(c.usd)
+            FROM (SELECT m.tenant, i.cost_usd AS usd FROM moved m JOIN input i ON i.job_id = m.id
+                  UNION ALL SELECT d.tenant, d.cost_usd FROM discarded d) AS c
+            GROUP BY c.tenant HAVING sum(c.usd) <> 0
             ON CONFLICT (tenant, day) DO UPDATE SET usd = tenant_spend.usd + excluded.usd
             RETURNING 1
          )

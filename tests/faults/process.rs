@@ -272,3 +272,63 @@ async fn a_claim_whose_answer_was_lost_is_handed_back_by_its_own_worker() {
     api.stop().await;
     env.cleanup().await;
 }
+
+/// A call that completes after its worker lost the claim (here the job is re-queued under it,
+/// as the rescuer does for a worker it presumed dead) was still billed by the provider. The
+/// ledger books it as `discarded`, its cost is the job's, and its answer is not used; the job's
+/// next attempt gives the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_completes_after_its_claim_was_lost_is_booked_as_discarded() {
+    let env = TestEnv::new().await;
+    let app = env.up().await;
+    let c = Client::new(&app, &env.key("acme").await);
+    let ids = submit(&c, vec![job("slow call [[mock:sleep=2s]]")]).await;
+    let id = ids[0].clone();
+    wait_until(T, "the job is running", || async {
+        env.count(&format!(
+            "SELECT count(*) FROM jobs WHERE id = '{id}' AND status = 'running'"
+        ))
+        .await
+            == 1
+    })
+    .await;
+    // Taken away mid-call, as by the rescuer.
+    let requeued = sqlx::query(
+        "UPDATE jobs SET status = 'queued', publish_after = now(), updated_at = now()
+         WHERE id = $1 AND status = 'running' AND attempt = 1",
+    )
+    .bind(&id)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(requeued.rows_affected(), 1);
+
+    let done = c.wait_job(&id, T).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    wait_until(T, "the first call is booked", || async {
+        env.count(&format!(
+            "SELECT count(*) FROM attempts WHERE job_id = '{id}' AND status = 'discarded'"
+        ))
+        .await
+            == 1
+    })
+    .await;
+    let rows: Vec<(i32, String, rust_decimal::Decimal)> = sqlx::query_as(
+        "SELECT attempt, status, cost_usd FROM attempts WHERE job_id = $1 ORDER BY attempt",
+    )
+    .bind(&id)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!((rows[0].0, rows[0].1.as_str()), (1, "discarded"));
+    assert_eq!((rows[1].0, rows[1].1.as_str()), (2, "succeeded"));
+    assert!(
+        rows[0].2 > rust_decimal::Decimal::ZERO,
+        "the provider billed it"
+    );
+    assert_eq!(calls(&env, &id), 2);
+    env.check_exactly_once(&env.mock.stats()).await;
+    app.stop().await;
+    env.cleanup().await;
+}
