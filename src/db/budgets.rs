@@ -38,6 +38,8 @@ struct CandidateRow {
     id: String,
     tenant: String,
     deployment: Option<String>,
+    deployments: sqlx::types::Json<Vec<String>>,
+    deployment_index: i32,
     est_prompt_tokens: i32,
     max_tokens: i32,
     priority: i16,
@@ -80,7 +82,8 @@ pub async fn claim(
         .fetch_one(&mut *tx)
         .await?;
     let rows: Vec<CandidateRow> = sqlx::query_as(
-        "SELECT j.id, j.tenant, j.deployments->>j.deployment_index AS deployment, j.est_prompt_tokens,
+        "SELECT j.id, j.tenant, j.deployments->>j.deployment_index AS deployment, j.deployments,
+            j.deployment_index, j.est_prompt_tokens,
             j.max_tokens, j.priority, t.weight, j.cancel_requested_at IS NOT NULL AS cancel_requested
          FROM jobs j JOIN tenants t ON t.name = j.tenant
          WHERE j.id = ANY($1) AND j.status = 'queued'
@@ -116,7 +119,7 @@ pub async fn claim(
             ..ClaimOutcome::default()
         });
     }
-    let (mut state, probing) = load_state(&mut tx, &rows, now, breakers).await?;
+    let (mut state, probing, tripped) = load_state(&mut tx, &rows, now, breakers).await?;
     let candidates: Vec<Candidate> = rows.iter().map(|r| candidate(r, catalog, now)).collect();
     let mut decisions = budget::admit(now, &candidates, &mut state);
     if !probing.is_empty() {
@@ -140,7 +143,26 @@ pub async fn claim(
     );
     let (mut hold_ids, mut hold_tenants, mut hold_usd) = (Vec::new(), Vec::new(), Vec::new());
     let mut rejected: Vec<(String, String, String)> = Vec::new();
+    let mut fallbacks: Vec<(String, i32, serde_json::Value)> = Vec::new();
     for ((row, cand), decision) in rows.iter().zip(&candidates).zip(decisions) {
+        // A job waiting on a deployment whose breaker is open falls back to its next
+        // deployment now rather than wait out the cool-down (a 429 pause is waited out).
+        if let (Decision::Wait { .. }, Some(until)) = (&decision, tripped.get(&cand.deployment))
+            && let Some(next) = catalog.next_fitting(
+                &row.deployments.0,
+                row.deployment_index.max(0) as usize,
+                i64::from(row.est_prompt_tokens),
+                i64::from(row.max_tokens),
+                now,
+            )
+        {
+            let entry = json!({"at": now, "code": "circuit_open",
+                "message": format!("{}'s circuit breaker is open until {until}; falling back to {}",
+                    cand.deployment, row.deployments.0[next])});
+            fallbacks.push((row.id.clone(), next as i32, entry));
+            out.waiting.push((row.id.clone(), now.timestamp()));
+            continue;
+        }
         match decision {
             Decision::Admit => {
                 admit_ids.push(row.id.clone());
@@ -265,6 +287,24 @@ pub async fn claim(
         .fetch_all(&mut *tx)
         .await?;
     }
+    if !fallbacks.is_empty() {
+        let (ids, rest): (Vec<String>, Vec<(i32, serde_json::Value)>) = fallbacks
+            .into_iter()
+            .map(|(id, next, entry)| (id, (next, entry)))
+            .unzip();
+        let (next, entries): (Vec<i32>, Vec<serde_json::Value>) = rest.into_iter().unzip();
+        sqlx::query(
+            "UPDATE jobs j SET deployment_index = x.next, deployment_attempts = 0,
+                errors = j.errors || jsonb_build_array(x.entry), updated_at = now()
+             FROM unnest($1::text[], $2::int[], $3::jsonb[]) AS x(id, next, entry)
+             WHERE j.id = x.id AND j.status = 'queued'",
+        )
+        .bind(&ids)
+        .bind(&next)
+        .bind(&entries)
+        .execute(&mut *tx)
+        .await?;
+    }
     out.rejected = reject(&mut tx, &rejected, now).await?;
     tx.commit().await?;
     Ok(out)
@@ -344,7 +384,14 @@ async fn load_state(
     rows: &[CandidateRow],
     now: DateTime<Utc>,
     breakers: breaker::Settings,
-) -> Result<(BudgetState, BTreeMap<String, Breaker>), DbError> {
+) -> Result<
+    (
+        BudgetState,
+        BTreeMap<String, Breaker>,
+        BTreeMap<String, DateTime<Utc>>,
+    ),
+    DbError,
+> {
     let deployments: Vec<String> = rows
         .iter()
         .filter_map(|r| r.deployment.clone())
@@ -372,6 +419,8 @@ async fn load_state(
     .await?;
     let mut state = BudgetState::default();
     let mut probing = BTreeMap::new();
+    // Deployments whose breaker is open, and until when.
+    let mut tripped = BTreeMap::new();
     for b in &budgets {
         let Some(scope) = Scope::from_parts(&b.scope, &b.key) else {
             continue;
@@ -386,7 +435,10 @@ async fn load_state(
         match breaker::gate(&cb, now) {
             _ if !breakers.enabled() => {}
             breaker::Gate::Pass => {}
-            breaker::Gate::Blocked(until) => paused_until = paused_until.max(Some(until)),
+            breaker::Gate::Blocked(until) => {
+                paused_until = paused_until.max(Some(until));
+                tripped.insert(b.key.clone(), until);
+            }
             breaker::Gate::Probe => {
                 if paused_until.is_none_or(|p| p <= now) {
                     probing.insert(b.key.clone(), cb);
@@ -450,7 +502,7 @@ async fn load_state(
         load_shares(tx, &paced, now, &mut state).await?;
     }
     read_spend(tx, &mut state.usd, now).await?;
-    Ok((state, probing))
+    Ok((state, probing, tripped))
 }
 
 /// Fills in what each capped tenant has spent today and this month, and holds in flight.

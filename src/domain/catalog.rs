@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::pricing::PriceBook;
@@ -118,6 +119,33 @@ impl Catalog {
     /// The price book this catalog was built over.
     pub fn prices(&self) -> &PriceBook {
         &self.prices
+    }
+
+    /// The first of `deployments` after index `after` whose context window takes a request
+    /// of `prompt_tokens` with `max_tokens` (a deployment without a known price fits).
+    pub fn next_fitting(
+        &self,
+        deployments: &[String],
+        after: usize,
+        prompt_tokens: i64,
+        max_tokens: i64,
+        now: DateTime<Utc>,
+    ) -> Option<usize> {
+        deployments
+            .iter()
+            .enumerate()
+            .skip(after + 1)
+            .find_map(|(i, d)| {
+                let d = Deployment::parse(d)?;
+                let p = self
+                    .prices()
+                    .at(self.price_provider(&d.provider), &d.model, now);
+                let fits = p.is_none_or(|p| {
+                    p.max_input_tokens.is_none_or(|m| prompt_tokens <= m)
+                        && p.max_output_tokens.is_none_or(|m| max_tokens <= m)
+                });
+                fits.then_some(i)
+            })
     }
 
     /// The price-list provider name for a deployment's provider.

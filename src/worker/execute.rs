@@ -276,25 +276,13 @@ fn current_deployment(job: &Claimed) -> Deployment {
 
 /// The next deployment after the current one whose context window takes this request.
 fn next_fitting(catalog: &Catalog, job: &Claimed, now: DateTime<Utc>) -> Option<usize> {
-    let start = job.deployment_index.max(0) as usize + 1;
-    job.deployments
-        .0
-        .iter()
-        .enumerate()
-        .skip(start)
-        .find_map(|(i, d)| {
-            let d = Deployment::parse(d)?;
-            let p = catalog
-                .prices()
-                .at(catalog.price_provider(&d.provider), &d.model, now);
-            let fits = p.is_none_or(|p| {
-                p.max_input_tokens
-                    .is_none_or(|m| i64::from(job.est_prompt_tokens) <= m)
-                    && p.max_output_tokens
-                        .is_none_or(|m| i64::from(job.max_tokens) <= m)
-            });
-            fits.then_some(i)
-        })
+    catalog.next_fitting(
+        &job.deployments.0,
+        job.deployment_index.max(0) as usize,
+        i64::from(job.est_prompt_tokens),
+        i64::from(job.max_tokens),
+        now,
+    )
 }
 
 /// What the same usage would have cost on the premium real-time path (the alias's premium

@@ -137,3 +137,32 @@ async fn fatal_errors_and_refusals_never_open_a_breaker() {
     app.stop().await;
     env.cleanup().await;
 }
+
+/// A job whose deployment's breaker is open does not wait out the cool-down when its alias has
+/// another deployment: it falls back at once, and its history says why.
+#[tokio::test]
+async fn a_job_on_a_tripped_deployment_falls_back_instead_of_waiting_out_the_cool_down() {
+    let env = env_with_breakers(Duration::from_secs(60)).await;
+    let app = env.up().await;
+    let c = Client::new(&app, &env.key("acme").await);
+    let opened_until = open_breaker(&env, &c).await;
+
+    // `summarize` runs on openai/gpt-4o-mini, then openai/gpt-4.1-mini.
+    let id = submit(&c, &super::common::job("while the breaker is open")).await;
+    let done = c.wait_job(&id, T).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["deployment"], "openai/gpt-4.1-mini", "{done}");
+    assert!(
+        done["errors"].to_string().contains("circuit_open"),
+        "{}",
+        done["errors"]
+    );
+    let ledger = attempts(&env.pool, &id).await;
+    assert_eq!(ledger.len(), 1, "no call to the tripped deployment");
+    assert!(
+        ledger[0].finished_at < opened_until,
+        "answered during the cool-down, not after it"
+    );
+    app.stop().await;
+    env.cleanup().await;
+}
