@@ -58,7 +58,7 @@ async fn session(ctx: &Arc<Ctx>, shutdown: &CancellationToken) -> anyhow::Result
             },
         }
     };
-    let _ = conn.close(200, "ingest stopping".into()).await;
+    super::close(&conn, "ingest stopping").await;
     result
 }
 

@@ -201,6 +201,11 @@ fn with_heartbeat(url: &str) -> String {
     format!("{url}{sep}heartbeat={HEARTBEAT_SECS}")
 }
 
+/// Closes a connection politely, bounded in time (a dead or hung broker never answers).
+pub async fn close(conn: &Connection, reason: &str) {
+    let _ = tokio::time::timeout(ACK_TIMEOUT, conn.close(200, reason.into())).await;
+}
+
 /// Acknowledges a delivery, bounded in time; a failure only means it will be redelivered.
 pub async fn ack(acker: &Acker) {
     let _ = tokio::time::timeout(ACK_TIMEOUT, acker.ack(BasicAckOptions::default())).await;

@@ -134,21 +134,20 @@ async fn run_session(
     };
     // Stop new deliveries; forwarders end with their consumers and drop their senders.
     for tag in tags {
-        let _ = channel
-            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-            .await;
+        let cancel = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
+        let _ = tokio::time::timeout(Duration::from_secs(5), cancel).await;
     }
     drop(claim_tx);
     if result.is_err() {
         stop_claiming.cancel();
         // The channel is gone: forwarders will not end by themselves.
-        let _ = conn.close(200, "worker reconnecting".into()).await;
+        crate::queue::close(&conn, "worker reconnecting").await;
     }
     let _ = claimer.await;
     tasks.close();
     tasks.wait().await;
     let _ = recorder.await;
-    let _ = conn.close(200, "worker stopping".into()).await;
+    crate::queue::close(&conn, "worker stopping").await;
     result
 }
 
