@@ -174,10 +174,12 @@ async fn provider_timeouts_are_retried_and_slow_answers_within_the_timeout_succe
             (status.as_str(), code.as_deref()),
             ("failed", Some("timeout"))
         );
-        assert_eq!(
-            calls(&env, id),
-            4,
-            "{id}: 2 attempts on each of 2 deployments"
+        // 2 attempts on each of 2 deployments at most; a retry that finds the first
+        // deployment's breaker open falls back to the second at once, skipping the rest.
+        let n = calls(&env, id);
+        assert!(
+            (2..=4).contains(&n),
+            "{id}: {n} calls, expected 2 to 4 (2 attempts on each of 2 deployments)"
         );
     }
     let (min, max): (Option<i32>, Option<i32>) = sqlx::query_as(
@@ -227,10 +229,12 @@ async fn malformed_provider_answers_are_retried_then_fail_closed() {
             response.is_none(),
             "a malformed body is never stored as a result"
         );
-        assert_eq!(
-            calls(&env, id),
-            4,
-            "{id}: 2 attempts on each of 2 deployments"
+        // 2 attempts on each of 2 deployments at most; a retry that finds the first
+        // deployment's breaker open falls back to the second at once, skipping the rest.
+        let n = calls(&env, id);
+        assert!(
+            (2..=4).contains(&n),
+            "{id}: {n} calls, expected 2 to 4 (2 attempts on each of 2 deployments)"
         );
     }
     env.check_exactly_once(&env.mock.stats()).await;
