@@ -41,6 +41,16 @@ struct Runner {
     record_tx: mpsc::Sender<Recorded>,
     tasks: TaskTracker,
     calls: cancel::Registry,
+    /// Call slots, shared by every session of this pool.
+    permits: Arc<Semaphore>,
+}
+
+/// What outlives one broker session: the calls in flight (for cancellation and the stray
+/// check), the call slots, and the drains of sessions whose connection broke.
+struct Shared {
+    calls: cancel::Registry,
+    permits: Arc<Semaphore>,
+    drains: TaskTracker,
 }
 
 /// Most deliveries claimed in one transaction.
@@ -62,29 +72,39 @@ pub fn breaker_settings(ctx: &Ctx) -> breaker::Settings {
 
 /// Runs the pool until `shutdown`, reconnecting to the broker whenever the connection drops.
 pub async fn run(ctx: Arc<Ctx>, worker_id: String, shutdown: CancellationToken) {
-    let calls = cancel::Registry::default();
+    let shared = Shared {
+        calls: cancel::Registry::default(),
+        permits: Arc::new(Semaphore::new(ctx.config.worker.concurrency)),
+        drains: TaskTracker::new(),
+    };
     // The watcher outlives the sessions: calls still draining after shutdown can be cancelled.
     let stop_watch = CancellationToken::new();
     let watcher = tokio::spawn(cancel::watch(
         ctx.clone(),
         worker_id.clone(),
-        calls.clone(),
+        shared.calls.clone(),
         stop_watch.clone(),
     ));
     crate::queue::reconnecting("worker", &shutdown, || {
-        run_session(&ctx, &worker_id, &calls, &shutdown)
+        run_session(&ctx, &worker_id, &shared, &shutdown)
     })
     .await;
+    // Sessions whose connection broke may still be finishing calls: record them all.
+    shared.drains.close();
+    shared.drains.wait().await;
     stop_watch.cancel();
     let _ = watcher.await;
 }
 
-/// One connection's worth of consuming. Returns on shutdown or a broker error, after every
-/// claimed job has been recorded and acknowledged.
+/// One connection's worth of consuming. On shutdown, returns after every claimed job has been
+/// recorded and acknowledged. On a broker error, returns at once so the pool reconnects while
+/// the calls in flight finish and are recorded in the background (their acknowledgements are
+/// moot: the broker redelivers, and a redelivery of a finished job is acknowledged without a
+/// call); they keep their call slots meanwhile, so the pool's concurrency holds.
 async fn run_session(
     ctx: &Arc<Ctx>,
     worker_id: &str,
-    calls: &cancel::Registry,
+    shared: &Shared,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let topo = ctx.broker.topology().clone();
@@ -100,7 +120,8 @@ async fn run_session(
     let runner = Runner {
         record_tx,
         tasks: tasks.clone(),
-        calls: calls.clone(),
+        calls: shared.calls.clone(),
+        permits: shared.permits.clone(),
     };
     // Cancelled on shutdown, or when this session's connection breaks: deliveries already
     // prefetched from a dead channel are then handed back (the broker redelivers them on the
@@ -138,15 +159,20 @@ async fn run_session(
         let _ = tokio::time::timeout(Duration::from_secs(5), cancel).await;
     }
     drop(claim_tx);
+    let drain = async move {
+        let _ = claimer.await;
+        tasks.close();
+        tasks.wait().await;
+        let _ = recorder.await;
+    };
     if result.is_err() {
         stop_claiming.cancel();
         // The channel is gone: forwarders will not end by themselves.
         crate::queue::close(&conn, "worker reconnecting").await;
+        shared.drains.spawn(drain);
+        return result;
     }
-    let _ = claimer.await;
-    tasks.close();
-    tasks.wait().await;
-    let _ = recorder.await;
+    drain.await;
     crate::queue::close(&conn, "worker stopping").await;
     result
 }
@@ -295,7 +321,7 @@ async fn claim_loop(
     runner: Runner,
     stop: CancellationToken,
 ) {
-    let permits = Arc::new(Semaphore::new(ctx.config.worker.concurrency));
+    let permits = runner.permits.clone();
     let mut deferred = Deferred::default();
     let mut open = true;
     loop {

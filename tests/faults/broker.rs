@@ -213,3 +213,51 @@ async fn an_unroutable_publish_is_retried_after_the_topology_is_declared_again()
     app.stop().await;
     env.cleanup().await;
 }
+
+/// A broker blip while long calls run: the worker reconnects at once and takes new work while
+/// those calls finish in the background (they keep their call slots, and are recorded once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_reset_does_not_wait_for_long_calls_before_taking_new_work() {
+    let mut env = TestEnv::new().await;
+    let broker = FaultProxy::in_front_of(&env.config.amqp.url).await;
+    env.config.amqp.url = broker.url_for(&env.config.amqp.url);
+    env.config.worker.concurrency = 4;
+    let app = env.up().await;
+    let c = Client::new(&app, &env.key("acme").await);
+    let slow = submit(&c, many(2, |i| format!("long call {i} [[mock:sleep=8s]]"))).await;
+    wait_until(T, "both long calls are running", || async {
+        env.count("SELECT count(*) FROM jobs WHERE status = 'running'")
+            .await
+            == 2
+    })
+    .await;
+    broker.reset_all();
+    let quick = submit(&c, many(3, |i| format!("quick after the reset {i}"))).await;
+    wait_until(T, "the quick jobs finish", || async {
+        env.count(&format!(
+            "SELECT count(*) FROM jobs WHERE id IN ({}) AND status = 'succeeded'",
+            quick
+                .iter()
+                .map(|id| format!("'{id}'"))
+                .collect::<Vec<_>>()
+                .join(",")
+        ))
+        .await
+            == 3
+    })
+    .await;
+    assert_eq!(
+        env.count("SELECT count(*) FROM jobs WHERE status = 'running'")
+            .await,
+        2,
+        "the quick jobs ran while the long calls were still in flight"
+    );
+    env.wait_all_finished(T).await;
+    let mut ids = slow;
+    ids.extend(quick);
+    env.assert_recorded(&ids).await;
+    assert_all_succeeded(&env, &ids).await;
+    env.check_exactly_once(&env.mock.stats()).await;
+    app.stop().await;
+    env.cleanup().await;
+}
