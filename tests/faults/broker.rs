@@ -224,7 +224,7 @@ async fn a_broker_reset_does_not_wait_for_long_calls_before_taking_new_work() {
     env.config.worker.concurrency = 4;
     let app = env.up().await;
     let c = Client::new(&app, &env.key("acme").await);
-    let slow = submit(&c, many(2, |i| format!("long call {i} [[mock:sleep=8s]]"))).await;
+    let slow = submit(&c, many(2, |i| format!("long call {i} [[mock:sleep=12s]]"))).await;
     wait_until(T, "both long calls are running", || async {
         env.count("SELECT count(*) FROM jobs WHERE status = 'running'")
             .await
