@@ -187,10 +187,18 @@ async fn consume_new_tenants(
     claim_tx: &mpsc::Sender<Delivery>,
     err_tx: &mpsc::Sender<anyhow::Error>,
 ) -> anyhow::Result<Vec<String>> {
+    // A database error here is not the broker's fault: keep the session, try next tick.
     let tenants: Vec<(String, i32)> =
-        sqlx::query_as("SELECT name, weight FROM tenants ORDER BY name")
+        match sqlx::query_as("SELECT name, weight FROM tenants ORDER BY name")
             .fetch_all(&ctx.pool)
-            .await?;
+            .await
+        {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not look up tenants; will try again");
+                return Ok(Vec::new());
+            }
+        };
     let topo = ctx.broker.topology();
     let mut tags = Vec::new();
     for (tenant, weight) in tenants {
