@@ -175,6 +175,7 @@ pub async fn dispatch(ctx: &Ctx, tenant: &str, inserted: &[Inserted]) {
     if fresh.is_empty() {
         return;
     }
+    crate::failpoint::hit("api.after_commit_before_publish");
     // Bounded: a hung broker must not hold the caller's answer; the jobs are already committed.
     match tokio::time::timeout(PUBLISH_WAIT, ctx.broker.publish_work(&fresh)).await {
         Ok(Ok(())) => {}

@@ -107,6 +107,133 @@ async fn a_killed_workers_job_is_finished_by_another_worker() {
     env.cleanup().await;
 }
 
+/// Matrix row 1, exactly: the worker dies after the provider answered and before the result
+/// is committed. The answer is lost with the process (the provider billed a call sluice could
+/// not book); the job is rescued, run again, and recorded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_after_the_answer_but_before_the_commit_leaves_the_job_to_another() {
+    let env = TestEnv::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let api = env
+        .start(Roles {
+            api: true,
+            ..Default::default()
+        })
+        .await;
+    let c = Client::new(&api, &env.key("acme").await);
+    let mut child = spawn_worker(
+        &env,
+        &dir,
+        &[("SLUICE_FAILPOINT", "worker.after_call_before_record")],
+    );
+    let (_, body) = c.post("/v1/jobs", &job("answer then die"), None).await;
+    let id = body["id"].as_str().unwrap().to_string();
+    let status = wait_exit(&mut child, T).await;
+    assert!(!status.success(), "the failpoint aborted the worker");
+    assert_eq!(
+        env.mock.stats().calls_by_job[&id],
+        1,
+        "the provider answered"
+    );
+    assert_eq!(env.status_of(&id).await, "running", "nothing was committed");
+
+    let rescuer = env
+        .start(Roles {
+            worker: true,
+            maintenance: true,
+            ..Default::default()
+        })
+        .await;
+    let done = c.wait_job(&id, T).await;
+    assert_eq!(done["status"], "succeeded");
+    assert!(done["errors"].to_string().contains("worker_lost"), "{done}");
+    assert_eq!(env.mock.stats().calls_by_job[&id], 2);
+    assert_eq!(
+        env.count(&format!(
+            "SELECT count(*) FROM attempts WHERE job_id = '{id}'"
+        ))
+        .await,
+        1,
+        "one result booked: the lost answer died with its process"
+    );
+    env.check_invariants().await;
+    rescuer.stop().await;
+    api.stop().await;
+    env.cleanup().await;
+}
+
+/// Matrix row 3 with a real API process: it dies after committing a submission and before
+/// publishing its work message, so the client gets no answer. The relay publishes the job, it
+/// runs once, and the client's retry with the same `Idempotency-Key` (to another API process)
+/// gets the original job back instead of a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_killed_between_commit_and_publish_loses_nothing_and_a_retry_is_no_duplicate() {
+    let mut env = TestEnv::new().await;
+    let key = env.key("acme").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let served = env.config.server.listen.clone();
+    env.config.server.listen = format!("127.0.0.1:{port}");
+    let config = env.write_config(dir.path());
+    env.config.server.listen = served;
+    let mut api = common::ChildGuard(
+        sluice()
+            .arg("--config")
+            .arg(&config)
+            .arg("serve")
+            .env("SLUICE_FAILPOINT", "api.after_commit_before_publish")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    wait_until(T, "the API process answers", || async {
+        http.get(format!("{base}/healthz")).send().await.is_ok()
+    })
+    .await;
+    let sent = http
+        .post(format!("{base}/v1/jobs"))
+        .bearer_auth(&key)
+        .header("idempotency-key", "retry-me-1")
+        .json(&job("committed, never published"))
+        .send()
+        .await;
+    assert!(sent.is_err(), "the API died before answering: {sent:?}");
+    let status = wait_exit(&mut api, T).await;
+    assert!(!status.success(), "the failpoint aborted the API");
+    assert_eq!(env.count("SELECT count(*) FROM jobs").await, 1, "committed");
+
+    // Workers, the relay and a fresh API: the job runs; the client retries and gets it back.
+    let app = env.up().await;
+    let c = Client::new(&app, &key);
+    let (s, again) = c
+        .post(
+            "/v1/jobs",
+            &job("committed, never published"),
+            Some("retry-me-1"),
+        )
+        .await;
+    assert_eq!(s, 200, "{again}");
+    let id = again["id"].as_str().unwrap().to_string();
+    let done = c.wait_job(&id, T).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(
+        env.count("SELECT count(*) FROM jobs").await,
+        1,
+        "no duplicate"
+    );
+    assert_eq!(env.mock.stats().calls_by_job[&id], 1);
+    env.check_invariants().await;
+    app.stop().await;
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_after_recording_but_before_acking_causes_no_second_call() {
     let env = TestEnv::new().await;

@@ -473,6 +473,7 @@ async fn record_loop(ctx: Arc<Ctx>, worker_id: String, mut rx: mpsc::Receiver<Re
         if rx.recv_many(&mut buf, RECORD_BATCH).await == 0 {
             return;
         }
+        crate::failpoint::hit("worker.after_call_before_record");
         let outcomes: Vec<Outcome> = buf.iter().map(|(o, _, _, _)| o.clone()).collect();
         let mut delay = Duration::from_millis(100);
         loop {
