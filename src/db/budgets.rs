@@ -192,8 +192,9 @@ pub async fn claim(
     }
     let sec = now.timestamp();
     // Per-tenant use of paced deployments, for the fairness shares.
+    let admitted: BTreeSet<&String> = admit_ids.iter().collect();
     for (id, cand) in rows.iter().map(|r| &r.id).zip(&candidates) {
-        if state.shares.contains_key(&cand.deployment) && admit_ids.contains(id) {
+        if state.shares.contains_key(&cand.deployment) && admitted.contains(id) {
             let slot = usage
                 .entry((
                     "share".to_string(),

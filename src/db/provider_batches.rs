@@ -2,6 +2,7 @@
 //! leasing open batches to one poller at a time, recording item results exactly once, and
 //! moving jobs whose deadline draws near to the real-time path.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -157,9 +158,10 @@ pub async fn pack(
     .bind(&id)
     .execute(&mut *tx)
     .await?;
+    let packed: HashSet<&str> = ids.iter().copied().collect();
     let (hold_ids, hold_tenants, hold_usd): (Vec<String>, Vec<String>, Vec<Decimal>) = holds
         .into_iter()
-        .filter(|(job, _, _)| ids.contains(&job.as_str()))
+        .filter(|(job, _, _)| packed.contains(job.as_str()))
         .fold(Default::default(), |(mut a, mut b, mut c), (j, t, u)| {
             a.push(j);
             b.push(t);
@@ -319,9 +321,10 @@ pub async fn record_results(
     .bind(&batch.id)
     .fetch_all(&mut *tx)
     .await?;
+    let unsettled: HashSet<&str> = settled.iter().map(String::as_str).collect();
     let fresh: Vec<&ItemOutcome> = outcomes
         .iter()
-        .filter(|o| settled.contains(&o.job_id))
+        .filter(|o| unsettled.contains(o.job_id.as_str()))
         .collect();
     let (provider, model) = batch
         .deployment
