@@ -215,6 +215,29 @@ impl TestEnv {
     }
 
     /// Messages waiting in a tenant's work queue, and its consumers.
+    /// Consumers on a tenant's work queue (0 while it does not exist yet).
+    pub async fn work_queue_consumers(&self, tenant: &str) -> u32 {
+        let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await
+        else {
+            return 0;
+        };
+        let Ok(ch) = conn.create_channel().await else {
+            return 0;
+        };
+        let q = ch
+            .queue_declare(
+                format!("{}sluice.work.{tenant}", self.config.amqp.prefix).into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        let _ = conn.close(200, "".into()).await;
+        q.map_or(0, |q| q.consumer_count())
+    }
+
     pub async fn work_queue_depth(&self, tenant: &str) -> (u32, u32) {
         let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
             .await

@@ -20,6 +20,11 @@ async fn sigterm_to_one_of_two_workers_mid_run_loses_and_duplicates_nothing() {
     let mut staying = WorkerProcess::spawn(&env);
     let leaving_id = leaving.worker_id(&env).await;
     staying.worker_id(&env).await;
+    // Both consume before the work arrives, so the broker spreads it over both.
+    wait_until(T, "both workers consume the tenant's queue", || async {
+        env.work_queue_consumers("acme").await >= 2
+    })
+    .await;
 
     let ids = submit(
         &c,
