@@ -296,34 +296,25 @@ pub async fn record(
             WHERE j.id = i.job_id AND j.status = 'running' AND j.attempted_by = $2 AND j.attempt = i.attempt
             RETURNING j.id, j.tenant, j.reserved_tokens, j.reserved_sec
          ), ledger AS (
-            INSERT INTO attempts (id, job_id, tenant, attempt, provider, model, route, status, error_code,
-                http_status, input_tokens, output_tokens, cached_tokens, input_usd_per_mtok,
-                output_usd_per_mtok, cached_input_usd_per_mtok, discount, cost_usd, saved_usd,
-                provider_batch_id, latency_ms, provider_request_id, worker, started_at, finished_at)
-            SELECT i.attempt_id, i.job_id, m.tenant, i.attempt, i.provider, i.upstream_model, i.route,
-                i.attempt_status, i.error_code, i.http_status, i.input_tokens, i.output_tokens,
-                i.cached_tokens, i.input_usd_per_mtok, i.output_usd_per_mtok, i.cached_input_usd_per_mtok,
-                i.discount, i.cost_usd, i.saved_usd, i.provider_batch_id, i.latency_ms, i.provider_request_id,
-                $2, i.started_at, now()
-            FROM input i JOIN moved m ON m.id = i.job_id
-            WHERE i.called
-            RETURNING 1
-         ), discarded AS (
-            -- The call completed after this worker lost the claim: the provider billed it all
-            -- the same. Booked once (the attempt number is this claim's), its answer unused.
+            -- One row per call made. A call whose job this worker no longer holds (it lost the
+            -- claim meanwhile) was billed all the same: it is booked as 'discarded', its answer
+            -- unused (the attempt number is the lost claim's, so it is booked once).
             INSERT INTO attempts (id, job_id, tenant, attempt, provider, model, route, status, error_code,
                 http_status, input_tokens, output_tokens, cached_tokens, input_usd_per_mtok,
                 output_usd_per_mtok, cached_input_usd_per_mtok, discount, cost_usd, saved_usd,
                 provider_batch_id, latency_ms, provider_request_id, worker, started_at, finished_at)
             SELECT i.attempt_id, i.job_id, j.tenant, i.attempt, i.provider, i.upstream_model, i.route,
-                'discarded', i.error_code, i.http_status, i.input_tokens, i.output_tokens,
-                i.cached_tokens, i.input_usd_per_mtok, i.output_usd_per_mtok, i.cached_input_usd_per_mtok,
-                i.discount, i.cost_usd, 0, i.provider_batch_id, i.latency_ms, i.provider_request_id,
-                $2, i.started_at, now()
-            FROM input i JOIN jobs j ON j.id = i.job_id
-            WHERE i.called AND NOT EXISTS (SELECT 1 FROM moved m WHERE m.id = i.job_id)
+                CASE WHEN m.id IS NULL THEN 'discarded' ELSE i.attempt_status END, i.error_code,
+                i.http_status, i.input_tokens, i.output_tokens, i.cached_tokens, i.input_usd_per_mtok,
+                i.output_usd_per_mtok, i.cached_input_usd_per_mtok, i.discount, i.cost_usd,
+                CASE WHEN m.id IS NULL THEN 0 ELSE i.saved_usd END, i.provider_batch_id, i.latency_ms,
+                i.provider_request_id, $2, i.started_at, now()
+            FROM input i JOIN jobs j ON j.id = i.job_id LEFT JOIN moved m ON m.id = i.job_id
+            WHERE i.called
             ON CONFLICT (job_id, attempt) DO NOTHING
-            RETURNING job_id, tenant, input_tokens, output_tokens, cached_tokens, cost_usd
+            RETURNING job_id, tenant, status, input_tokens, output_tokens, cached_tokens, cost_usd
+         ), discarded AS (
+            SELECT * FROM ledger WHERE status = 'discarded'
          ), discarded_cost AS (
             UPDATE jobs j SET input_tokens = j.input_tokens + d.input_tokens,
                 output_tokens = j.output_tokens + d.output_tokens,
