@@ -461,15 +461,9 @@ async fn load_state(
             );
         }
         if b.scope == "tenant" && (b.daily_usd.is_some() || b.monthly_usd.is_some()) {
-            let policy = UsdPolicy::parse(&b.usd_policy).unwrap_or_default();
             state.usd.insert(
                 b.key.clone(),
-                UsdState {
-                    daily: b.daily_usd,
-                    monthly: b.monthly_usd,
-                    policy,
-                    ..Default::default()
-                },
+                UsdState::caps(b.daily_usd, b.monthly_usd, &b.usd_policy),
             );
         }
     }
@@ -562,15 +556,7 @@ pub async fn lock_usd_caps(
     .await?;
     let mut usd: BTreeMap<String, UsdState> = rows
         .into_iter()
-        .map(|(tenant, daily, monthly, policy)| {
-            let state = UsdState {
-                daily,
-                monthly,
-                policy: UsdPolicy::parse(&policy).unwrap_or_default(),
-                ..Default::default()
-            };
-            (tenant, state)
-        })
+        .map(|(tenant, daily, monthly, policy)| (tenant, UsdState::caps(daily, monthly, &policy)))
         .collect();
     read_spend(tx, &mut usd, now).await?;
     Ok(usd)

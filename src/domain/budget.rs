@@ -180,6 +180,16 @@ pub enum UsdCheck {
 }
 
 impl UsdState {
+    /// A tenant's caps with its stored policy (`defer` unless it says `reject`), nothing spent.
+    pub fn caps(daily: Option<Decimal>, monthly: Option<Decimal>, policy: &str) -> Self {
+        Self {
+            daily,
+            monthly,
+            policy: UsdPolicy::parse(policy).unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+
     /// Whether a call that may cost up to `cost` fits `tenant`'s caps, given what is spent and
     /// held. A call that fits must then be added to `held`.
     pub fn check(&self, now: DateTime<Utc>, tenant: &str, cost: Decimal) -> UsdCheck {

@@ -503,3 +503,24 @@ pub fn header_text(headers: &Option<FieldTable>, name: &str) -> Option<String> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_heartbeat_is_asked_for_unless_the_url_sets_one() {
+        assert_eq!(
+            with_heartbeat("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=15"
+        );
+        assert_eq!(
+            with_heartbeat("amqp://h/%2f?frame_max=8192"),
+            "amqp://h/%2f?frame_max=8192&heartbeat=15"
+        );
+        assert_eq!(
+            with_heartbeat("amqp://h/%2f?heartbeat=60"),
+            "amqp://h/%2f?heartbeat=60"
+        );
+    }
+}
