@@ -280,11 +280,8 @@ async fn a_batch_whose_submission_answer_was_lost_is_adopted_not_sent_twice() {
         )
         .await;
     let id = body["id"].as_str().unwrap().to_string();
-    let started = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(started.elapsed() < T, "the failpoint never fired");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let status = common::wait_exit(&mut child, T).await;
+    assert!(!status.success(), "the failpoint aborted the packer");
     assert_eq!(env.mock.stats().batches_created, 1);
     assert_eq!(
         env.count("SELECT count(*) FROM provider_batches WHERE state = 'submitting'")

@@ -4,9 +4,9 @@
 mod common;
 
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Client, TestEnv, job, wait_until};
+use common::{Client, TestEnv, job, wait_exit, wait_until};
 use serde_json::json;
 use sluice::app::Roles;
 
@@ -31,20 +31,6 @@ fn signal(child: &Child, sig: &str) {
         .status()
         .unwrap();
     assert!(ok.success());
-}
-
-async fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "process did not exit in {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn running_by_other_process(env: &TestEnv, id: &str, ours: &str) -> bool {

@@ -334,6 +334,25 @@ impl TestEnv {
     }
 }
 
+/// Waits for `child` to exit, at most `timeout`.
+pub async fn wait_exit(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "process {} did not exit in {timeout:?}",
+            child.id()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A child process that is killed when dropped, so a failing test never leaves workers behind.
 pub struct ChildGuard(pub std::process::Child);
 

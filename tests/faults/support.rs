@@ -205,18 +205,7 @@ impl WorkerProcess {
 
     /// Waits for the child to exit, at most `timeout`.
     pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                start.elapsed() < timeout,
-                "worker {} did not exit in {timeout:?}",
-                self.pid()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        crate::common::wait_exit(&mut self.child, timeout).await
     }
 
     /// The id this process registered in `workers`, once it has.
