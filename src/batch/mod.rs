@@ -91,8 +91,7 @@ async fn pack_due(ctx: &Ctx, owner: &str) -> anyhow::Result<()> {
             };
             let catalog = ctx.catalog();
             let worst_cost = |j: &Packable| {
-                crate::db::budgets::worst_case_usd(
-                    &catalog,
+                catalog.worst_case_usd(
                     &deployment,
                     i64::from(j.est_prompt_tokens.max(0)),
                     i64::from(j.max_tokens.max(0)),
@@ -312,10 +311,7 @@ fn outcome(
     match r {
         Some(ItemResult::Succeeded(c)) => {
             let catalog = ctx.catalog();
-            if let Some(p) = catalog
-                .prices()
-                .at(catalog.price_provider(&d.provider), &d.model, now)
-            {
+            if let Some(p) = catalog.price_of(d, now) {
                 let cost = p.cost(c.usage, true);
                 o.input_usd_per_mtok = Some(cost.input_usd_per_mtok);
                 o.output_usd_per_mtok = Some(cost.output_usd_per_mtok);
@@ -329,12 +325,7 @@ fn outcome(
                 .and_then(Deployment::parse)
                 .unwrap_or_else(|| d.clone());
             o.baseline_cost_usd = catalog
-                .prices()
-                .at(
-                    catalog.price_provider(&premium.provider),
-                    &premium.model,
-                    now,
-                )
+                .price_of(&premium, now)
                 .map(|p| p.cost(c.usage, false).cost_usd)
                 .unwrap_or(o.cost_usd);
             o.input_tokens = c.usage.input_tokens;

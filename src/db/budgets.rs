@@ -16,8 +16,7 @@ use crate::domain::breaker::{self, Breaker};
 use crate::domain::budget::{
     self, BudgetState, Candidate, Decision, RateState, Scope, UsdPolicy, UsdState,
 };
-use crate::domain::catalog::{Catalog, Deployment};
-use crate::domain::pricing::Usage;
+use crate::domain::catalog::Catalog;
 
 /// What a claim round did with each delivered job id.
 #[derive(Debug, Default)]
@@ -334,42 +333,11 @@ pub async fn reject(
     Ok(ids)
 }
 
-/// The most a call can cost on `deployment` (at batch prices if `batch`): every prompt token
-/// uncached, every allowed output token used. Zero for a model without a price.
-pub fn worst_case_usd(
-    catalog: &Catalog,
-    deployment: &str,
-    prompt_tokens: i64,
-    max_tokens: i64,
-    batch: bool,
-    now: DateTime<Utc>,
-) -> Decimal {
-    Deployment::parse(deployment)
-        .and_then(|d| {
-            catalog
-                .prices()
-                .at(catalog.price_provider(&d.provider), &d.model, now)
-                .cloned()
-        })
-        .map(|p| {
-            p.cost(
-                Usage {
-                    input_tokens: prompt_tokens,
-                    output_tokens: max_tokens,
-                    cached_tokens: 0,
-                },
-                batch,
-            )
-            .cost_usd
-        })
-        .unwrap_or_default()
-}
-
 fn candidate(r: &CandidateRow, catalog: &Catalog, now: DateTime<Utc>) -> Candidate {
     let deployment = r.deployment.clone().unwrap_or_default();
     let prompt = i64::from(r.est_prompt_tokens.max(0));
     let output = i64::from(r.max_tokens.max(0));
-    let usd = worst_case_usd(catalog, &deployment, prompt, output, false, now);
+    let usd = catalog.worst_case_usd(&deployment, prompt, output, false, now);
     Candidate {
         deployment,
         tenant: r.tenant.clone(),

@@ -7,7 +7,9 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::pricing::PriceBook;
+use rust_decimal::Decimal;
+
+use super::pricing::{Price, PriceBook, Usage};
 use crate::config::{Config, ProviderKind};
 
 /// One upstream target: a configured provider and one of its models.
@@ -121,6 +123,33 @@ impl Catalog {
         &self.prices
     }
 
+    /// The price of `d` in force at `at`, if the price list has one.
+    pub fn price_of(&self, d: &Deployment, at: DateTime<Utc>) -> Option<&Price> {
+        self.prices
+            .at(self.price_provider(&d.provider), &d.model, at)
+    }
+
+    /// The most a call can cost on `deployment` (at batch prices if `batch`): every prompt
+    /// token uncached, every allowed output token used. Zero for a model without a price.
+    pub fn worst_case_usd(
+        &self,
+        deployment: &str,
+        prompt_tokens: i64,
+        max_tokens: i64,
+        batch: bool,
+        now: DateTime<Utc>,
+    ) -> Decimal {
+        let usage = Usage {
+            input_tokens: prompt_tokens,
+            output_tokens: max_tokens,
+            cached_tokens: 0,
+        };
+        Deployment::parse(deployment)
+            .and_then(|d| self.price_of(&d, now))
+            .map(|p| p.cost(usage, batch).cost_usd)
+            .unwrap_or_default()
+    }
+
     /// The first of `deployments` after index `after` whose context window takes a request
     /// of `prompt_tokens` with `max_tokens` (a deployment without a known price fits).
     pub fn next_fitting(
@@ -137,9 +166,7 @@ impl Catalog {
             .skip(after + 1)
             .find_map(|(i, d)| {
                 let d = Deployment::parse(d)?;
-                let p = self
-                    .prices()
-                    .at(self.price_provider(&d.provider), &d.model, now);
+                let p = self.price_of(&d, now);
                 let fits = p.is_none_or(|p| {
                     p.max_input_tokens.is_none_or(|m| prompt_tokens <= m)
                         && p.max_output_tokens.is_none_or(|m| max_tokens <= m)

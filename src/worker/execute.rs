@@ -119,11 +119,7 @@ pub async fn execute(
                     tracing::warn!(error = %e, "could not record the provider's pause");
                 }
             }
-            let price = catalog.prices().at(
-                catalog.price_provider(&deployment.provider),
-                &deployment.model,
-                now,
-            );
+            let price = catalog.price_of(&deployment, now);
             match price.map(|p| p.cost(c.usage, false)) {
                 Some(cost) => {
                     outcome.input_usd_per_mtok = Some(cost.input_usd_per_mtok);
@@ -298,9 +294,7 @@ pub fn baseline(
         .as_deref()
         .or_else(|| job.deployments.0.first().map(String::as_str))?;
     let d = Deployment::parse(premium)?;
-    let price = catalog
-        .prices()
-        .at(catalog.price_provider(&d.provider), &d.model, now)?;
+    let price = catalog.price_of(&d, now)?;
     Some(price.cost(usage, false).cost_usd)
 }
 
@@ -320,12 +314,8 @@ fn cache_hit(
     };
     let catalog = ctx.catalog();
     let saved = Deployment::parse(&hit.deployment)
-        .and_then(|d| {
-            catalog
-                .prices()
-                .at(catalog.price_provider(&d.provider), &d.model, now)
-                .map(|p| p.cost(usage, false).cost_usd)
-        })
+        .and_then(|d| catalog.price_of(&d, now))
+        .map(|p| p.cost(usage, false).cost_usd)
         .unwrap_or_default();
     outcome.status = "succeeded";
     outcome.called = true;
