@@ -13,6 +13,8 @@ use sluice::app::Roles;
 use sluice::config::BudgetSettings;
 use sluice::mock::MockSettings;
 
+const T: Duration = Duration::from_secs(30);
+
 fn spawn_workers(env: &TestEnv, dir: &tempfile::TempDir, n: usize) -> Vec<common::ChildGuard> {
     (0..n).map(|_| env.spawn_worker(dir.path(), &[])).collect()
 }
@@ -298,6 +300,118 @@ async fn a_429_pauses_the_deployment_for_every_worker_until_retry_after() {
     let paused: Option<chrono::DateTime<chrono::Utc>> =
         sqlx::query_scalar("SELECT paused_until FROM budgets WHERE scope = 'deployment' AND key = 'openai/gpt-4o-mini'").fetch_one(&env.pool).await.unwrap();
     assert!(paused.is_some(), "the pause is shared through Postgres");
+    app.stop().await;
+    env.cleanup().await;
+}
+
+/// `sluice budgets set` changes limits in Postgres while sluice runs, `sluice budgets show`
+/// reports them, the running workers obey the new limit at once, and bad input is refused
+/// with a message before anything is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_set_and_show_change_limits_at_run_time() {
+    let env = TestEnv::new().await;
+    let app = env.up().await;
+    let c = Client::new(&app, &env.key("acme").await);
+    let (s, body) = c.post("/v1/jobs", &job("before any cap"), None).await;
+    assert_eq!(s, 200, "{body}");
+    let first = body["id"].as_str().unwrap().to_string();
+    assert_eq!(c.wait_job(&first, T).await["status"], "succeeded");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = env.write_config(dir.path());
+    let sluice = |args: &[&str]| {
+        let out = common::sluice_cmd()
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // Bad input: nothing is written.
+    let (ok, _, err) = sluice(&[
+        "budgets",
+        "set",
+        "--deployment",
+        "openai/gpt-4o-mini",
+        "--daily-usd",
+        "1",
+    ]);
+    assert!(!ok && err.contains("use --tenant"), "{err}");
+    let (ok, _, err) = sluice(&[
+        "budgets",
+        "set",
+        "--deployment",
+        "gpt-4o-mini",
+        "--tpm",
+        "5",
+    ]);
+    assert!(!ok && err.contains("provider/model"), "{err}");
+    let (ok, _, err) = sluice(&["budgets", "set", "--tenant", "acme", "--policy", "maybe"]);
+    assert!(!ok && err.contains("maybe"), "{err}");
+    assert_eq!(
+        env.count("SELECT count(*) FROM budgets WHERE source = 'cli'")
+            .await,
+        0
+    );
+
+    // A deployment limit and a tenant cap, set while sluice runs.
+    let (ok, _, err) = sluice(&[
+        "budgets",
+        "set",
+        "--deployment",
+        "openai/gpt-4o-mini",
+        "--tpm",
+        "123456",
+        "--rpm",
+        "789",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = sluice(&[
+        "budgets",
+        "set",
+        "--tenant",
+        "acme",
+        "--daily-usd",
+        "0.000001",
+        "--policy",
+        "reject",
+        "--weight",
+        "3",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = sluice(&["budgets", "show", "--format", "json"]);
+    assert!(ok, "{err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let row = |key: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["key"] == key)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {key} in {rows}"))
+    };
+    assert_eq!(row("openai/gpt-4o-mini")["tpm"], 123456);
+    assert_eq!(row("openai/gpt-4o-mini")["rpm"], 789);
+    assert_eq!(row("acme")["daily_usd"], "0.000001");
+    assert_eq!(row("acme")["usd_policy"], "reject");
+    assert_eq!(
+        env.count("SELECT weight::bigint FROM tenants WHERE name = 'acme'")
+            .await,
+        3
+    );
+
+    // The running workers read the new cap on their next claim: acme has spent more than it.
+    let (_, body) = c.post("/v1/jobs", &job("after the cap"), None).await;
+    let done = c.wait_job(body["id"].as_str().unwrap(), T).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["error"]["code"], "budget_exceeded", "{done}");
+    env.check_invariants().await;
     app.stop().await;
     env.cleanup().await;
 }
