@@ -15,6 +15,7 @@ use crate::domain::catalog::Catalog;
 use crate::domain::pricing::PriceBook;
 use crate::providers::Providers;
 use crate::queue::{Broker, Topology};
+use crate::supervisor::{Health, supervise};
 
 /// Everything the API, ingest and workers share.
 #[derive(Debug)]
@@ -24,6 +25,8 @@ pub struct Ctx {
     pub broker: Broker,
     pub providers: Providers,
     pub keys: KeyCache,
+    /// What every supervised role in this process is doing (read by `/readyz`).
+    pub health: Health,
     catalog: RwLock<Arc<Catalog>>,
 }
 
@@ -40,6 +43,7 @@ impl Ctx {
         let providers = Providers::from_config(&config)?;
         Ok(Arc::new(Ctx {
             keys: KeyCache::new(pool.clone()),
+            health: Health::default(),
             catalog: RwLock::new(Arc::new(catalog)),
             config,
             pool,
@@ -158,13 +162,27 @@ pub async fn start(ctx: Arc<Ctx>, roles: Roles) -> anyhow::Result<Running> {
                 )
             })?;
         api_addr = Some(listener.local_addr()?);
+        // Kept as a std listener so a restarted server can listen on the same socket.
+        let listener = Arc::new(listener.into_std()?);
         let router = crate::api::router(ctx.clone());
         let token = shutdown.clone();
-        tracker.spawn(async move {
-            let serve = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { token.cancelled().await });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "API server stopped with an error");
+        spawn_supervised(&tracker, &ctx, "api", &shutdown, move || {
+            let listener = listener.clone();
+            let router = router.clone();
+            let token = token.clone();
+            async move {
+                let listener = match listener.try_clone().and_then(TcpListener::from_std) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot reuse the API listener");
+                        return;
+                    }
+                };
+                let serve = axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { token.cancelled().await });
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "API server stopped with an error");
+                }
             }
         });
     }
@@ -176,35 +194,47 @@ pub async fn start(ctx: Arc<Ctx>, roles: Roles) -> anyhow::Result<Running> {
             std::process::id(),
         )
         .await?;
-        heartbeat = Some(tokio::spawn(crate::worker::maintenance::heartbeat(
-            ctx.clone(),
-            worker_id.clone(),
-            hostname(),
+        let (c, id, stop) = (ctx.clone(), worker_id.clone(), heartbeat_stop.clone());
+        heartbeat = Some(tokio::spawn(supervise(
+            ctx.health.clone(),
+            "heartbeat",
             heartbeat_stop.clone(),
+            move || {
+                crate::worker::maintenance::heartbeat(
+                    c.clone(),
+                    id.clone(),
+                    hostname(),
+                    stop.clone(),
+                )
+            },
         )));
     }
     if roles.worker {
-        tracker.spawn(crate::worker::run(
-            ctx.clone(),
-            worker_id.clone(),
-            shutdown.clone(),
-        ));
+        let (c, id, stop) = (ctx.clone(), worker_id.clone(), shutdown.clone());
+        spawn_supervised(&tracker, &ctx, "worker", &shutdown, move || {
+            crate::worker::run(c.clone(), id.clone(), stop.clone())
+        });
     }
     if roles.ingest {
-        tracker.spawn(crate::queue::ingest::run(ctx.clone(), shutdown.clone()));
+        let (c, stop) = (ctx.clone(), shutdown.clone());
+        spawn_supervised(&tracker, &ctx, "ingest", &shutdown, move || {
+            crate::queue::ingest::run(c.clone(), stop.clone())
+        });
     }
     if roles.maintenance {
-        tracker.spawn(crate::worker::maintenance::run(
-            ctx.clone(),
-            shutdown.clone(),
-        ));
-        tracker.spawn(crate::batch::run(
-            ctx.clone(),
-            worker_id.clone(),
-            shutdown.clone(),
-        ));
+        let (c, stop) = (ctx.clone(), shutdown.clone());
+        spawn_supervised(&tracker, &ctx, "maintenance", &shutdown, move || {
+            crate::worker::maintenance::run(c.clone(), stop.clone())
+        });
+        let (c, id, stop) = (ctx.clone(), worker_id.clone(), shutdown.clone());
+        spawn_supervised(&tracker, &ctx, "batch", &shutdown, move || {
+            crate::batch::run(c.clone(), id.clone(), stop.clone())
+        });
     }
-    tracker.spawn(refresh_prices(ctx.clone(), shutdown.clone()));
+    let (c, stop) = (ctx.clone(), shutdown.clone());
+    spawn_supervised(&tracker, &ctx, "prices", &shutdown, move || {
+        refresh_prices(c.clone(), stop.clone())
+    });
     Ok(Running {
         api_addr,
         worker_id,
@@ -214,6 +244,20 @@ pub async fn start(ctx: Arc<Ctx>, roles: Roles) -> anyhow::Result<Running> {
         heartbeat_stop,
         heartbeat,
     })
+}
+
+/// Starts `make`'s task under the supervisor, tracked so `stop` waits for it.
+pub fn spawn_supervised<F, Fut>(
+    tracker: &TaskTracker,
+    ctx: &Ctx,
+    name: &'static str,
+    shutdown: &CancellationToken,
+    make: F,
+) where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tracker.spawn(supervise(ctx.health.clone(), name, shutdown.clone(), make));
 }
 
 async fn refresh_prices(ctx: Arc<Ctx>, shutdown: CancellationToken) {

@@ -25,6 +25,7 @@ pub mod mock;
 pub mod providers;
 pub mod queue;
 pub mod submit;
+pub mod supervisor;
 pub mod worker;
 
 /// Installs the tracing subscriber: readable logs on a terminal, JSON with `SLUICE_LOG_JSON=1`,

@@ -51,14 +51,16 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
 
 async fn readyz(State(ctx): State<Arc<Ctx>>) -> impl IntoResponse {
     let (db, broker) = tokio::join!(crate::db::ping(&ctx.pool), ctx.broker.ping());
-    let status = if db && broker {
+    let roles = ctx.health.snapshot();
+    let down = ctx.health.down();
+    let status = if db && broker && down.is_empty() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (
         status,
-        axum::Json(json!({"database": db, "broker": broker})),
+        axum::Json(json!({"database": db, "broker": broker, "roles": roles, "down": down})),
     )
 }
 
