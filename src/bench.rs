@@ -16,6 +16,8 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use serde_json::{Value, json};
 
+mod e2e;
+
 use crate::app::{self, Ctx, Roles};
 use crate::config::{BudgetSettings, Config};
 use crate::mock::MockSettings;
@@ -24,6 +26,19 @@ use rust_decimal::Decimal;
 /// Benchmarks.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// End-to-end throughput of real `serve` and `worker` processes (submit → recorded result)
+    /// with latency percentiles, CPU and peak RSS per process, against the broker and database
+    /// ceilings measured concurrently in the same run; prints `end to end:` and `ratio:`.
+    E2e {
+        #[arg(long, default_value_t = 100_000)]
+        jobs: usize,
+        /// How jobs enter sluice.
+        #[arg(long, value_enum, default_value_t = e2e::Ingest::Http)]
+        ingest: e2e::Ingest,
+        /// `sluice worker` processes.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+    },
     /// End-to-end throughput (HTTP submit → worker → mock → recorded) against the raw
     /// RabbitMQ and Postgres ceilings measured in the same run.
     Pipeline {
@@ -63,6 +78,11 @@ pub async fn run(base: Config, command: BenchCommand) -> anyhow::Result<()> {
     config.amqp.prefix = format!("bench{id}.");
     config.server.listen = "127.0.0.1:0".into();
     let result = match command {
+        BenchCommand::E2e {
+            jobs,
+            ingest,
+            workers,
+        } => e2e::run(config, jobs, ingest, workers).await,
         BenchCommand::Pipeline { jobs } => pipeline(config, jobs).await,
         BenchCommand::Cost { jobs } => cost(config, jobs).await,
         BenchCommand::Budget {

@@ -1,0 +1,555 @@
+//! `sluice bench e2e`: end-to-end throughput of real `sluice serve` and `sluice worker`
+//! processes against the mock provider at zero latency, next to the ceilings of the broker and
+//! the database used the way sluice uses them, measured in the same run:
+//!
+//! - broker: one confirm-mode publisher (a window of 1,000 unconfirmed messages) and one
+//!   consumer (prefetch 1,000, one ack per message) running *concurrently* on a durable queue of
+//!   sluice's type (classic, `x-max-priority` 9) with messages of sluice's size (a job id for the
+//!   work queue; a whole job for AMQP ingest);
+//! - database: four connections inserting rows of a job's shape in batches of 500 and moving
+//!   each through two status updates, as the submit, claim and record paths do.
+//!
+//! It prints `end to end: N jobs/s` and `ratio: X` (sluice ÷ the broker ceiling), submit-to-
+//! result latency percentiles from Postgres, and each sluice process's CPU seconds per 1,000
+//! jobs and peak RSS (from `/proc`).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::ValueEnum;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use serde_json::{Value, json};
+
+use crate::app::Ctx;
+use crate::config::Config;
+use crate::mock::MockSettings;
+
+/// How the bench's jobs enter sluice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Ingest {
+    /// `POST /v1/jobs` with 1,000 jobs per request, four requests in flight.
+    Http,
+    /// One message per job on the `sluice.jobs` exchange, publisher confirms pipelined.
+    Amqp,
+    /// `sluice submit FILE.jsonl` (a child process).
+    File,
+}
+
+/// Unconfirmed publishes allowed in flight, for the ceiling and the AMQP producer alike.
+const CONFIRM_WINDOW: usize = 1000;
+/// Longest the bench waits for sluice to finish before it gives up.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(900);
+
+/// A sluice child process and what it cost.
+struct Proc {
+    role: &'static str,
+    child: Child,
+    cpu_before: f64,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A scratch folder for the bench's config and input file, removed when dropped.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new() -> anyhow::Result<Self> {
+        let p = std::env::temp_dir().join(crate::ids::new_id("sluice-bench"));
+        std::fs::create_dir_all(&p)?;
+        Ok(Self(p))
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs the bench (the database and prefix in `config` are the bench's own).
+pub async fn run(
+    config: Config,
+    jobs: usize,
+    ingest: Ingest,
+    workers: usize,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(jobs > 0, "--jobs must be at least 1");
+    anyhow::ensure!(
+        (1..=16).contains(&workers),
+        "--workers must be between 1 and 16"
+    );
+    println!(
+        "sluice bench e2e: {jobs} jobs over {ingest:?} ingest, 1 serve + {workers} worker process(es), mock provider at zero latency"
+    );
+    let dir = ScratchDir::new()?;
+    let sample = job_line(0);
+    let work_size = crate::ids::new_id("job").len();
+    let ceiling_n = jobs.clamp(20_000, 100_000);
+    let broker = broker_ceiling(&config, ceiling_n, work_size).await?;
+    println!(
+        "  broker ceiling (concurrent confirm-mode publish + consume, {work_size}-byte messages, {ceiling_n} msgs): {broker:>8.0} msg/s"
+    );
+    let ingest_ceiling = if ingest == Ingest::Amqp {
+        let size = serde_json::to_vec(&sample)?.len();
+        let c = broker_ceiling(&config, ceiling_n, size).await?;
+        println!(
+            "  broker ceiling with {size}-byte job messages:                   {c:>8.0} msg/s"
+        );
+        Some(c)
+    } else {
+        None
+    };
+
+    let mock = crate::mock::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        MockSettings::default(),
+    )
+    .await?;
+    let mut config = config;
+    config.point_providers_at(&mock.base_url());
+    config.server.listen = format!("127.0.0.1:{}", free_port()?);
+    // Migrates the bench database and gives the bench a key.
+    let ctx = Ctx::connect(config.clone()).await?;
+    let db = database_ceiling(&ctx.pool, ceiling_n.min(50_000)).await?;
+    println!(
+        "  database ceiling (4 connections, batched insert + 2 updates per row): {db:>8.0} rows/s"
+    );
+    let key = crate::db::tenants::create_key(&ctx.pool, "bench")
+        .await?
+        .key;
+
+    let config_path = dir.path().join("sluice.toml");
+    std::fs::write(&config_path, toml::to_string(&config)?)?;
+    let mut procs = vec![spawn(&config_path, "serve")?];
+    for _ in 0..workers {
+        procs.push(spawn(&config_path, "worker")?);
+    }
+    let base = format!("http://{}", config.server.listen);
+    wait_ready(&base).await?;
+    // Workers start consuming a tenant's queue within their tenant refresh (2 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for p in &mut procs {
+        p.cpu_before = cpu_seconds(p.child.id());
+    }
+
+    let start = Instant::now();
+    let mut submitter_rss = None;
+    match ingest {
+        Ingest::Http => submit_http(&base, &key, jobs).await?,
+        Ingest::Amqp => submit_amqp(&config, &key, jobs).await?,
+        Ingest::File => submitter_rss = Some(submit_file(dir.path(), &base, &key, jobs)?),
+    }
+    let submitted = start.elapsed();
+    println!(
+        "  submitted in {:.2}s ({:.0} jobs/s)",
+        submitted.as_secs_f64(),
+        jobs as f64 / submitted.as_secs_f64()
+    );
+    wait_all_terminal(&ctx.pool, jobs, start).await?;
+    let total = start.elapsed();
+    let rate = jobs as f64 / total.as_secs_f64();
+
+    let (p50, p99, failed): (f64, f64, i64) = sqlx::query_as(
+        "SELECT COALESCE(percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finalized_at - created_at)), 0)::float8,
+                COALESCE(percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM finalized_at - created_at)), 0)::float8,
+                count(*) FILTER (WHERE status <> 'succeeded')
+         FROM jobs",
+    )
+    .fetch_one(&ctx.pool)
+    .await?;
+    println!(
+        "  submit-to-result latency: p50 {:.0} ms, p99 {:.0} ms; jobs not succeeded: {failed}",
+        p50 * 1000.0,
+        p99 * 1000.0
+    );
+    for p in &procs {
+        let cpu = cpu_seconds(p.child.id()) - p.cpu_before;
+        println!(
+            "  {:<7} pid {:>7}: {:.3} CPU s per 1,000 jobs, peak RSS {} MB",
+            p.role,
+            p.child.id(),
+            cpu * 1000.0 / jobs as f64,
+            peak_rss_kb(p.child.id()) / 1024
+        );
+    }
+    if let Some(kb) = submitter_rss {
+        println!("  sluice submit: peak RSS {} MB", kb / 1024);
+    }
+    println!("end to end: {rate:.0} jobs/s");
+    println!("ratio: {:.2}", rate / broker);
+    if let Some(c) = ingest_ceiling {
+        println!(
+            "ratio to the ceiling with job-sized messages: {:.2}",
+            rate / c
+        );
+    }
+    drop(procs);
+    Ok(())
+}
+
+fn job_line(i: usize) -> Value {
+    json!({"custom_id": format!("e2e-{i}"), "model": "summarize",
+        "body": {"messages": [
+            {"role": "system", "content": "Summarize the ticket in one sentence."},
+            {"role": "user", "content": format!("Ticket {i}: the CSV export times out for accounts with more than ten thousand rows.")}],
+        "max_tokens": 120}})
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn spawn(config: &Path, role: &'static str) -> anyhow::Result<Proc> {
+    let exe = std::env::current_exe()?;
+    let child = Command::new(exe)
+        .arg("--config")
+        .arg(config)
+        .arg(role)
+        .env_remove("SLUICE_CONFIG")
+        .env_remove("DATABASE_URL")
+        .env_remove("AMQP_URL")
+        .env_remove("SLUICE_LISTEN")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    Ok(Proc {
+        role,
+        child,
+        cpu_before: 0.0,
+    })
+}
+
+async fn wait_ready(base: &str) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let until = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < until {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("sluice serve did not become ready at {base} within 60 s")
+}
+
+async fn submit_http(base: &str, key: &str, jobs: usize) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let chunks: Vec<(usize, usize)> = (0..jobs)
+        .step_by(1000)
+        .map(|s| (s, (s + 1000).min(jobs)))
+        .collect();
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter(chunks)
+        .map(|(from, to)| {
+            let http = http.clone();
+            async move {
+                let lines: Vec<Value> = (from..to).map(job_line).collect();
+                http.post(format!("{base}/v1/jobs"))
+                    .bearer_auth(key)
+                    .json(&json!({"jobs": lines}))
+                    .send()
+                    .await?
+                    .error_for_status()?;
+                Ok(())
+            }
+        })
+        .buffer_unordered(4)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+async fn submit_amqp(config: &Config, key: &str, jobs: usize) -> anyhow::Result<()> {
+    let topo = crate::queue::Topology::new(&config.amqp.prefix);
+    let conn = crate::queue::connect(&config.amqp.url, "sluice-bench-producer").await?;
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let mut headers = FieldTable::default();
+    headers.insert(
+        crate::queue::API_KEY_HEADER.into(),
+        AMQPValue::LongString(LongString::from(key.to_string())),
+    );
+    headers.insert(
+        crate::queue::SCHEMA_HEADER.into(),
+        AMQPValue::LongString(LongString::from(crate::queue::SCHEMA_VERSION)),
+    );
+    let exchange = topo.jobs_exchange();
+    let mut window = VecDeque::with_capacity(CONFIRM_WINDOW);
+    for i in 0..jobs {
+        let body = serde_json::to_vec(&job_line(i))?;
+        let props = crate::queue::persistent()
+            .with_content_type(ShortString::from("application/json"))
+            .with_message_id(ShortString::from(format!("e2e-{i}")))
+            .with_headers(headers.clone());
+        let confirm = ch
+            .basic_publish(
+                exchange.as_str().into(),
+                "bench".into(),
+                BasicPublishOptions::default(),
+                &body,
+                props,
+            )
+            .await?;
+        window.push_back(confirm);
+        if window.len() >= CONFIRM_WINDOW
+            && let Some(c) = window.pop_front()
+        {
+            c.await?;
+        }
+    }
+    for c in window {
+        c.await?;
+    }
+    conn.close(200, "bench producer done".into()).await?;
+    Ok(())
+}
+
+/// Runs `sluice submit` on a generated file; returns its peak RSS in kB.
+fn submit_file(dir: &Path, base: &str, key: &str, jobs: usize) -> anyhow::Result<u64> {
+    use std::io::Write;
+    let path: PathBuf = dir.join("jobs.jsonl");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
+    for i in 0..jobs {
+        serde_json::to_writer(&mut out, &job_line(i))?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    drop(out);
+    let exe = std::env::current_exe()?;
+    let rss_file = dir.join("submit.rss");
+    // `/usr/bin/time` would do; reading /proc of a process that has exited is not possible,
+    // so the child reports through a wrapper shell that polls its VmHWM until it exits.
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(
+            r#""$0" submit "$1" & pid=$!; peak=0
+while kill -0 $pid 2>/dev/null; do
+  v=$(awk '/VmHWM/ {print $2}' /proc/$pid/status 2>/dev/null); [ -n "$v" ] && [ "$v" -gt "$peak" ] && peak=$v
+  sleep 0.05
+done
+wait $pid; rc=$?; echo $peak > "$2"; exit $rc"#,
+        )
+        .arg(exe)
+        .arg(&path)
+        .arg(&rss_file)
+        .env("SLUICE_API_URL", base)
+        .env("SLUICE_API_KEY", key)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    anyhow::ensure!(status.success(), "sluice submit failed: {status}");
+    Ok(std::fs::read_to_string(rss_file)?
+        .trim()
+        .parse()
+        .unwrap_or(0))
+}
+
+async fn wait_all_terminal(pool: &sqlx::PgPool, jobs: usize, start: Instant) -> anyhow::Result<()> {
+    loop {
+        let (total, done): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE status IN ('succeeded', 'failed', 'cancelled', 'expired')) FROM jobs",
+        )
+        .fetch_one(pool)
+        .await?;
+        if total as usize >= jobs && done == total {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            start.elapsed() < GIVE_UP_AFTER,
+            "gave up after {:?}: {done} of {jobs} jobs finished",
+            GIVE_UP_AFTER
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Concurrent confirm-mode publish and consume of `n` messages of `size` bytes on a queue of
+/// sluice's type; returns messages per second through both.
+pub async fn broker_ceiling(config: &Config, n: usize, size: usize) -> anyhow::Result<f64> {
+    let queue = format!("{}ceiling{}", config.amqp.prefix, crate::ids::new_id("q"));
+    let conn = crate::queue::connect(&config.amqp.url, "sluice-bench-ceiling").await?;
+    let setup = conn.create_channel().await?;
+    let mut args = FieldTable::default();
+    args.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(9));
+    setup
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await?;
+    let consumer_ch = conn.create_channel().await?;
+    consumer_ch
+        .basic_qos(1000, BasicQosOptions { global: false })
+        .await?;
+    let mut consumer = consumer_ch
+        .basic_consume(
+            queue.as_str().into(),
+            "ceiling".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let publisher = conn.create_channel().await?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let start = Instant::now();
+    let consume = tokio::spawn(async move {
+        let mut got = 0;
+        while got < n {
+            match consumer.next().await {
+                Some(Ok(d)) => {
+                    d.ack(BasicAckOptions::default()).await?;
+                    got += 1;
+                }
+                Some(Err(e)) => return Err(anyhow::Error::from(e)),
+                None => anyhow::bail!("the ceiling consumer ended after {got} messages"),
+            }
+        }
+        Ok(())
+    });
+    let body = vec![b'x'; size];
+    let mut window = VecDeque::with_capacity(CONFIRM_WINDOW);
+    for i in 0..n {
+        let confirm = publisher
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                crate::queue::persistent()
+                    .with_message_id(ShortString::from(i.to_string()))
+                    .with_priority(5),
+            )
+            .await?;
+        window.push_back(confirm);
+        if window.len() >= CONFIRM_WINDOW
+            && let Some(c) = window.pop_front()
+        {
+            c.await?;
+        }
+    }
+    for c in window {
+        c.await?;
+    }
+    consume.await??;
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    setup
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await?;
+    conn.close(200, "ceiling done".into()).await?;
+    Ok(rate)
+}
+
+/// Four connections each insert their share of `n` job-shaped rows in batches of 500 and move
+/// each through two status updates (claim, record); returns rows per second.
+pub async fn database_ceiling(pool: &sqlx::PgPool, n: usize) -> anyhow::Result<f64> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS bench_ceiling (id text PRIMARY KEY, tenant text NOT NULL, \
+         body jsonb NOT NULL, status text NOT NULL, attempt int NOT NULL DEFAULT 0, \
+         response jsonb, created_at timestamptz NOT NULL DEFAULT now(), finalized_at timestamptz)",
+    )
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "CREATE INDEX IF NOT EXISTS bench_ceiling_status ON bench_ceiling (tenant, status)",
+    )
+    .execute(pool)
+    .await?;
+    let body = job_line(0);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..4)
+        .map(|w| {
+            let pool = pool.clone();
+            let body = body.clone();
+            tokio::spawn(async move {
+                let ids: Vec<String> = (w..n).step_by(4).map(|i| format!("job_{i:032}")).collect();
+                for chunk in ids.chunks(500) {
+                    let bodies: Vec<Value> = chunk.iter().map(|_| body.clone()).collect();
+                    sqlx::query(
+                        "INSERT INTO bench_ceiling (id, tenant, body, status) \
+                         SELECT id, 'bench', body, 'queued' FROM unnest($1::text[], $2::jsonb[]) AS t(id, body)",
+                    )
+                    .bind(chunk)
+                    .bind(&bodies)
+                    .execute(&pool)
+                    .await?;
+                    sqlx::query("UPDATE bench_ceiling SET status = 'running', attempt = attempt + 1 WHERE id = ANY($1) AND status = 'queued'")
+                        .bind(chunk)
+                        .execute(&pool)
+                        .await?;
+                    sqlx::query("UPDATE bench_ceiling SET status = 'succeeded', response = body, finalized_at = now() WHERE id = ANY($1) AND status = 'running'")
+                        .bind(chunk)
+                        .execute(&pool)
+                        .await?;
+                }
+                Ok::<_, sqlx::Error>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    sqlx::query("DROP TABLE bench_ceiling")
+        .execute(pool)
+        .await?;
+    Ok(rate)
+}
+
+/// User + system CPU seconds of a live process (0 where /proc cannot tell).
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after the state field.
+    (ticks(11) + ticks(12)) / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    // Linux reports CPU time in USER_HZ, 100 on every mainstream architecture.
+    100.0
+}
+
+/// Peak resident set size of a live process, in kB.
+fn peak_rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
