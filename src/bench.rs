@@ -17,6 +17,7 @@ use lapin::types::FieldTable;
 use serde_json::{Value, json};
 
 mod e2e;
+mod sync;
 
 use crate::app::{self, Ctx, Roles};
 use crate::config::{BudgetSettings, Config};
@@ -38,6 +39,16 @@ pub enum BenchCommand {
         /// `sluice worker` processes.
         #[arg(long, default_value_t = 1)]
         workers: usize,
+    },
+    /// The synchronous path: `POST /v1/chat/completions` through sluice and the mock directly,
+    /// at each concurrency; prints requests per second and the latency sluice adds.
+    Sync {
+        /// Concurrency levels, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [32usize, 128])]
+        concurrency: Vec<usize>,
+        /// How long each round runs.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
     },
     /// End-to-end throughput (HTTP submit → worker → mock → recorded) against the raw
     /// RabbitMQ and Postgres ceilings measured in the same run.
@@ -83,6 +94,10 @@ pub async fn run(base: Config, command: BenchCommand) -> anyhow::Result<()> {
             ingest,
             workers,
         } => e2e::run(config, jobs, ingest, workers).await,
+        BenchCommand::Sync {
+            concurrency,
+            duration,
+        } => sync::run(config, concurrency, duration).await,
         BenchCommand::Pipeline { jobs } => pipeline(config, jobs).await,
         BenchCommand::Cost { jobs } => cost(config, jobs).await,
         BenchCommand::Budget {
