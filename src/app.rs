@@ -91,6 +91,8 @@ pub struct Roles {
     pub worker: bool,
     pub ingest: bool,
     pub maintenance: bool,
+    /// The webhook delivery loop (`sluice deliver`).
+    pub deliver: bool,
 }
 
 impl Roles {
@@ -101,6 +103,7 @@ impl Roles {
             worker: true,
             ingest: true,
             maintenance: true,
+            deliver: true,
         }
     }
 }
@@ -229,6 +232,17 @@ pub async fn start(ctx: Arc<Ctx>, roles: Roles) -> anyhow::Result<Running> {
         let (c, id, stop) = (ctx.clone(), worker_id.clone(), shutdown.clone());
         spawn_supervised(&tracker, &ctx, "batch", &shutdown, move || {
             crate::batch::run(c.clone(), id.clone(), stop.clone())
+        });
+    }
+    if roles.deliver {
+        let deliverer = crate::webhooks::deliver::Deliverer::new(
+            ctx.pool.clone(),
+            ctx.config.webhooks.clone(),
+            worker_id.clone(),
+        )?;
+        let stop = shutdown.clone();
+        spawn_supervised(&tracker, &ctx, "deliver", &shutdown, move || {
+            deliverer.clone().run(stop.clone())
         });
     }
     let (c, stop) = (ctx.clone(), shutdown.clone());
