@@ -107,6 +107,7 @@ async fn receive(
     };
     match kind.as_str() {
         "gone" => StatusCode::GONE.into_response(),
+        "down" => StatusCode::SERVICE_UNAVAILABLE.into_response(),
         "redirect" => (StatusCode::FOUND, [("location", "/ok")]).into_response(),
         "slow" => {
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -711,5 +712,48 @@ async fn with_two_delivery_loops_and_one_killed_every_message_arrives_under_one_
         "{}",
         got.len()
     );
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_endpoint_failing_every_attempt_for_disable_after_is_disabled_and_the_tenant_told() {
+    let mut env = env().await;
+    env.config.webhooks.disable_after = Duration::from_millis(600);
+    let rx = Receiver::start().await;
+    let app = env
+        .start(Roles {
+            api: true,
+            deliver: true,
+            ..Default::default()
+        })
+        .await;
+    let c = Client::new(&app, &env.key("acme").await);
+    let (down, _) = add_endpoint(&c, &rx.url("down"), &["batch.completed"]).await;
+    let (_, other_secret) = add_endpoint(&c, &rx.url("ok"), &["job.failed"]).await;
+    sluice::db::webhooks::emit(
+        &env.pool,
+        "acme",
+        "batch.completed",
+        &json!({"id": "batch_x"}),
+        std::slice::from_ref(&down),
+        None,
+    )
+    .await
+    .unwrap();
+    wait_until(T, "the endpoint disabled", || async {
+        c.get(&format!("/v1/webhook_endpoints/{down}")).await.1["status"] == "disabled"
+    })
+    .await;
+    assert!(rx.at("down").len() >= 2, "it failed more than once first");
+    wait_until(T, "the notice", || async { !rx.at("ok").is_empty() }).await;
+    let notice = &rx.at("ok")[0];
+    assert!(notice.verifies(&other_secret));
+    assert_eq!(notice.json()["type"], "webhook_endpoint.disabled");
+    // Its pending message fails at its next attempt instead of going on for 72 hours.
+    wait_until(T, "the message failed", || async {
+        env.count("SELECT count(*) FROM webhook_messages WHERE endpoint_id IN (SELECT id FROM webhook_endpoints WHERE status = 'disabled') AND status = 'failed'").await == 1
+    })
+    .await;
+    app.stop().await;
     env.cleanup().await;
 }
