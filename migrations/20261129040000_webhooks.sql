@@ -150,6 +150,13 @@ BEGIN
 END
 $$;
 
+-- Whether `tenant` has an enabled endpoint subscribed to `etype`.
+CREATE FUNCTION webhooks_subscribed(p_tenant text, etype text) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT 1 FROM webhook_endpoints e
+                   WHERE e.tenant = p_tenant AND e.status = 'enabled' AND etype = ANY (e.event_types))
+$$;
+
 -- A job entered or left a terminal state (the trigger's WHEN clause filters every other
 -- update out before this function is called).
 CREATE FUNCTION webhooks_job_terminal() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -159,15 +166,14 @@ BEGIN
     IF NEW.batch_id IS NOT NULL THEN
         INSERT INTO webhook_batch_pending (xact, batch_id, old_status, new_status)
         VALUES (pg_current_xact_id(), NEW.batch_id, OLD.status, NEW.status);
+        -- Tells the commit-time trigger there is work (transaction-local).
+        PERFORM set_config('sluice.webhooks_pending', 'yes', true);
     END IF;
     IF NEW.status NOT IN ('succeeded', 'failed', 'cancelled', 'expired') THEN
         RETURN NULL;
     END IF;
     etype := 'job.' || NEW.status;
-    -- The common case (no webhook configured) ends here after one index probe.
-    IF NEW.webhook_url IS NULL AND NOT EXISTS (
-        SELECT 1 FROM webhook_endpoints e
-        WHERE e.tenant = NEW.tenant AND e.status = 'enabled' AND etype = ANY (e.event_types)) THEN
+    IF NEW.webhook_url IS NULL AND NOT webhooks_subscribed(NEW.tenant, etype) THEN
         RETURN NULL;
     END IF;
     PERFORM webhooks_emit(NEW.tenant, etype, NEW.id, NEW.batch_id, jsonb_build_object(
@@ -184,10 +190,14 @@ BEGIN
 END
 $$;
 
+-- The WHEN clause keeps the common case (no webhook configured, no batch) to one index probe,
+-- without entering PL/pgSQL.
 CREATE TRIGGER jobs_webhooks_terminal
     AFTER UPDATE OF status ON jobs FOR EACH ROW
     WHEN ((OLD.status IN ('succeeded', 'failed', 'cancelled', 'expired'))
-          IS DISTINCT FROM (NEW.status IN ('succeeded', 'failed', 'cancelled', 'expired')))
+          IS DISTINCT FROM (NEW.status IN ('succeeded', 'failed', 'cancelled', 'expired'))
+          AND (NEW.batch_id IS NOT NULL OR NEW.webhook_url IS NOT NULL
+               OR webhooks_subscribed(NEW.tenant, 'job.' || NEW.status)))
     EXECUTE FUNCTION webhooks_job_terminal();
 
 -- At commit: applies this transaction's batch transitions to the progress rows, taking their
@@ -200,6 +210,12 @@ DECLARE
     p webhook_batch_progress;
     etype text;
 BEGIN
+    -- Every terminal row queues this trigger; the first call settles them all, the others
+    -- return here without a query.
+    IF current_setting('sluice.webhooks_pending', true) IS DISTINCT FROM 'yes' THEN
+        RETURN NULL;
+    END IF;
+    PERFORM set_config('sluice.webhooks_pending', 'no', true);
     FOR r IN
         SELECT batch_id,
             sum((new_status IN ('succeeded', 'failed', 'cancelled', 'expired'))::int
