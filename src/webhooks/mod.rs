@@ -335,6 +335,22 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_webhooks_settings_are_valid_config() {
+        let readme = include_str!("../../README.md");
+        let block = readme
+            .split("```toml\n[webhooks]")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .expect("README has a [webhooks] example");
+        let c = crate::config::Config::from_toml(&format!("[webhooks]{block}")).unwrap();
+        assert_eq!(c.webhooks.retry_for, Duration::from_secs(72 * 3600));
+        assert_eq!(
+            c.webhooks.disable_after,
+            WebhooksConfig::default().disable_after
+        );
+    }
+
+    #[test]
     fn bad_settings_are_named() {
         let c = WebhooksConfig {
             lease: Duration::from_secs(1),
