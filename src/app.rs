@@ -154,6 +154,16 @@ pub async fn start(ctx: Arc<Ctx>, roles: Roles) -> anyhow::Result<Running> {
     let worker_id = crate::ids::new_id("wrk");
     let heartbeat_stop = CancellationToken::new();
     let mut heartbeat = None;
+    // Built before any role starts (client set-up takes a moment), so a process that is
+    // already taking work is also ready to handle a stop signal.
+    let deliverer = match roles.deliver {
+        true => Some(crate::webhooks::deliver::Deliverer::new(
+            ctx.pool.clone(),
+            ctx.config.webhooks.clone(),
+            worker_id.clone(),
+        )?),
+        false => None,
+    };
     let mut api_addr = None;
     if roles.api {
         let listener = TcpListener::bind(ctx.config.listen_addr())
@@ -234,12 +244,7 @@ pub async fn start(ctx: Arc<Ctx>, roles: Roles) -> anyhow::Result<Running> {
             crate::batch::run(c.clone(), id.clone(), stop.clone())
         });
     }
-    if roles.deliver {
-        let deliverer = crate::webhooks::deliver::Deliverer::new(
-            ctx.pool.clone(),
-            ctx.config.webhooks.clone(),
-            worker_id.clone(),
-        )?;
+    if let Some(deliverer) = deliverer {
         let stop = shutdown.clone();
         spawn_supervised(&tracker, &ctx, "deliver", &shutdown, move || {
             deliverer.clone().run(stop.clone())
