@@ -91,6 +91,8 @@ pub struct Roles {
     pub worker: bool,
     pub ingest: bool,
     pub maintenance: bool,
+    /// The webhook delivery loop (`sluice deliver`).
+    pub deliver: bool,
 }
 
 impl Roles {
@@ -101,6 +103,7 @@ impl Roles {
             worker: true,
             ingest: true,
             maintenance: true,
+            deliver: true,
         }
     }
 }
@@ -151,6 +154,16 @@ pub async fn start(ctx: Arc<Ctx>, roles: Roles) -> anyhow::Result<Running> {
     let worker_id = crate::ids::new_id("wrk");
     let heartbeat_stop = CancellationToken::new();
     let mut heartbeat = None;
+    // Built before any role starts (client set-up takes a moment), so a process that is
+    // already taking work is also ready to handle a stop signal.
+    let deliverer = match roles.deliver {
+        true => Some(crate::webhooks::deliver::Deliverer::new(
+            ctx.pool.clone(),
+            ctx.config.webhooks.clone(),
+            worker_id.clone(),
+        )?),
+        false => None,
+    };
     let mut api_addr = None;
     if roles.api {
         let listener = TcpListener::bind(ctx.config.listen_addr())
@@ -229,6 +242,12 @@ pub async fn start(ctx: Arc<Ctx>, roles: Roles) -> anyhow::Result<Running> {
         let (c, id, stop) = (ctx.clone(), worker_id.clone(), shutdown.clone());
         spawn_supervised(&tracker, &ctx, "batch", &shutdown, move || {
             crate::batch::run(c.clone(), id.clone(), stop.clone())
+        });
+    }
+    if let Some(deliverer) = deliverer {
+        let stop = shutdown.clone();
+        spawn_supervised(&tracker, &ctx, "deliver", &shutdown, move || {
+            deliverer.clone().run(stop.clone())
         });
     }
     let (c, stop) = (ctx.clone(), shutdown.clone());

@@ -25,6 +25,7 @@ const ENV_SECTIONS: &[&str] = &[
     "routing",
     "providers",
     "aliases",
+    "webhooks",
 ];
 
 /// Everything sluice can be configured with.
@@ -47,6 +48,8 @@ pub struct Config {
     pub budgets: BudgetsConfig,
     /// The provider batch path.
     pub batch: BatchConfig,
+    /// Webhook delivery (`sluice deliver`).
+    pub webhooks: crate::webhooks::WebhooksConfig,
 }
 
 /// How batch-route jobs are packed into provider batches and followed.
@@ -498,6 +501,12 @@ impl Config {
                 }
             }
         }
+        self.webhooks
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                key: format!("webhooks.{key}"),
+                message,
+            })?;
         Ok(())
     }
 

@@ -8,6 +8,7 @@
 //! - [`db`]: all SQL. [`queue`]: all AMQP names, publishing and the ingest consumer.
 //! - [`worker`]: claim → call → record → ack, plus maintenance loops (rescuer, stager, relay).
 //! - [`api`]: the HTTP API. [`providers`]: upstream adapters. [`mock`]: the mock provider.
+//! - [`webhooks`]: signed event delivery (outbox written by triggers, `sluice deliver`).
 //! - [`app`]: wiring and the supervisor. [`cli`]: the command line. [`config`]: settings.
 
 pub mod api;
@@ -26,6 +27,7 @@ pub mod providers;
 pub mod queue;
 pub mod submit;
 pub mod supervisor;
+pub mod webhooks;
 pub mod worker;
 
 /// Installs the tracing subscriber: readable logs on a terminal, JSON with `SLUICE_LOG_JSON=1`,

@@ -8,6 +8,7 @@ mod dead_letters;
 mod error;
 mod jobs;
 mod models;
+mod webhook_endpoints;
 
 use std::sync::Arc;
 
@@ -44,6 +45,24 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/v1/dead_letters/requeue", post(dead_letters::requeue))
         .route("/v1/dead_letters/purge", post(dead_letters::purge))
         .route("/v1/batches/{id}/results", get(batches::results))
+        .route(
+            "/v1/webhook_endpoints",
+            post(webhook_endpoints::create).get(webhook_endpoints::list),
+        )
+        .route(
+            "/v1/webhook_endpoints/{id}",
+            get(webhook_endpoints::retrieve)
+                .post(webhook_endpoints::update)
+                .delete(webhook_endpoints::delete),
+        )
+        .route(
+            "/v1/webhook_endpoints/{id}/rotate_secret",
+            post(webhook_endpoints::rotate_secret),
+        )
+        .route(
+            "/v1/webhook_endpoints/{id}/test",
+            post(webhook_endpoints::test),
+        )
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(ctx)

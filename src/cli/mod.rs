@@ -5,6 +5,7 @@ mod budgets;
 mod cancel;
 mod client;
 mod dead_letters;
+mod webhooks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,8 +42,11 @@ pub enum Command {
     },
     /// Run the HTTP API only (plus the relay that publishes recorded jobs).
     Serve,
-    /// Run a worker: AMQP ingest, the worker pool and the maintenance loops.
+    /// Run a worker: AMQP ingest, the worker pool and the maintenance loops (and webhook
+    /// delivery unless `[webhooks] enabled = false`).
     Worker,
+    /// Run webhook delivery only.
+    Deliver,
     /// Apply database migrations and seed prices, then exit.
     Migrate,
     /// Run the mock provider (OpenAI wire format) for local runs and tests.
@@ -108,6 +112,11 @@ pub enum Command {
         #[command(subcommand)]
         command: dead_letters::DeadLettersCommand,
     },
+    /// Webhook endpoints: list, add, test, replay, rotate-secret (talks to Postgres directly).
+    Webhooks {
+        #[command(subcommand)]
+        command: webhooks::WebhooksCommand,
+    },
 }
 
 /// `sluice keys …`
@@ -151,7 +160,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 config.point_providers_at(&m.base_url());
                 tracing::info!(url = %m.base_url(), "mock provider started; every provider points at it");
             }
-            serve_roles(config, Roles::all()).await
+            let deliver = config.webhooks.enabled;
+            serve_roles(
+                config,
+                Roles {
+                    deliver,
+                    ..Roles::all()
+                },
+            )
+            .await
         }
         Command::Serve => {
             serve_roles(
@@ -165,12 +182,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::Worker => {
+            let config = load()?;
+            let deliver = config.webhooks.enabled;
             serve_roles(
-                load()?,
+                config,
                 Roles {
                     worker: true,
                     ingest: true,
                     maintenance: true,
+                    deliver,
+                    ..Default::default()
+                },
+            )
+            .await
+        }
+        Command::Deliver => {
+            serve_roles(
+                load()?,
+                Roles {
+                    deliver: true,
                     ..Default::default()
                 },
             )
@@ -246,6 +276,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => client::results(&api, &batch_id, output).await,
         Command::Cancel { id, api } => cancel::cancel(&api, &id).await,
         Command::DeadLetters { command } => dead_letters::run(&load()?, command).await,
+        Command::Webhooks { command } => webhooks::run(&load()?, command).await,
     }
 }
 

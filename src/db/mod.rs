@@ -12,6 +12,7 @@ pub mod maintenance;
 pub mod prices;
 pub mod provider_batches;
 pub mod tenants;
+pub mod webhooks;
 
 use std::str::FromStr;
 

@@ -1,0 +1,294 @@
+//! `/v1/webhook_endpoints`: the tenant's webhook endpoints, in the shapes of OpenAI's API so
+//! the official SDK's `client.webhooks.create / retrieve / update / list / delete /
+//! rotate_secret / test` work against sluice. `signing_secret` is returned only by create and
+//! rotate_secret; every other view carries `signing_secret_hint`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, Tenant};
+use crate::app::Ctx;
+use crate::db::webhooks::{self as db, Endpoint};
+use crate::webhooks::deliver::{Attempt, Deliverer};
+use crate::webhooks::{EVENT_TYPES, is_event_type, sign};
+
+/// Longest endpoint URL accepted.
+const MAX_URL_LEN: usize = 2048;
+
+/// The API's view of an endpoint; `secret` only at creation and rotation.
+fn view(e: &Endpoint, with_secret: bool) -> Value {
+    let mut v = json!({
+        "id": e.id,
+        "object": "webhook_endpoint",
+        "created_at": e.created_at.timestamp(),
+        "updated_at": e.updated_at.timestamp(),
+        "name": e.name,
+        "url": e.url,
+        "event_types": e.event_types,
+        "signing_secret_hint": sign::hint(&e.secret),
+        "status": e.status,
+        "disabled_reason": e.disabled_reason,
+    });
+    if with_secret {
+        v["signing_secret"] = json!(e.secret);
+    }
+    v
+}
+
+/// A JSON object body (an empty body reads as `{}`), or a 400 naming the problem.
+fn object<T: for<'de> Deserialize<'de>>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let bytes = body.map_err(|e| ApiError::bad(e.body_text()))?;
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &bytes
+    };
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))
+}
+
+fn bad_param(message: String, param: &str) -> ApiError {
+    ApiError::BadRequest {
+        message,
+        param: Some(param.into()),
+    }
+}
+
+fn check_url(ctx: &Ctx, url: &str) -> Result<(), ApiError> {
+    let parsed = match url::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => u,
+        _ => {
+            return Err(bad_param(format!("`{url}` is not an http(s) URL"), "url"));
+        }
+    };
+    if url.len() > MAX_URL_LEN {
+        return Err(bad_param(
+            format!("url is longer than {MAX_URL_LEN} characters"),
+            "url",
+        ));
+    }
+    crate::webhooks::ssrf::Guard::new(ctx.config.webhooks.allow_private_networks.clone())
+        .check_url(&parsed)
+        .map_err(|r| bad_param(r.to_string(), "url"))
+}
+
+fn check_event_types(types: &[String]) -> Result<(), ApiError> {
+    if types.is_empty() {
+        return Err(bad_param(
+            "event_types must name at least one event type".into(),
+            "event_types",
+        ));
+    }
+    match types.iter().find(|t| !is_event_type(t)) {
+        Some(t) => Err(bad_param(
+            format!(
+                "unknown event type `{t}`; sluice sends {}",
+                EVENT_TYPES.join(", ")
+            ),
+            "event_types",
+        )),
+        None => Ok(()),
+    }
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::NotFound(format!("no webhook endpoint `{id}`"))
+}
+
+/// Body of create and update.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointBody {
+    url: Option<String>,
+    event_types: Option<Vec<String>>,
+    name: Option<String>,
+}
+
+/// `POST /v1/webhook_endpoints`
+pub async fn create(
+    State(ctx): State<Arc<Ctx>>,
+    Tenant(tenant): Tenant,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let b: EndpointBody = object(body)?;
+    let url = b
+        .url
+        .ok_or_else(|| bad_param("url is required".into(), "url"))?;
+    check_url(&ctx, &url)?;
+    let types = b
+        .event_types
+        .ok_or_else(|| bad_param("event_types is required".into(), "event_types"))?;
+    check_event_types(&types)?;
+    let name = b.name.unwrap_or_default();
+    let e =
+        db::create_endpoint(&ctx.pool, &tenant, &name, &url, &types, &sign::new_secret()).await?;
+    Ok(Json(view(&e, true)))
+}
+
+/// Query of `GET /v1/webhook_endpoints`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    after: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/webhook_endpoints`: newest first, cursor-paginated with `after`.
+pub async fn list(
+    State(ctx): State<Arc<Ctx>>,
+    Tenant(tenant): Tenant,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad(e.body_text()))?;
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(bad_param("limit must be between 1 and 100".into(), "limit"));
+    }
+    let mut rows = db::list_endpoints(&ctx.pool, &tenant, q.after.as_deref(), limit + 1).await?;
+    let has_more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    Ok(Json(json!({
+        "object": "list",
+        "data": rows.iter().map(|e| view(e, false)).collect::<Vec<_>>(),
+        "first_id": rows.first().map(|e| &e.id),
+        "last_id": rows.last().map(|e| &e.id),
+        "has_more": has_more,
+    })))
+}
+
+/// `GET /v1/webhook_endpoints/{id}`
+pub async fn retrieve(
+    State(ctx): State<Arc<Ctx>>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let e = db::get_endpoint(&ctx.pool, &tenant, &id)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    Ok(Json(view(&e, false)))
+}
+
+/// `POST /v1/webhook_endpoints/{id}`: changes `url`, `event_types` or `name`.
+pub async fn update(
+    State(ctx): State<Arc<Ctx>>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let b: EndpointBody = object(body)?;
+    if let Some(u) = &b.url {
+        check_url(&ctx, u)?;
+    }
+    if let Some(t) = &b.event_types {
+        check_event_types(t)?;
+    }
+    let e = db::update_endpoint(
+        &ctx.pool,
+        &tenant,
+        &id,
+        b.name.as_deref(),
+        b.url.as_deref(),
+        b.event_types.as_deref(),
+    )
+    .await?
+    .ok_or_else(|| not_found(&id))?;
+    Ok(Json(view(&e, false)))
+}
+
+/// `DELETE /v1/webhook_endpoints/{id}`
+pub async fn delete(
+    State(ctx): State<Arc<Ctx>>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if !db::delete_endpoint(&ctx.pool, &tenant, &id).await? {
+        return Err(not_found(&id));
+    }
+    Ok(Json(
+        json!({"id": id, "object": "webhook_endpoint.deleted", "deleted": true}),
+    ))
+}
+
+/// Body of `rotate_secret`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateBody {
+    #[serde(default)]
+    keep_old_secret_active_for_24_hours: bool,
+}
+
+/// `POST /v1/webhook_endpoints/{id}/rotate_secret`: a new secret (returned once); with
+/// `keep_old_secret_active_for_24_hours`, deliveries carry both signatures for 24 hours.
+pub async fn rotate_secret(
+    State(ctx): State<Arc<Ctx>>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let b: RotateBody = object(body)?;
+    let grace = b
+        .keep_old_secret_active_for_24_hours
+        .then(|| chrono::Utc::now() + chrono::Duration::hours(24));
+    let e = db::rotate_endpoint_secret(&ctx.pool, &tenant, &id, &sign::new_secret(), grace)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    Ok(Json(view(&e, true)))
+}
+
+/// Body of `test`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestBody {
+    event_type: Option<String>,
+}
+
+/// `POST /v1/webhook_endpoints/{id}/test`: sends a sample event now (signed, recorded like any
+/// delivery) and answers with the endpoint's HTTP status.
+pub async fn test(
+    State(ctx): State<Arc<Ctx>>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let b: TestBody = object(body)?;
+    let event_type = b
+        .event_type
+        .ok_or_else(|| bad_param("event_type is required".into(), "event_type"))?;
+    check_event_types(std::slice::from_ref(&event_type)).map_err(|_| {
+        bad_param(
+            format!(
+                "unknown event type `{event_type}`; sluice sends {}",
+                EVENT_TYPES.join(", ")
+            ),
+            "event_type",
+        )
+    })?;
+    if db::get_endpoint(&ctx.pool, &tenant, &id).await?.is_none() {
+        return Err(not_found(&id));
+    }
+    let deliverer = Deliverer::new(
+        ctx.pool.clone(),
+        ctx.config.webhooks.clone(),
+        crate::ids::new_id("api"),
+    )?;
+    match deliverer.test(&tenant, &id, &event_type).await? {
+        Attempt::Answered { status, .. } => Ok(Json(json!({
+            "object": "webhook_endpoint.test",
+            "webhook_endpoint_id": id,
+            "event_type": event_type,
+            "status_code": status,
+            "success": true,
+        }))),
+        Attempt::Failed(why) | Attempt::Permanent(why) => Err(ApiError::BadRequest {
+            message: format!("the test delivery got no answer: {why}"),
+            param: None,
+        }),
+    }
+}
