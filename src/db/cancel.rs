@@ -1,15 +1,17 @@
 //! Cancelling jobs and native batches.
 //!
-//! A job that has not started (`queued`, `retry_scheduled`) is cancelled at once. One that
-//! cannot stop at once gets `cancel_requested_at`: a `running` job's worker sees it (it polls
-//! for its own jobs, see `worker::cancel`) and aborts the provider call; a job
-//! `in_provider_batch` is left to the batch poller, which cancels the item when it next handles
-//! the batch. Whatever was already recorded (partial results, costs) stays. The rows are locked
+//! A job that has not started (`queued`, `retry_scheduled`) is cancelled at once, and so is a
+//! job waiting `in_provider_batch`: its item's result is discarded when it arrives (a ledger
+//! row at no cost, nothing billed to the job), its USD hold is released now, and once every job
+//! of a provider batch is cancelled the poller cancels the provider batch itself. A `running`
+//! job gets `cancel_requested_at`: its worker sees it (it polls for its own jobs, see
+//! `worker::cancel`) and aborts the provider call. Whatever was already recorded stays. The rows are locked
 //! first, so a cancel racing a claim either wins (the claim skips the job) or sees it running.
 
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::DbError;
+use crate::domain::state::JobState;
 
 /// What a cancel did.
 #[derive(Debug, Default)]
@@ -87,11 +89,12 @@ async fn apply(
     rows: Vec<(String, String)>,
 ) -> Result<CancelReport, DbError> {
     let mut report = CancelReport::default();
-    let (mut now, mut later) = (Vec::new(), Vec::new());
+    let (mut now, mut batched, mut later) = (Vec::new(), Vec::new(), Vec::new());
     for (id, status) in rows {
-        match status.as_str() {
-            "queued" | "retry_scheduled" => now.push(id),
-            "running" | "in_provider_batch" => later.push(id),
+        match JobState::parse(&status) {
+            Some(JobState::Queued | JobState::RetryScheduled) => now.push(id),
+            Some(JobState::InProviderBatch) => batched.push(id),
+            Some(JobState::Running) => later.push(id),
             _ => report.finished.push((id, status)),
         }
     }
@@ -109,10 +112,31 @@ async fn apply(
         .fetch_all(&mut **tx)
         .await?;
     }
+    if !batched.is_empty() {
+        // `provider_batch_id` stays: the poller reads it to discard the item's late result.
+        let cancelled: Vec<String> = sqlx::query_scalar(
+            "WITH c AS (
+                UPDATE jobs SET status = 'cancelled', finalized_at = now(), updated_at = now(),
+                    cancel_requested_at = COALESCE(cancel_requested_at, now()),
+                    error = jsonb_build_object('at', now(), 'attempt', attempt, 'code', 'cancelled',
+                        'message', 'cancelled on request while in a provider batch; its result is discarded'),
+                    errors = errors || jsonb_build_array(jsonb_build_object('at', now(), 'attempt', attempt,
+                        'code', 'cancelled', 'message', 'cancelled on request while in a provider batch; its result is discarded'))
+                WHERE id = ANY($1) AND status = 'in_provider_batch' RETURNING id, provider_batch_id
+             ), released AS (
+                DELETE FROM budget_holds h USING c WHERE h.job_id = c.id AND h.source = c.provider_batch_id
+             )
+             SELECT id FROM c",
+        )
+        .bind(&batched)
+        .fetch_all(&mut **tx)
+        .await?;
+        report.cancelled.extend(cancelled);
+    }
     if !later.is_empty() {
         report.requested = sqlx::query_scalar(
             "UPDATE jobs SET cancel_requested_at = COALESCE(cancel_requested_at, now()), updated_at = now()
-             WHERE id = ANY($1) AND status IN ('running', 'in_provider_batch') RETURNING id",
+             WHERE id = ANY($1) AND status = 'running' RETURNING id",
         )
         .bind(&later)
         .fetch_all(&mut **tx)

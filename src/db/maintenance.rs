@@ -131,6 +131,31 @@ pub async fn stage_due_retries(pool: &PgPool) -> Result<u64, DbError> {
     Ok(done.rows_affected())
 }
 
+/// The sweeper for lost work messages: marks for the relay up to `limit` real-time jobs that
+/// were published (no publish mark) at least `after` ago and are still `queued`: their message
+/// may have gone with a purged or deleted queue. A duplicate message is harmless (claims are
+/// conditional); `updated_at` moves, so each job is sent again at most once per `after`.
+pub async fn mark_lost_for_republish(
+    pool: &PgPool,
+    after: Duration,
+    limit: i64,
+) -> Result<u64, DbError> {
+    let done = sqlx::query(
+        "UPDATE jobs SET publish_after = now(), updated_at = now()
+         WHERE id IN (
+            SELECT id FROM jobs
+            WHERE status = 'queued' AND publish_after IS NULL AND route IS DISTINCT FROM 'batch'
+              AND updated_at < now() - make_interval(secs => $1)
+            ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+           AND status = 'queued' AND publish_after IS NULL",
+    )
+    .bind(after.as_secs_f64())
+    .bind(limit)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// Locks up to `limit` jobs due for publishing (skipping rows another relay holds) in `tx`.
 pub async fn pick_unpublished(
     tx: &mut Transaction<'_, Postgres>,

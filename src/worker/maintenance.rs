@@ -1,5 +1,6 @@
 //! Small background loops: the heartbeat that proves a worker is alive, the rescuer that
-//! re-queues a dead worker's jobs, the stager that moves due retries back to `queued`, and the
+//! re-queues a dead worker's jobs, the stager that moves due retries back to `queued`, the
+//! sweeper that publishes again queued jobs whose work message was lost in the broker, and the
 //! relay that publishes queued jobs whose work message never reached the broker. Every query is
 //! conditional and idempotent, so any number of processes may run these loops at once.
 
@@ -13,6 +14,8 @@ use crate::queue::WorkItem;
 
 /// Most jobs the relay publishes in one transaction.
 const RELAY_BATCH: i64 = 1000;
+/// Most lost work messages the sweeper sends again per tick.
+const REPUBLISH_BATCH: i64 = 1000;
 
 /// Beats every `heartbeat_interval` until `stop`, then removes the worker row. `stop` fires
 /// only after every other loop of the process has ended, so jobs still being finished during a
@@ -24,11 +27,11 @@ pub async fn heartbeat(ctx: Arc<Ctx>, worker_id: String, host: String, stop: Can
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(every) => {}
         }
-        if let Err(e) = q::heartbeat(&ctx.pool, &worker_id, &host, std::process::id()).await {
+        if let Err(e) = q::heartbeat(&ctx.beat_pool, &worker_id, &host, std::process::id()).await {
             tracing::warn!(error = %e, "heartbeat failed");
         }
     }
-    if let Err(e) = q::deregister_worker(&ctx.pool, &worker_id).await {
+    if let Err(e) = q::deregister_worker(&ctx.beat_pool, &worker_id).await {
         tracing::warn!(error = %e, "could not deregister worker");
     }
 }
@@ -57,6 +60,18 @@ pub async fn tick(ctx: &Ctx) -> anyhow::Result<()> {
         );
     }
     q::stage_due_retries(&ctx.pool).await?;
+    let lost = q::mark_lost_for_republish(
+        &ctx.pool,
+        ctx.config.worker.republish_after,
+        REPUBLISH_BATCH,
+    )
+    .await?;
+    if lost > 0 {
+        tracing::warn!(
+            jobs = lost,
+            "publishing again queued jobs not claimed since they were published (work messages lost?)"
+        );
+    }
     crate::db::expiry::expire_overdue(&ctx.pool).await?;
     crate::db::budgets::prune(&ctx.pool).await?;
     crate::db::cache::prune(&ctx.pool).await?;
