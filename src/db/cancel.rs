@@ -177,21 +177,20 @@ pub async fn requested_for(pool: &PgPool, worker: &str) -> Result<Vec<String>, D
     .await
 }
 
-/// Runs `f` again (twice at most) when Postgres broke a deadlock by aborting it: a batch cancel
-/// locks many rows and may cross a recording worker's statement.
-async fn retry_on_deadlock<T, F, Fut>(mut f: F) -> Result<T, DbError>
+/// Runs `f` again (twice at most, after a short jittered pause) when Postgres broke a deadlock
+/// by aborting it: a batch cancel locks many rows and may cross a recording worker's statement.
+async fn retry_on_deadlock<T, F, Fut>(f: F) -> Result<T, DbError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, DbError>>,
 {
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        match f().await {
-            Err(e) if tries < 3 && is_deadlock(&e) => continue,
-            other => return other,
-        }
-    }
+    use backon::Retryable;
+    let pauses = backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(10))
+        .with_max_delay(std::time::Duration::from_millis(100))
+        .with_jitter()
+        .with_max_times(2);
+    f.retry(pauses).when(is_deadlock).await
 }
 
 fn is_deadlock(e: &DbError) -> bool {
