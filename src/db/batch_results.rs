@@ -15,6 +15,7 @@ use super::DbError;
 use super::errors::is_transient;
 use super::provider_batches::Leased;
 use crate::domain::state::JobState;
+use crate::domain::state::sql::*;
 
 /// The error code of a job whose batch result could not be stored.
 pub const UNSTORABLE: &str = "result_unstorable";
@@ -128,7 +129,7 @@ async fn record_part(pool: &PgPool, batch: &Leased, part: &[ItemOutcome]) -> Res
         .deployment
         .split_once('/')
         .unwrap_or((batch.deployment.as_str(), ""));
-    let moved: i64 = sqlx::query_scalar(RECORD)
+    let moved: i64 = sqlx::query_scalar(&record_sql())
         .bind(sqlx::types::Json(&fresh))
         .bind(&batch.id)
         .bind(provider)
@@ -194,7 +195,8 @@ async fn quarantine(
 
 /// Moves jobs, writes the ledger, releases holds and adds spend for a set of item outcomes
 /// (`$1`), of provider batch `$2` at provider `$3`, model `$4`; `$5` lists the items settled now.
-const RECORD: &str = "WITH input AS (
+fn record_sql() -> String {
+    format!("WITH input AS (
             SELECT * FROM jsonb_to_recordset($1) AS x(job_id text, attempt integer, status text, route text,
                 route_note text, response jsonb, error jsonb, attempt_status text, error_code text,
                 http_status integer, input_tokens bigint, output_tokens bigint, cached_tokens bigint,
@@ -208,17 +210,17 @@ const RECORD: &str = "WITH input AS (
                 route_reason = CASE WHEN i.route_note IS NULL THEN j.route_reason ELSE j.route_reason || '; ' || i.route_note END,
                 provider_batch_id = NULL,
                 response = COALESCE(i.response, j.response),
-                error = CASE WHEN i.status = 'succeeded' THEN NULL ELSE COALESCE(i.error, j.error) END,
+                error = CASE WHEN i.status = '{SUCCEEDED}' THEN NULL ELSE COALESCE(i.error, j.error) END,
                 errors = CASE WHEN i.error IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(i.error) END,
-                deployment_attempts = CASE WHEN i.status = 'queued' THEN j.deployment_attempts + 1 ELSE j.deployment_attempts END,
+                deployment_attempts = CASE WHEN i.status = '{QUEUED}' THEN j.deployment_attempts + 1 ELSE j.deployment_attempts END,
                 input_tokens = j.input_tokens + i.input_tokens, output_tokens = j.output_tokens + i.output_tokens,
                 cached_tokens = j.cached_tokens + i.cached_tokens, cost_usd = j.cost_usd + i.cost_usd,
                 baseline_cost_usd = COALESCE(j.baseline_cost_usd, 0) + i.baseline_cost_usd,
-                publish_after = CASE WHEN i.status = 'queued' AND i.route = 'cheap' THEN now() END,
+                publish_after = CASE WHEN i.status = '{QUEUED}' AND i.route = 'cheap' THEN now() END,
                 updated_at = now(),
-                finalized_at = CASE WHEN i.status IN ('succeeded', 'failed') THEN now() END
+                finalized_at = CASE WHEN i.status IN ('{SUCCEEDED}', '{FAILED}') THEN now() END
             FROM input i
-            WHERE j.id = i.job_id AND j.status = 'in_provider_batch' AND j.provider_batch_id = $2
+            WHERE j.id = i.job_id AND j.status = '{IN_PROVIDER_BATCH}' AND j.provider_batch_id = $2
             RETURNING j.id
          ), late AS (
             -- The job moved on (re-routed or cancelled): the provider still billed this answer.
@@ -228,7 +230,7 @@ const RECORD: &str = "WITH input AS (
                 baseline_cost_usd = COALESCE(j.baseline_cost_usd, 0) + i.baseline_cost_usd
             FROM input i
             WHERE j.id = i.job_id AND i.cost_usd <> 0
-              AND NOT (j.status = 'in_provider_batch' AND j.provider_batch_id IS NOT DISTINCT FROM $2)
+              AND NOT (j.status = '{IN_PROVIDER_BATCH}' AND j.provider_batch_id IS NOT DISTINCT FROM $2)
             RETURNING j.id
          ), ledger AS (
             INSERT INTO attempts (id, job_id, tenant, attempt, provider, model, route, status, error_code, http_status,
@@ -252,4 +254,5 @@ const RECORD: &str = "WITH input AS (
             ON CONFLICT (tenant, day) DO UPDATE SET usd = tenant_spend.usd + excluded.usd
             RETURNING 1
          )
-         SELECT count(*) FROM moved";
+         SELECT count(*) FROM moved")
+}

@@ -12,6 +12,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 
 use super::DbError;
 use crate::domain::state::JobState;
+use crate::domain::state::sql::*;
 
 /// What a cancel did.
 #[derive(Debug, Default)]
@@ -100,13 +101,13 @@ async fn apply(
     }
     if !now.is_empty() {
         report.cancelled = sqlx::query_scalar(
-            "UPDATE jobs SET status = 'cancelled', finalized_at = now(), updated_at = now(),
+            &format!("UPDATE jobs SET status = '{CANCELLED}', finalized_at = now(), updated_at = now(),
                 publish_after = NULL, run_after = NULL, cancel_requested_at = now(),
                 error = jsonb_build_object('at', now(), 'attempt', attempt, 'code', 'cancelled',
                     'message', 'cancelled on request before it ran'),
                 errors = errors || jsonb_build_array(jsonb_build_object('at', now(), 'attempt', attempt,
                     'code', 'cancelled', 'message', 'cancelled on request before it ran'))
-             WHERE id = ANY($1) AND status IN ('queued', 'retry_scheduled') RETURNING id",
+             WHERE id = ANY($1) AND status IN ('{QUEUED}', '{RETRY_SCHEDULED}') RETURNING id"),
         )
         .bind(&now)
         .fetch_all(&mut **tx)
@@ -115,18 +116,18 @@ async fn apply(
     if !batched.is_empty() {
         // `provider_batch_id` stays: the poller reads it to discard the item's late result.
         let cancelled: Vec<String> = sqlx::query_scalar(
-            "WITH c AS (
-                UPDATE jobs SET status = 'cancelled', finalized_at = now(), updated_at = now(),
+            &format!("WITH c AS (
+                UPDATE jobs SET status = '{CANCELLED}', finalized_at = now(), updated_at = now(),
                     cancel_requested_at = COALESCE(cancel_requested_at, now()),
                     error = jsonb_build_object('at', now(), 'attempt', attempt, 'code', 'cancelled',
                         'message', 'cancelled on request while in a provider batch; its result is discarded'),
                     errors = errors || jsonb_build_array(jsonb_build_object('at', now(), 'attempt', attempt,
                         'code', 'cancelled', 'message', 'cancelled on request while in a provider batch; its result is discarded'))
-                WHERE id = ANY($1) AND status = 'in_provider_batch' RETURNING id, provider_batch_id
+                WHERE id = ANY($1) AND status = '{IN_PROVIDER_BATCH}' RETURNING id, provider_batch_id
              ), released AS (
                 DELETE FROM budget_holds h USING c WHERE h.job_id = c.id AND h.source = c.provider_batch_id
              )
-             SELECT id FROM c",
+             SELECT id FROM c"),
         )
         .bind(&batched)
         .fetch_all(&mut **tx)
@@ -135,8 +136,8 @@ async fn apply(
     }
     if !later.is_empty() {
         report.requested = sqlx::query_scalar(
-            "UPDATE jobs SET cancel_requested_at = COALESCE(cancel_requested_at, now()), updated_at = now()
-             WHERE id = ANY($1) AND status = 'running' RETURNING id",
+            &format!("UPDATE jobs SET cancel_requested_at = COALESCE(cancel_requested_at, now()), updated_at = now()
+             WHERE id = ANY($1) AND status = '{RUNNING}' RETURNING id"),
         )
         .bind(&later)
         .fetch_all(&mut **tx)
@@ -155,12 +156,12 @@ pub(crate) async fn cancel_requeued(
         return Ok(Vec::new());
     }
     sqlx::query_scalar(
-        "UPDATE jobs SET status = 'cancelled', finalized_at = now(), updated_at = now(), publish_after = NULL,
+        &format!("UPDATE jobs SET status = '{CANCELLED}', finalized_at = now(), updated_at = now(), publish_after = NULL,
             error = jsonb_build_object('at', now(), 'attempt', attempt, 'code', 'cancelled',
                 'message', 'cancelled on request while it was running'),
             errors = errors || jsonb_build_array(jsonb_build_object('at', now(), 'attempt', attempt,
                 'code', 'cancelled', 'message', 'cancelled on request while it was running'))
-         WHERE id = ANY($1) AND status = 'queued' AND cancel_requested_at IS NOT NULL RETURNING id",
+         WHERE id = ANY($1) AND status = '{QUEUED}' AND cancel_requested_at IS NOT NULL RETURNING id"),
     )
     .bind(ids)
     .fetch_all(&mut **tx)
@@ -170,7 +171,7 @@ pub(crate) async fn cancel_requeued(
 /// Jobs this worker runs whose cancel was asked (for the worker's cancel watcher).
 pub async fn requested_for(pool: &PgPool, worker: &str) -> Result<Vec<String>, DbError> {
     sqlx::query_scalar(
-        "SELECT id FROM jobs WHERE status = 'running' AND attempted_by = $1 AND cancel_requested_at IS NOT NULL",
+        &format!("SELECT id FROM jobs WHERE status = '{RUNNING}' AND attempted_by = $1 AND cancel_requested_at IS NOT NULL"),
     )
     .bind(worker)
     .fetch_all(pool)

@@ -13,14 +13,15 @@ use sqlx::PgPool;
 use super::DbError;
 pub use super::batch_results::{ItemOutcome, Recorded, record_results};
 use crate::domain::budget::{Decision, UsdCheck};
+use crate::domain::state::sql::*;
 
 /// Deployments with batch-route jobs waiting, how many, and how long the oldest has waited.
 pub async fn waiting(pool: &PgPool) -> Result<Vec<(String, i64, f64)>, DbError> {
-    sqlx::query_as(
+    sqlx::query_as(&format!(
         "SELECT deployment, count(*), extract(epoch FROM now() - min(created_at))::float8
-         FROM jobs WHERE status = 'queued' AND route = 'batch' AND deployment IS NOT NULL
-         GROUP BY deployment",
-    )
+         FROM jobs WHERE status = '{QUEUED}' AND route = 'batch' AND deployment IS NOT NULL
+         GROUP BY deployment"
+    ))
     .fetch_all(pool)
     .await
 }
@@ -68,11 +69,11 @@ pub async fn pack(
         .fetch_one(&mut *tx)
         .await?;
     let (open, limit) = enqueued(&mut tx, deployment).await?;
-    let mut jobs: Vec<Packable> = sqlx::query_as(
+    let mut jobs: Vec<Packable> = sqlx::query_as(&format!(
         "SELECT id, tenant, request, est_prompt_tokens, max_tokens FROM jobs
-         WHERE status = 'queued' AND route = 'batch' AND deployment = $1
-         ORDER BY priority DESC, created_at LIMIT $2 FOR UPDATE SKIP LOCKED",
-    )
+         WHERE status = '{QUEUED}' AND route = 'batch' AND deployment = $1
+         ORDER BY priority DESC, created_at LIMIT $2 FOR UPDATE SKIP LOCKED"
+    ))
     .bind(deployment)
     .bind(max_items)
     .fetch_all(&mut *tx)
@@ -148,11 +149,11 @@ pub async fn pack(
         .execute(&mut *tx)
         .await?;
     sqlx::query(
-        "WITH moved AS (
-            UPDATE jobs SET status = 'in_provider_batch', attempt = attempt + 1, provider_batch_id = $2,
+        &format!("WITH moved AS (
+            UPDATE jobs SET status = '{IN_PROVIDER_BATCH}', attempt = attempt + 1, provider_batch_id = $2,
                 attempted_at = now(), updated_at = now()
-            WHERE id = ANY($1) AND status = 'queued' RETURNING id, attempt)
-         INSERT INTO provider_batch_items (provider_batch_id, job_id, attempt) SELECT $2, id, attempt FROM moved",
+            WHERE id = ANY($1) AND status = '{QUEUED}' RETURNING id, attempt)
+         INSERT INTO provider_batch_items (provider_batch_id, job_id, attempt) SELECT $2, id, attempt FROM moved"),
     )
     .bind(&ids)
     .bind(&id)
@@ -289,10 +290,10 @@ pub async fn submission_failed(pool: &PgPool, id: &str, reason: &str) -> Result<
     .execute(&mut *tx)
     .await?;
     sqlx::query(
-        "UPDATE jobs SET status = 'queued', route = 'cheap', provider_batch_id = NULL, publish_after = now(),
+        &format!("UPDATE jobs SET status = '{QUEUED}', route = 'cheap', provider_batch_id = NULL, publish_after = now(),
             route_reason = route_reason || '; moved to real-time: the provider refused the batch (' || $2 || ')',
             updated_at = now()
-         WHERE provider_batch_id = $1 AND status = 'in_provider_batch'",
+         WHERE provider_batch_id = $1 AND status = '{IN_PROVIDER_BATCH}'"),
     )
     .bind(id)
     .bind(reason)
@@ -315,11 +316,11 @@ pub async fn submission_failed(pool: &PgPool, id: &str, reason: &str) -> Result<
 /// path now. A result that arrives for them later is still recorded (it was billed).
 pub async fn rescue_near_deadline(pool: &PgPool, margin: Duration) -> Result<u64, DbError> {
     let done = sqlx::query(
-        "UPDATE jobs SET status = 'queued', route = 'cheap', provider_batch_id = NULL, publish_after = now(),
+        &format!("UPDATE jobs SET status = '{QUEUED}', route = 'cheap', provider_batch_id = NULL, publish_after = now(),
             route_reason = route_reason || '; moved to real-time: the deadline drew near without a batch result',
             updated_at = now()
-         WHERE status = 'in_provider_batch' AND deadline IS NOT NULL
-           AND deadline < now() + make_interval(secs => $1)",
+         WHERE status = '{IN_PROVIDER_BATCH}' AND deadline IS NOT NULL
+           AND deadline < now() + make_interval(secs => $1)"),
     )
     .bind(margin.as_secs_f64())
     .execute(pool)
@@ -393,10 +394,10 @@ pub async fn poll_failed(pool: &PgPool, id: &str, error: &str) -> Result<i32, Db
 
 /// Whether every job of the batch was cancelled (so the provider batch can be cancelled too).
 pub async fn all_cancelled(pool: &PgPool, id: &str) -> Result<bool, DbError> {
-    let all: Option<bool> = sqlx::query_scalar(
-        "SELECT bool_and(j.status = 'cancelled') FROM provider_batch_items i
-         JOIN jobs j ON j.id = i.job_id WHERE i.provider_batch_id = $1",
-    )
+    let all: Option<bool> = sqlx::query_scalar(&format!(
+        "SELECT bool_and(j.status = '{CANCELLED}') FROM provider_batch_items i
+         JOIN jobs j ON j.id = i.job_id WHERE i.provider_batch_id = $1"
+    ))
     .bind(id)
     .fetch_one(pool)
     .await?;

@@ -139,8 +139,28 @@ impl std::fmt::Display for JobState {
     }
 }
 
-/// The states a provider batch's poller may still act on, as SQL: `('submitting', 'in_progress')`.
-pub const SQL_OPEN_PROVIDER_BATCH: &str = "('submitting', 'in_progress')";
+/// The states' spellings as constants, for SQL built with `format!` (`status = '{QUEUED}'`), so
+/// a misspelt state is a compile error, not a statement that silently matches nothing.
+pub mod sql {
+    use super::JobState;
+
+    /// `queued`.
+    pub const QUEUED: &str = JobState::Queued.as_str();
+    /// `running`.
+    pub const RUNNING: &str = JobState::Running.as_str();
+    /// `retry_scheduled`.
+    pub const RETRY_SCHEDULED: &str = JobState::RetryScheduled.as_str();
+    /// `in_provider_batch`.
+    pub const IN_PROVIDER_BATCH: &str = JobState::InProviderBatch.as_str();
+    /// `succeeded`.
+    pub const SUCCEEDED: &str = JobState::Succeeded.as_str();
+    /// `failed`.
+    pub const FAILED: &str = JobState::Failed.as_str();
+    /// `cancelled`.
+    pub const CANCELLED: &str = JobState::Cancelled.as_str();
+    /// `expired`.
+    pub const EXPIRED: &str = JobState::Expired.as_str();
+}
 
 #[cfg(test)]
 mod tests {
