@@ -51,26 +51,40 @@ pub async fn run(ctx: Arc<Ctx>, owner: String, shutdown: CancellationToken) {
     }
 }
 
-/// One round: pack what is due, follow open batches, rescue jobs near their deadline.
+/// One round: pack what is due, follow open batches, rescue jobs near their deadline. Each
+/// duty runs even when another failed (logged); the first error is returned at the end.
 pub async fn tick(ctx: &Ctx, owner: &str) -> anyhow::Result<()> {
-    let moved = q::rescue_near_deadline(&ctx.pool, ctx.config.routing.realtime_margin).await?;
-    if moved > 0 {
-        tracing::info!(
+    let mut first: Option<anyhow::Error> = None;
+    match q::rescue_near_deadline(&ctx.pool, ctx.config.routing.realtime_margin).await {
+        Ok(0) => {}
+        Ok(moved) => tracing::info!(
             jobs = moved,
             "moved batched jobs to real-time: their deadline drew near"
-        );
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not move batched jobs near their deadline");
+            first = Some(e.into());
+        }
     }
-    pack_due(ctx, owner).await?;
+    if let Err(e) = pack_due(ctx, owner).await {
+        tracing::warn!(error = %e, "packing provider batches failed");
+        first.get_or_insert(e);
+    }
     for _ in 0..POLLS_PER_TICK {
-        let Some(batch) = q::lease_one(&ctx.pool, owner, ctx.config.batch.lease).await? else {
-            break;
+        let batch = match q::lease_one(&ctx.pool, owner, ctx.config.batch.lease).await {
+            Ok(Some(b)) => b,
+            Ok(None) => break,
+            Err(e) => {
+                first.get_or_insert(e.into());
+                break;
+            }
         };
         let followed = holding_lease(ctx, &batch.id, owner, follow::follow(ctx, owner, &batch));
         if let Err(e) = followed.await {
             tracing::warn!(batch = %batch.id, error = %e, "following a provider batch failed; will retry");
         }
     }
-    Ok(())
+    first.map_or(Ok(()), Err)
 }
 
 async fn pack_due(ctx: &Ctx, owner: &str) -> anyhow::Result<()> {

@@ -51,7 +51,47 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
 }
 
 /// One round of every maintenance duty (also called directly by tests to step the system).
+/// Duties are independent: one that fails (a statement timeout, a broker hiccup) is logged and
+/// the others still run; the first error is returned once the round is over.
 pub async fn tick(ctx: &Ctx) -> anyhow::Result<()> {
+    let mut first: Option<anyhow::Error> = None;
+    let mut note = |duty: &str, r: anyhow::Result<()>| {
+        if let Err(e) = r {
+            tracing::warn!(duty, error = %e, "a maintenance duty failed; the others go on");
+            first.get_or_insert(e);
+        }
+    };
+    note("rescuer", rescue(ctx).await);
+    note(
+        "stager",
+        q::stage_due_retries(&ctx.pool)
+            .await
+            .map(drop)
+            .map_err(Into::into),
+    );
+    note("sweeper", sweep_lost(ctx).await);
+    note(
+        "expiry",
+        crate::db::expiry::expire_overdue(&ctx.pool)
+            .await
+            .map(drop)
+            .map_err(Into::into),
+    );
+    note(
+        "budget pruning",
+        crate::db::budgets::prune(&ctx.pool)
+            .await
+            .map_err(Into::into),
+    );
+    note(
+        "cache pruning",
+        crate::db::cache::prune(&ctx.pool).await.map_err(Into::into),
+    );
+    note("relay", relay(ctx).await);
+    first.map_or(Ok(()), Err)
+}
+
+async fn rescue(ctx: &Ctx) -> anyhow::Result<()> {
     let rescued = q::rescue_orphans(&ctx.pool, ctx.config.worker.dead_after).await?;
     if rescued > 0 {
         tracing::warn!(
@@ -59,7 +99,10 @@ pub async fn tick(ctx: &Ctx) -> anyhow::Result<()> {
             "re-queued jobs of a worker that stopped answering"
         );
     }
-    q::stage_due_retries(&ctx.pool).await?;
+    Ok(())
+}
+
+async fn sweep_lost(ctx: &Ctx) -> anyhow::Result<()> {
     let lost = q::mark_lost_for_republish(
         &ctx.pool,
         ctx.config.worker.republish_after,
@@ -72,9 +115,10 @@ pub async fn tick(ctx: &Ctx) -> anyhow::Result<()> {
             "publishing again queued jobs not claimed since they were published (work messages lost?)"
         );
     }
-    crate::db::expiry::expire_overdue(&ctx.pool).await?;
-    crate::db::budgets::prune(&ctx.pool).await?;
-    crate::db::cache::prune(&ctx.pool).await?;
+    Ok(())
+}
+
+async fn relay(ctx: &Ctx) -> anyhow::Result<()> {
     while relay_once(ctx).await? == RELAY_BATCH as usize {}
     Ok(())
 }
