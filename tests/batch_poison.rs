@@ -273,11 +273,13 @@ async fn a_nul_in_a_batch_answer_is_stored_transformed_and_blocks_no_one() {
         "before\u{FFFD}after"
     );
     assert_eq!(plain["status"], "succeeded", "{plain}");
-    assert_eq!(
+    // The batch is marked ended just after its results are booked.
+    wait_until(T, "the provider batch has ended", || async {
         env.count("SELECT count(*) FROM provider_batches WHERE state = 'ended'")
-            .await,
-        1
-    );
+            .await
+            == 1
+    })
+    .await;
     env.check_invariants().await;
     app.stop().await;
     env.cleanup().await;

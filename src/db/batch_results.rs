@@ -17,6 +17,9 @@ use super::provider_batches::Leased;
 use crate::domain::state::JobState;
 use crate::domain::state::sql::*;
 
+/// Most items recorded in one transaction.
+const RECORD_CHUNK: usize = 1000;
+
 /// The error code of a job whose batch result could not be stored.
 pub const UNSTORABLE: &str = "result_unstorable";
 
@@ -71,14 +74,19 @@ pub async fn record_results(
     error: Option<&str>,
 ) -> Result<Recorded, DbError> {
     let mut done = Recorded::default();
-    // At most 2n - 1 parts for n items: every split halves a part.
-    let mut parts: Vec<&[ItemOutcome]> = vec![outcomes];
+    // Parts of at most RECORD_CHUNK items keep each statement well within statement_timeout;
+    // splits add at most 2n - 1 parts for n items (every split halves a part).
+    let mut parts: Vec<&[ItemOutcome]> = outcomes.chunks(RECORD_CHUNK).rev().collect();
+    let end = (final_state, error);
+    let mut ended = false;
     while let Some(part) = parts.pop() {
-        if part.is_empty() {
-            continue;
-        }
-        match record_part(pool, batch, part).await {
-            Ok(n) => done.moved += n,
+        // The last part ends the batch in its own transaction: jobs and batch change together.
+        let finish = parts.is_empty().then_some(end);
+        match record_part(pool, batch, part, finish).await {
+            Ok(n) => {
+                done.moved += n;
+                ended |= finish.is_some();
+            }
             Err(e) if is_transient(&e) => return Err(e),
             Err(e) if part.len() > 1 => {
                 tracing::warn!(batch = %batch.id, items = part.len(), error = %e, "a batch result could not be stored; splitting to find it");
@@ -92,21 +100,41 @@ pub async fn record_results(
             }
         }
     }
+    if !ended {
+        end_batch(pool, &batch.id, end).await?;
+    }
+    Ok(done)
+}
+
+/// Marks the batch ended in `final_state` (with an error, if any).
+async fn end_batch<'c, E: sqlx::PgExecutor<'c>>(
+    exec: E,
+    id: &str,
+    (final_state, error): (&str, Option<&str>),
+) -> Result<(), DbError> {
     sqlx::query(
         "UPDATE provider_batches SET state = $2, error = COALESCE($3, error), ended_at = now(), lease_until = NULL
          WHERE id = $1",
     )
-    .bind(&batch.id)
+    .bind(id)
     .bind(final_state)
     .bind(error)
-    .execute(pool)
+    .execute(exec)
     .await?;
-    Ok(done)
+    Ok(())
 }
 
 /// Records `part` in one transaction; returns how many jobs moved.
-async fn record_part(pool: &PgPool, batch: &Leased, part: &[ItemOutcome]) -> Result<u64, DbError> {
+async fn record_part(
+    pool: &PgPool,
+    batch: &Leased,
+    part: &[ItemOutcome],
+    finish: Option<(&str, Option<&str>)>,
+) -> Result<u64, DbError> {
     let mut tx = pool.begin().await?;
+    if let Some(end) = finish {
+        end_batch(&mut *tx, &batch.id, end).await?;
+    }
     let ids: Vec<&str> = part.iter().map(|o| o.job_id.as_str()).collect();
     let settled: Vec<String> = sqlx::query_scalar(
         "UPDATE provider_batch_items SET settled = true
@@ -164,7 +192,7 @@ async fn quarantine(
         provider_request_id: None,
         ..o.clone()
     };
-    match record_part(pool, batch, std::slice::from_ref(&failed)).await {
+    match record_part(pool, batch, std::slice::from_ref(&failed), None).await {
         Err(e) if !is_transient(&e) => {
             tracing::error!(batch = %batch.id, job_id = %o.job_id, error = %e, "could not book a quarantined batch result; failing its job without a ledger row");
         }
