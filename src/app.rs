@@ -22,6 +22,8 @@ use crate::supervisor::{Health, supervise};
 pub struct Ctx {
     pub config: Config,
     pub pool: PgPool,
+    /// A small pool of its own for heartbeats and lease renewals (see `db::connect_heartbeat`).
+    pub beat_pool: PgPool,
     pub broker: Broker,
     pub providers: Providers,
     pub keys: KeyCache,
@@ -35,6 +37,7 @@ impl Ctx {
     pub async fn connect(config: Config) -> anyhow::Result<Arc<Ctx>> {
         let pool = crate::db::connect(&config.database).await?;
         crate::db::migrate(&pool).await?;
+        let beat_pool = crate::db::connect_heartbeat(&config.database).await?;
         crate::db::prices::seed(&pool, &PriceBook::seed_rows(&config.prices)).await?;
         seed_budgets(&pool, &config).await?;
         let prices = crate::db::prices::load(&pool).await?;
@@ -47,6 +50,7 @@ impl Ctx {
             catalog: RwLock::new(Arc::new(catalog)),
             config,
             pool,
+            beat_pool,
             broker,
             providers,
         }))
@@ -201,7 +205,7 @@ pub async fn start(ctx: Arc<Ctx>, roles: Roles) -> anyhow::Result<Running> {
     }
     if roles.worker || roles.maintenance {
         crate::db::maintenance::register_worker(
-            &ctx.pool,
+            &ctx.beat_pool,
             &worker_id,
             &hostname(),
             std::process::id(),

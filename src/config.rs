@@ -69,6 +69,9 @@ pub struct BatchConfig {
     pub lease: Duration,
     /// The completion window requested from providers that take one (OpenAI: `24h`).
     pub completion_window: String,
+    /// Failed polls in a row with a deterministic error (404, 401: the batch is gone or out of
+    /// reach) after which a provider batch is given up: its jobs are re-driven or failed.
+    pub max_poll_failures: u32,
 }
 
 impl Default for BatchConfig {
@@ -79,6 +82,7 @@ impl Default for BatchConfig {
             poll_interval: Duration::from_secs(30),
             lease: Duration::from_secs(120),
             completion_window: "24h".into(),
+            max_poll_failures: 5,
         }
     }
 }
@@ -144,6 +148,15 @@ pub struct DatabaseConfig {
     pub max_connections: u32,
     #[serde(with = "humantime_serde")]
     pub acquire_timeout: Duration,
+    /// Longest any one statement may run (`statement_timeout` on every connection; 0: none).
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+    /// Longest a statement may wait for a row or table lock (`lock_timeout`; 0: none).
+    #[serde(with = "humantime_serde")]
+    pub lock_timeout: Duration,
+    /// Connections of the small pool kept for heartbeats and lease renewals, so a saturated
+    /// main pool never gets a live worker declared dead.
+    pub heartbeat_connections: u32,
 }
 
 impl Default for DatabaseConfig {
@@ -152,6 +165,9 @@ impl Default for DatabaseConfig {
             url: "postgres://postgres@127.0.0.1:5432/sluice".into(),
             max_connections: 16,
             acquire_timeout: Duration::from_secs(10),
+            statement_timeout: Duration::from_secs(30),
+            lock_timeout: Duration::from_secs(10),
+            heartbeat_connections: 2,
         }
     }
 }
@@ -204,6 +220,10 @@ pub struct WorkerConfig {
     /// How long an open breaker keeps calls away from its deployment before one probe call.
     #[serde(with = "humantime_serde")]
     pub breaker_cooldown: Duration,
+    /// A queued job published this long ago and still not claimed is published again (its
+    /// message may have been lost with a purged or deleted queue).
+    #[serde(with = "humantime_serde")]
+    pub republish_after: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -220,6 +240,7 @@ impl Default for WorkerConfig {
             retry_max: Duration::from_secs(60),
             breaker_failures: 5,
             breaker_cooldown: Duration::from_secs(30),
+            republish_after: Duration::from_secs(300),
         }
     }
 }

@@ -1,15 +1,18 @@
 //! Cancelling jobs and native batches.
 //!
-//! A job that has not started (`queued`, `retry_scheduled`) is cancelled at once. One that
-//! cannot stop at once gets `cancel_requested_at`: a `running` job's worker sees it (it polls
-//! for its own jobs, see `worker::cancel`) and aborts the provider call; a job
-//! `in_provider_batch` is left to the batch poller, which cancels the item when it next handles
-//! the batch. Whatever was already recorded (partial results, costs) stays. The rows are locked
+//! A job that has not started (`queued`, `retry_scheduled`) is cancelled at once, and so is a
+//! job waiting `in_provider_batch`: its item's result is discarded when it arrives (a ledger
+//! row at no cost, nothing billed to the job), its USD hold is released now, and once every job
+//! of a provider batch is cancelled the poller cancels the provider batch itself. A `running`
+//! job gets `cancel_requested_at`: its worker sees it (it polls for its own jobs, see
+//! `worker::cancel`) and aborts the provider call. Whatever was already recorded stays. The rows are locked
 //! first, so a cancel racing a claim either wins (the claim skips the job) or sees it running.
 
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::DbError;
+use crate::domain::state::JobState;
+use crate::domain::state::sql::*;
 
 /// What a cancel did.
 #[derive(Debug, Default)]
@@ -87,32 +90,54 @@ async fn apply(
     rows: Vec<(String, String)>,
 ) -> Result<CancelReport, DbError> {
     let mut report = CancelReport::default();
-    let (mut now, mut later) = (Vec::new(), Vec::new());
+    let (mut now, mut batched, mut later) = (Vec::new(), Vec::new(), Vec::new());
     for (id, status) in rows {
-        match status.as_str() {
-            "queued" | "retry_scheduled" => now.push(id),
-            "running" | "in_provider_batch" => later.push(id),
+        match JobState::parse(&status) {
+            Some(JobState::Queued | JobState::RetryScheduled) => now.push(id),
+            Some(JobState::InProviderBatch) => batched.push(id),
+            Some(JobState::Running) => later.push(id),
             _ => report.finished.push((id, status)),
         }
     }
     if !now.is_empty() {
         report.cancelled = sqlx::query_scalar(
-            "UPDATE jobs SET status = 'cancelled', finalized_at = now(), updated_at = now(),
+            &format!("UPDATE jobs SET status = '{CANCELLED}', finalized_at = now(), updated_at = now(),
                 publish_after = NULL, run_after = NULL, cancel_requested_at = now(),
                 error = jsonb_build_object('at', now(), 'attempt', attempt, 'code', 'cancelled',
                     'message', 'cancelled on request before it ran'),
                 errors = errors || jsonb_build_array(jsonb_build_object('at', now(), 'attempt', attempt,
                     'code', 'cancelled', 'message', 'cancelled on request before it ran'))
-             WHERE id = ANY($1) AND status IN ('queued', 'retry_scheduled') RETURNING id",
+             WHERE id = ANY($1) AND status IN ('{QUEUED}', '{RETRY_SCHEDULED}') RETURNING id"),
         )
         .bind(&now)
         .fetch_all(&mut **tx)
         .await?;
     }
+    if !batched.is_empty() {
+        // `provider_batch_id` stays: the poller reads it to discard the item's late result.
+        let cancelled: Vec<String> = sqlx::query_scalar(
+            &format!("WITH c AS (
+                UPDATE jobs SET status = '{CANCELLED}', finalized_at = now(), updated_at = now(),
+                    cancel_requested_at = COALESCE(cancel_requested_at, now()),
+                    error = jsonb_build_object('at', now(), 'attempt', attempt, 'code', 'cancelled',
+                        'message', 'cancelled on request while in a provider batch; its result is discarded'),
+                    errors = errors || jsonb_build_array(jsonb_build_object('at', now(), 'attempt', attempt,
+                        'code', 'cancelled', 'message', 'cancelled on request while in a provider batch; its result is discarded'))
+                WHERE id = ANY($1) AND status = '{IN_PROVIDER_BATCH}' RETURNING id, provider_batch_id
+             ), released AS (
+                DELETE FROM budget_holds h USING c WHERE h.job_id = c.id AND h.source = c.provider_batch_id
+             )
+             SELECT id FROM c"),
+        )
+        .bind(&batched)
+        .fetch_all(&mut **tx)
+        .await?;
+        report.cancelled.extend(cancelled);
+    }
     if !later.is_empty() {
         report.requested = sqlx::query_scalar(
-            "UPDATE jobs SET cancel_requested_at = COALESCE(cancel_requested_at, now()), updated_at = now()
-             WHERE id = ANY($1) AND status IN ('running', 'in_provider_batch') RETURNING id",
+            &format!("UPDATE jobs SET cancel_requested_at = COALESCE(cancel_requested_at, now()), updated_at = now()
+             WHERE id = ANY($1) AND status = '{RUNNING}' RETURNING id"),
         )
         .bind(&later)
         .fetch_all(&mut **tx)
@@ -131,12 +156,12 @@ pub(crate) async fn cancel_requeued(
         return Ok(Vec::new());
     }
     sqlx::query_scalar(
-        "UPDATE jobs SET status = 'cancelled', finalized_at = now(), updated_at = now(), publish_after = NULL,
+        &format!("UPDATE jobs SET status = '{CANCELLED}', finalized_at = now(), updated_at = now(), publish_after = NULL,
             error = jsonb_build_object('at', now(), 'attempt', attempt, 'code', 'cancelled',
                 'message', 'cancelled on request while it was running'),
             errors = errors || jsonb_build_array(jsonb_build_object('at', now(), 'attempt', attempt,
                 'code', 'cancelled', 'message', 'cancelled on request while it was running'))
-         WHERE id = ANY($1) AND status = 'queued' AND cancel_requested_at IS NOT NULL RETURNING id",
+         WHERE id = ANY($1) AND status = '{QUEUED}' AND cancel_requested_at IS NOT NULL RETURNING id"),
     )
     .bind(ids)
     .fetch_all(&mut **tx)
@@ -146,28 +171,27 @@ pub(crate) async fn cancel_requeued(
 /// Jobs this worker runs whose cancel was asked (for the worker's cancel watcher).
 pub async fn requested_for(pool: &PgPool, worker: &str) -> Result<Vec<String>, DbError> {
     sqlx::query_scalar(
-        "SELECT id FROM jobs WHERE status = 'running' AND attempted_by = $1 AND cancel_requested_at IS NOT NULL",
+        &format!("SELECT id FROM jobs WHERE status = '{RUNNING}' AND attempted_by = $1 AND cancel_requested_at IS NOT NULL"),
     )
     .bind(worker)
     .fetch_all(pool)
     .await
 }
 
-/// Runs `f` again (twice at most) when Postgres broke a deadlock by aborting it: a batch cancel
-/// locks many rows and may cross a recording worker's statement.
-async fn retry_on_deadlock<T, F, Fut>(mut f: F) -> Result<T, DbError>
+/// Runs `f` again (twice at most, after a short jittered pause) when Postgres broke a deadlock
+/// by aborting it: a batch cancel locks many rows and may cross a recording worker's statement.
+async fn retry_on_deadlock<T, F, Fut>(f: F) -> Result<T, DbError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, DbError>>,
 {
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        match f().await {
-            Err(e) if tries < 3 && is_deadlock(&e) => continue,
-            other => return other,
-        }
-    }
+    use backon::Retryable;
+    let pauses = backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(10))
+        .with_max_delay(std::time::Duration::from_millis(100))
+        .with_jitter()
+        .with_max_times(2);
+    f.retry(pauses).when(is_deadlock).await
 }
 
 fn is_deadlock(e: &DbError) -> bool {

@@ -6,6 +6,7 @@
 use sqlx::PgPool;
 
 use super::DbError;
+use crate::domain::state::sql::*;
 
 /// Most jobs expired in one statement, to keep each maintenance tick short.
 const SWEEP_BATCH: i64 = 5000;
@@ -14,15 +15,15 @@ const SWEEP_BATCH: i64 = 5000;
 /// statement holds (the relay publishing them, a claim) are skipped until the next tick.
 pub async fn expire_overdue(pool: &PgPool) -> Result<u64, DbError> {
     let done = sqlx::query(
-        "WITH due AS (
+        &format!("WITH due AS (
             SELECT id, jsonb_build_object('at', now(), 'attempt', attempt, 'code', 'deadline_exceeded',
                 'message', 'the job''s deadline passed before it could run') AS entry
-            FROM jobs WHERE status IN ('queued', 'retry_scheduled') AND deadline <= now()
+            FROM jobs WHERE status IN ('{QUEUED}', '{RETRY_SCHEDULED}') AND deadline <= now()
             LIMIT $1 FOR UPDATE SKIP LOCKED
          )
-         UPDATE jobs j SET status = 'expired', finalized_at = now(), updated_at = now(),
+         UPDATE jobs j SET status = '{EXPIRED}', finalized_at = now(), updated_at = now(),
             publish_after = NULL, run_after = NULL, error = d.entry, errors = j.errors || jsonb_build_array(d.entry)
-         FROM due d WHERE j.id = d.id AND j.status IN ('queued', 'retry_scheduled')",
+         FROM due d WHERE j.id = d.id AND j.status IN ('{QUEUED}', '{RETRY_SCHEDULED}')"),
     )
     .bind(SWEEP_BATCH)
     .execute(pool)

@@ -6,6 +6,7 @@ use std::time::Duration;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::DbError;
+use crate::domain::state::sql::*;
 
 /// Registers a worker process.
 pub async fn register_worker(pool: &PgPool, id: &str, host: &str, pid: u32) -> Result<(), DbError> {
@@ -41,18 +42,18 @@ pub async fn rescue_orphans(pool: &PgPool, dead_after: Duration) -> Result<u64, 
     // The lost attempt counts: a job whose worker keeps dying moves to its next deployment,
     // then fails, like any job whose attempts are spent.
     let done = sqlx::query(
-        "WITH lost AS (
+        &format!("WITH lost AS (
             SELECT j.id, jsonb_build_object('at', now(), 'attempt', j.attempt, 'code', 'worker_lost',
                 'message', 'the worker running this attempt stopped answering', 'worker', j.attempted_by) AS entry,
                 j.deployment_attempts + 1 < j.max_attempts AS retry_here,
                 j.deployment_index + 1 < jsonb_array_length(j.deployments) AS fall_back
             FROM jobs j
-            WHERE j.status = 'running' AND NOT EXISTS (
+            WHERE j.status = '{RUNNING}' AND NOT EXISTS (
                 SELECT 1 FROM workers w WHERE w.id = j.attempted_by
                   AND w.heartbeat_at > now() - make_interval(secs => $1))
             FOR UPDATE OF j SKIP LOCKED)
          UPDATE jobs j SET
-            status = CASE WHEN l.retry_here OR l.fall_back THEN 'queued' ELSE 'failed' END,
+            status = CASE WHEN l.retry_here OR l.fall_back THEN '{QUEUED}' ELSE '{FAILED}' END,
             deployment_attempts = CASE WHEN l.retry_here THEN j.deployment_attempts + 1 ELSE 0 END,
             deployment_index = CASE WHEN NOT l.retry_here AND l.fall_back THEN j.deployment_index + 1 ELSE j.deployment_index END,
             publish_after = CASE WHEN l.retry_here OR l.fall_back THEN now() END,
@@ -60,7 +61,7 @@ pub async fn rescue_orphans(pool: &PgPool, dead_after: Duration) -> Result<u64, 
             finalized_at = CASE WHEN l.retry_here OR l.fall_back THEN NULL ELSE now() END,
             errors = j.errors || jsonb_build_array(l.entry),
             updated_at = now()
-         FROM lost l WHERE j.id = l.id",
+         FROM lost l WHERE j.id = l.id"),
     )
     .bind(secs)
     .execute(pool)
@@ -78,10 +79,10 @@ pub async fn held_by(
     worker: &str,
     older_than: Duration,
 ) -> Result<Vec<String>, DbError> {
-    sqlx::query_scalar(
-        "SELECT id FROM jobs WHERE status = 'running' AND attempted_by = $1
-           AND attempted_at < now() - make_interval(secs => $2)",
-    )
+    sqlx::query_scalar(&format!(
+        "SELECT id FROM jobs WHERE status = '{RUNNING}' AND attempted_by = $1
+           AND attempted_at < now() - make_interval(secs => $2)"
+    ))
     .bind(worker)
     .bind(older_than.as_secs_f64())
     .fetch_all(pool)
@@ -98,19 +99,19 @@ pub async fn requeue_strays(
     older_than: Duration,
 ) -> Result<u64, DbError> {
     let moved: Vec<i32> = sqlx::query_scalar(
-        "WITH stray AS (
-            UPDATE jobs j SET status = 'queued', publish_after = now(), updated_at = now(),
+        &format!("WITH stray AS (
+            UPDATE jobs j SET status = '{QUEUED}', publish_after = now(), updated_at = now(),
                 errors = j.errors || jsonb_build_array(jsonb_build_object('at', now(), 'attempt', j.attempt,
                     'code', 'claim_lost', 'worker', j.attempted_by,
                     'message', 'claimed but never started by its worker (the claim''s answer was lost); queued again')),
                 reserved_sec = NULL
-            WHERE j.id = ANY($1) AND j.status = 'running' AND j.attempted_by = $2
+            WHERE j.id = ANY($1) AND j.status = '{RUNNING}' AND j.attempted_by = $2
               AND j.attempted_at < now() - make_interval(secs => $3)
             RETURNING j.id
          ), released AS (
             DELETE FROM budget_holds h USING stray s WHERE h.job_id = s.id AND h.source = 'call'
          )
-         SELECT 1 FROM stray",
+         SELECT 1 FROM stray"),
     )
     .bind(ids)
     .bind(worker)
@@ -122,10 +123,35 @@ pub async fn requeue_strays(
 
 /// Moves retries whose time has come back to `queued`, for the relay to publish.
 pub async fn stage_due_retries(pool: &PgPool) -> Result<u64, DbError> {
-    let done = sqlx::query(
-        "UPDATE jobs SET status = 'queued', publish_after = now(), updated_at = now()
-         WHERE status = 'retry_scheduled' AND run_after <= now()",
-    )
+    let done = sqlx::query(&format!(
+        "UPDATE jobs SET status = '{QUEUED}', publish_after = now(), updated_at = now()
+         WHERE status = '{RETRY_SCHEDULED}' AND run_after <= now()"
+    ))
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// The sweeper for lost work messages: marks for the relay up to `limit` real-time jobs that
+/// were published (no publish mark) at least `after` ago and are still `queued`: their message
+/// may have gone with a purged or deleted queue. A duplicate message is harmless (claims are
+/// conditional); `updated_at` moves, so each job is sent again at most once per `after`.
+pub async fn mark_lost_for_republish(
+    pool: &PgPool,
+    after: Duration,
+    limit: i64,
+) -> Result<u64, DbError> {
+    let done = sqlx::query(&format!(
+        "UPDATE jobs SET publish_after = now(), updated_at = now()
+         WHERE id IN (
+            SELECT id FROM jobs
+            WHERE status = '{QUEUED}' AND publish_after IS NULL AND route IS DISTINCT FROM 'batch'
+              AND updated_at < now() - make_interval(secs => $1)
+            ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+           AND status = '{QUEUED}' AND publish_after IS NULL"
+    ))
+    .bind(after.as_secs_f64())
+    .bind(limit)
     .execute(pool)
     .await?;
     Ok(done.rows_affected())
@@ -136,11 +162,11 @@ pub async fn pick_unpublished(
     tx: &mut Transaction<'_, Postgres>,
     limit: i64,
 ) -> Result<Vec<(String, i16, String)>, DbError> {
-    sqlx::query_as(
+    sqlx::query_as(&format!(
         "SELECT id, priority, tenant FROM jobs
-         WHERE publish_after <= now() AND status = 'queued'
-         ORDER BY publish_after LIMIT $1 FOR UPDATE SKIP LOCKED",
-    )
+         WHERE publish_after <= now() AND status = '{QUEUED}'
+         ORDER BY publish_after LIMIT $1 FOR UPDATE SKIP LOCKED"
+    ))
     .bind(limit)
     .fetch_all(&mut **tx)
     .await
@@ -160,11 +186,11 @@ pub async fn clear_publish_mark(
 
 /// Parks queued jobs that wait for budget: the relay publishes each again at its Unix second.
 pub async fn park(pool: &PgPool, ids: &[String], until: &[i64]) -> Result<(), DbError> {
-    sqlx::query(
+    sqlx::query(&format!(
         "UPDATE jobs j SET publish_after = to_timestamp(x.until), updated_at = now()
          FROM unnest($1::text[], $2::bigint[]) AS x(id, until)
-         WHERE j.id = x.id AND j.status = 'queued'",
-    )
+         WHERE j.id = x.id AND j.status = '{QUEUED}'"
+    ))
     .bind(ids)
     .bind(until)
     .execute(pool)

@@ -1,11 +1,13 @@
 //! All SQL lives under this module. Writes that happen per job are batched: one statement
 //! covers many jobs (`jsonb_to_recordset`), so throughput is bounded by Postgres, not round trips.
 
+pub mod batch_results;
 pub mod breakers;
 pub mod budgets;
 pub mod cache;
 pub mod cancel;
 pub mod dead_letters;
+pub mod errors;
 pub mod expiry;
 pub mod jobs;
 pub mod maintenance;
@@ -24,26 +26,49 @@ use crate::config::DatabaseConfig;
 /// A database failure.
 pub type DbError = sqlx::Error;
 
-/// Connects, creating the database first if it does not exist yet.
+/// Connects, creating the database first if it does not exist yet. Every connection carries
+/// `statement_timeout` and `lock_timeout`, so no statement can hang a loop.
 pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
-    let options = PgConnectOptions::from_str(&config.url)
+    let options = connect_options(config)?;
+    ensure_database(&options).await?;
+    pool(config, options, config.max_connections).await
+}
+
+/// The small pool for heartbeats and lease renewals (`database.heartbeat_connections`): kept
+/// apart from the main pool, so a main pool saturated by a stall cannot delay a heartbeat long
+/// enough to get a live worker declared dead and its calls made twice.
+pub async fn connect_heartbeat(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
+    let options = connect_options(config)?;
+    pool(config, options, config.heartbeat_connections.max(1)).await
+}
+
+fn connect_options(config: &DatabaseConfig) -> anyhow::Result<PgConnectOptions> {
+    let ms = |d: std::time::Duration| format!("{}ms", d.as_millis());
+    Ok(PgConnectOptions::from_str(&config.url)
         .map_err(|e| {
             anyhow::anyhow!(
                 "database.url `{}` is not a Postgres URL: {e}",
                 redact(&config.url)
             )
         })?
-        .disable_statement_logging();
-    ensure_database(&options).await?;
-    let pool = PgPoolOptions::new()
-        .max_connections(config.max_connections)
+        .options([
+            ("statement_timeout", ms(config.statement_timeout)),
+            ("lock_timeout", ms(config.lock_timeout)),
+        ])
+        .disable_statement_logging())
+}
+
+async fn pool(
+    config: &DatabaseConfig,
+    options: PgConnectOptions,
+    size: u32,
+) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(size)
         .acquire_timeout(config.acquire_timeout)
         .connect_with(options)
         .await
-        .map_err(|e| {
-            anyhow::anyhow!("cannot connect to Postgres at {}: {e}", redact(&config.url))
-        })?;
-    Ok(pool)
+        .map_err(|e| anyhow::anyhow!("cannot connect to Postgres at {}: {e}", redact(&config.url)))
 }
 
 async fn ensure_database(options: &PgConnectOptions) -> anyhow::Result<()> {
@@ -77,8 +102,18 @@ async fn ensure_database(options: &PgConnectOptions) -> anyhow::Result<()> {
 }
 
 /// Applies pending migrations (serialised across processes by sqlx's advisory lock).
+/// Runs on a connection of its own without the statement and lock timeouts: building an index
+/// on a large table may rightly take longer than any request should.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    sqlx::migrate!("./migrations").run(pool).await?;
+    let mut conn = pool.acquire().await?.detach();
+    sqlx::query("SET statement_timeout = 0")
+        .execute(&mut conn)
+        .await?;
+    sqlx::query("SET lock_timeout = 0")
+        .execute(&mut conn)
+        .await?;
+    sqlx::migrate!("./migrations").run(&mut conn).await?;
+    conn.close().await?;
     Ok(())
 }
 

@@ -7,20 +7,21 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgPool;
 
 use super::DbError;
+pub use super::batch_results::{ItemOutcome, Recorded, record_results};
 use crate::domain::budget::{Decision, UsdCheck};
+use crate::domain::state::sql::*;
 
 /// Deployments with batch-route jobs waiting, how many, and how long the oldest has waited.
 pub async fn waiting(pool: &PgPool) -> Result<Vec<(String, i64, f64)>, DbError> {
-    sqlx::query_as(
+    sqlx::query_as(&format!(
         "SELECT deployment, count(*), extract(epoch FROM now() - min(created_at))::float8
-         FROM jobs WHERE status = 'queued' AND route = 'batch' AND deployment IS NOT NULL
-         GROUP BY deployment",
-    )
+         FROM jobs WHERE status = '{QUEUED}' AND route = 'batch' AND deployment IS NOT NULL
+         GROUP BY deployment"
+    ))
     .fetch_all(pool)
     .await
 }
@@ -68,11 +69,11 @@ pub async fn pack(
         .fetch_one(&mut *tx)
         .await?;
     let (open, limit) = enqueued(&mut tx, deployment).await?;
-    let mut jobs: Vec<Packable> = sqlx::query_as(
+    let mut jobs: Vec<Packable> = sqlx::query_as(&format!(
         "SELECT id, tenant, request, est_prompt_tokens, max_tokens FROM jobs
-         WHERE status = 'queued' AND route = 'batch' AND deployment = $1
-         ORDER BY priority DESC, created_at LIMIT $2 FOR UPDATE SKIP LOCKED",
-    )
+         WHERE status = '{QUEUED}' AND route = 'batch' AND deployment = $1
+         ORDER BY priority DESC, created_at LIMIT $2 FOR UPDATE SKIP LOCKED"
+    ))
     .bind(deployment)
     .bind(max_items)
     .fetch_all(&mut *tx)
@@ -148,11 +149,11 @@ pub async fn pack(
         .execute(&mut *tx)
         .await?;
     sqlx::query(
-        "WITH moved AS (
-            UPDATE jobs SET status = 'in_provider_batch', attempt = attempt + 1, provider_batch_id = $2,
+        &format!("WITH moved AS (
+            UPDATE jobs SET status = '{IN_PROVIDER_BATCH}', attempt = attempt + 1, provider_batch_id = $2,
                 attempted_at = now(), updated_at = now()
-            WHERE id = ANY($1) AND status = 'queued' RETURNING id, attempt)
-         INSERT INTO provider_batch_items (provider_batch_id, job_id, attempt) SELECT $2, id, attempt FROM moved",
+            WHERE id = ANY($1) AND status = '{QUEUED}' RETURNING id, attempt)
+         INSERT INTO provider_batch_items (provider_batch_id, job_id, attempt) SELECT $2, id, attempt FROM moved"),
     )
     .bind(&ids)
     .bind(&id)
@@ -193,6 +194,8 @@ pub struct Leased {
     pub deployment: String,
     pub state: String,
     pub provider_batch_id: Option<String>,
+    /// When sluice asked the provider to cancel it (every job of it was cancelled).
+    pub cancel_sent_at: Option<DateTime<Utc>>,
 }
 
 /// Takes the lease of one open provider batch whose lease is free or expired. A poller keeps a
@@ -207,7 +210,7 @@ pub async fn lease_one(
          WHERE id = (SELECT id FROM provider_batches
                      WHERE state IN ('submitting', 'in_progress') AND (lease_until IS NULL OR lease_until < now())
                      ORDER BY last_polled_at NULLS FIRST LIMIT 1 FOR UPDATE SKIP LOCKED)
-         RETURNING id, deployment, state, provider_batch_id",
+         RETURNING id, deployment, state, provider_batch_id, cancel_sent_at",
     )
     .bind(owner)
     .bind(lease.as_secs_f64())
@@ -245,7 +248,8 @@ pub async fn polled(
     next_in: Duration,
 ) -> Result<(), DbError> {
     sqlx::query(
-        "UPDATE provider_batches SET last_polled_at = now(), lease_until = now() + make_interval(secs => $3)
+        "UPDATE provider_batches SET last_polled_at = now(), poll_failures = 0,
+            lease_until = now() + make_interval(secs => $3)
          WHERE id = $1 AND lease_owner = $2",
     )
     .bind(id)
@@ -275,139 +279,6 @@ pub async fn items(pool: &PgPool, id: &str) -> Result<Vec<(String, i32)>, DbErro
         .await
 }
 
-/// The result of one batch item, ready to record.
-#[derive(Debug, Clone, Serialize)]
-pub struct ItemOutcome {
-    pub job_id: String,
-    pub attempt: i32,
-    /// The job's next state: `succeeded`, `failed`, `queued` (re-driven), or `None` when the
-    /// item only adds a ledger row (a late result for a job that moved on).
-    pub status: &'static str,
-    /// Re-driven jobs: `batch` again, or `cheap` when the deadline is near.
-    pub route: &'static str,
-    pub route_note: Option<String>,
-    pub response: Option<Value>,
-    pub error: Option<Value>,
-    pub attempt_status: &'static str,
-    pub error_code: Option<String>,
-    pub http_status: Option<i32>,
-    pub input_tokens: i64,
-    pub output_tokens: i64,
-    pub cached_tokens: i64,
-    pub input_usd_per_mtok: Option<Decimal>,
-    pub output_usd_per_mtok: Option<Decimal>,
-    pub cached_input_usd_per_mtok: Option<Decimal>,
-    pub discount: Decimal,
-    pub cost_usd: Decimal,
-    pub baseline_cost_usd: Decimal,
-    pub provider_request_id: Option<String>,
-    pub attempt_id: String,
-}
-
-/// Records every item of an ended provider batch in one transaction: jobs still in this batch
-/// move to their next state; a job that moved on (re-routed, cancelled) only gets its ledger row
-/// and cost. Items are settled once: a second call after a crash records nothing twice.
-pub async fn record_results(
-    pool: &PgPool,
-    batch: &Leased,
-    outcomes: &[ItemOutcome],
-    final_state: &str,
-) -> Result<u64, DbError> {
-    let mut tx = pool.begin().await?;
-    let settled: Vec<String> = sqlx::query_scalar(
-        "UPDATE provider_batch_items SET settled = true
-         WHERE provider_batch_id = $1 AND NOT settled RETURNING job_id",
-    )
-    .bind(&batch.id)
-    .fetch_all(&mut *tx)
-    .await?;
-    let unsettled: HashSet<&str> = settled.iter().map(String::as_str).collect();
-    let fresh: Vec<&ItemOutcome> = outcomes
-        .iter()
-        .filter(|o| unsettled.contains(o.job_id.as_str()))
-        .collect();
-    let (provider, model) = batch
-        .deployment
-        .split_once('/')
-        .unwrap_or((batch.deployment.as_str(), ""));
-    let recorded: i64 = sqlx::query_scalar(
-        "WITH input AS (
-            SELECT * FROM jsonb_to_recordset($1) AS x(job_id text, attempt integer, status text, route text,
-                route_note text, response jsonb, error jsonb, attempt_status text, error_code text,
-                http_status integer, input_tokens bigint, output_tokens bigint, cached_tokens bigint,
-                input_usd_per_mtok numeric, output_usd_per_mtok numeric, cached_input_usd_per_mtok numeric,
-                discount numeric, cost_usd numeric, baseline_cost_usd numeric, provider_request_id text,
-                attempt_id text)
-         ), moved AS (
-            UPDATE jobs j SET
-                status = i.status,
-                route = i.route,
-                route_reason = CASE WHEN i.route_note IS NULL THEN j.route_reason ELSE j.route_reason || '; ' || i.route_note END,
-                provider_batch_id = NULL,
-                response = COALESCE(i.response, j.response),
-                error = CASE WHEN i.status = 'succeeded' THEN NULL ELSE COALESCE(i.error, j.error) END,
-                errors = CASE WHEN i.error IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(i.error) END,
-                deployment_attempts = CASE WHEN i.status = 'queued' THEN j.deployment_attempts + 1 ELSE j.deployment_attempts END,
-                input_tokens = j.input_tokens + i.input_tokens, output_tokens = j.output_tokens + i.output_tokens,
-                cached_tokens = j.cached_tokens + i.cached_tokens, cost_usd = j.cost_usd + i.cost_usd,
-                baseline_cost_usd = COALESCE(j.baseline_cost_usd, 0) + i.baseline_cost_usd,
-                publish_after = CASE WHEN i.status = 'queued' AND i.route = 'cheap' THEN now() END,
-                updated_at = now(),
-                finalized_at = CASE WHEN i.status IN ('succeeded', 'failed') THEN now() END
-            FROM input i
-            WHERE j.id = i.job_id AND j.status = 'in_provider_batch' AND j.provider_batch_id = $2
-            RETURNING j.id
-         ), late AS (
-            -- The job moved on (re-routed or cancelled): the provider still billed this answer.
-            UPDATE jobs j SET
-                input_tokens = j.input_tokens + i.input_tokens, output_tokens = j.output_tokens + i.output_tokens,
-                cached_tokens = j.cached_tokens + i.cached_tokens, cost_usd = j.cost_usd + i.cost_usd,
-                baseline_cost_usd = COALESCE(j.baseline_cost_usd, 0) + i.baseline_cost_usd
-            FROM input i
-            WHERE j.id = i.job_id AND i.cost_usd <> 0
-              AND NOT (j.status = 'in_provider_batch' AND j.provider_batch_id IS NOT DISTINCT FROM $2)
-            RETURNING j.id
-         ), ledger AS (
-            INSERT INTO attempts (id, job_id, tenant, attempt, provider, model, route, status, error_code, http_status,
-                input_tokens, output_tokens, cached_tokens, input_usd_per_mtok, output_usd_per_mtok,
-                cached_input_usd_per_mtok, discount, cost_usd, provider_request_id, provider_batch_id,
-                worker, started_at, finished_at)
-            SELECT i.attempt_id, i.job_id, j.tenant, i.attempt, $3, $4, 'batch', i.attempt_status, i.error_code,
-                i.http_status, i.input_tokens, i.output_tokens, i.cached_tokens, i.input_usd_per_mtok,
-                i.output_usd_per_mtok, i.cached_input_usd_per_mtok, i.discount, i.cost_usd, i.provider_request_id,
-                $2, 'batch-poller', COALESCE(j.attempted_at, now()), now()
-            FROM input i JOIN jobs j ON j.id = i.job_id
-            ON CONFLICT (job_id, attempt) DO NOTHING
-            RETURNING 1
-         ), released AS (
-            DELETE FROM budget_holds WHERE source = $2 AND job_id = ANY($5) RETURNING 1
-         ), spent AS (
-            INSERT INTO tenant_spend (tenant, day, usd)
-            SELECT j.tenant, (now() AT TIME ZONE 'utc')::date, sum(i.cost_usd)
-            FROM input i JOIN jobs j ON j.id = i.job_id
-            GROUP BY j.tenant HAVING sum(i.cost_usd) <> 0
-            ON CONFLICT (tenant, day) DO UPDATE SET usd = tenant_spend.usd + excluded.usd
-            RETURNING 1
-         )
-         SELECT count(*) FROM moved",
-    )
-    .bind(sqlx::types::Json(&fresh))
-    .bind(&batch.id)
-    .bind(provider)
-    .bind(model)
-    .bind(&settled)
-    .fetch_one(&mut *tx)
-    .await?;
-    let moved: i64 = recorded;
-    sqlx::query("UPDATE provider_batches SET state = $2, ended_at = now(), lease_until = NULL WHERE id = $1")
-        .bind(&batch.id)
-        .bind(final_state)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(moved as u64)
-}
-
 /// A submission the provider refused outright: its jobs go to the real-time path.
 pub async fn submission_failed(pool: &PgPool, id: &str, reason: &str) -> Result<(), DbError> {
     let mut tx = pool.begin().await?;
@@ -419,10 +290,10 @@ pub async fn submission_failed(pool: &PgPool, id: &str, reason: &str) -> Result<
     .execute(&mut *tx)
     .await?;
     sqlx::query(
-        "UPDATE jobs SET status = 'queued', route = 'cheap', provider_batch_id = NULL, publish_after = now(),
+        &format!("UPDATE jobs SET status = '{QUEUED}', route = 'cheap', provider_batch_id = NULL, publish_after = now(),
             route_reason = route_reason || '; moved to real-time: the provider refused the batch (' || $2 || ')',
             updated_at = now()
-         WHERE provider_batch_id = $1 AND status = 'in_provider_batch'",
+         WHERE provider_batch_id = $1 AND status = '{IN_PROVIDER_BATCH}'"),
     )
     .bind(id)
     .bind(reason)
@@ -445,11 +316,11 @@ pub async fn submission_failed(pool: &PgPool, id: &str, reason: &str) -> Result<
 /// path now. A result that arrives for them later is still recorded (it was billed).
 pub async fn rescue_near_deadline(pool: &PgPool, margin: Duration) -> Result<u64, DbError> {
     let done = sqlx::query(
-        "UPDATE jobs SET status = 'queued', route = 'cheap', provider_batch_id = NULL, publish_after = now(),
+        &format!("UPDATE jobs SET status = '{QUEUED}', route = 'cheap', provider_batch_id = NULL, publish_after = now(),
             route_reason = route_reason || '; moved to real-time: the deadline drew near without a batch result',
             updated_at = now()
-         WHERE status = 'in_provider_batch' AND deadline IS NOT NULL
-           AND deadline < now() + make_interval(secs => $1)",
+         WHERE status = '{IN_PROVIDER_BATCH}' AND deadline IS NOT NULL
+           AND deadline < now() + make_interval(secs => $1)"),
     )
     .bind(margin.as_secs_f64())
     .execute(pool)
@@ -466,13 +337,78 @@ pub async fn open_count(pool: &PgPool) -> Result<i64, DbError> {
     .await
 }
 
-/// When the job's deadline is, for re-drive decisions.
-pub async fn deadlines(
+/// What the batch path needs to know of a job to decide where it goes next.
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
+pub struct JobInfo {
+    pub id: String,
+    pub deadline: Option<DateTime<Utc>>,
+    pub deployment_attempts: i32,
+    pub max_attempts: i32,
+    pub premium: Option<String>,
+    pub status: String,
+    pub provider_batch_id: Option<String>,
+}
+
+/// The jobs `ids`, for re-drive decisions and to know which were cancelled.
+pub async fn job_info(pool: &PgPool, ids: &[String]) -> Result<Vec<JobInfo>, DbError> {
+    sqlx::query_as(
+        "SELECT id, deadline, deployment_attempts, max_attempts, premium, status, provider_batch_id
+         FROM jobs WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+}
+
+/// Extends the lease of a batch `owner` is submitting or following, while an upload, a create
+/// or a download runs (on the heartbeat pool). False when the lease was lost.
+pub async fn renew_lease(
     pool: &PgPool,
-    ids: &[String],
-) -> Result<Vec<(String, Option<DateTime<Utc>>, i32, i32, Option<String>)>, DbError> {
-    sqlx::query_as("SELECT id, deadline, deployment_attempts, max_attempts, premium FROM jobs WHERE id = ANY($1)")
-        .bind(ids)
-        .fetch_all(pool)
-        .await
+    id: &str,
+    owner: &str,
+    lease: Duration,
+) -> Result<bool, DbError> {
+    let done = sqlx::query(
+        "UPDATE provider_batches SET lease_until = GREATEST(lease_until, now() + make_interval(secs => $3))
+         WHERE id = $1 AND lease_owner = $2 AND state IN ('submitting', 'in_progress')",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(lease.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Counts one more failed poll in a row (with its error); returns how many so far.
+pub async fn poll_failed(pool: &PgPool, id: &str, error: &str) -> Result<i32, DbError> {
+    sqlx::query_scalar(
+        "UPDATE provider_batches SET poll_failures = poll_failures + 1, error = $2
+         WHERE id = $1 RETURNING poll_failures",
+    )
+    .bind(id)
+    .bind(crate::domain::text::storable_str(error).as_ref())
+    .fetch_one(pool)
+    .await
+}
+
+/// Whether every job of the batch was cancelled (so the provider batch can be cancelled too).
+pub async fn all_cancelled(pool: &PgPool, id: &str) -> Result<bool, DbError> {
+    let all: Option<bool> = sqlx::query_scalar(&format!(
+        "SELECT bool_and(j.status = '{CANCELLED}') FROM provider_batch_items i
+         JOIN jobs j ON j.id = i.job_id WHERE i.provider_batch_id = $1"
+    ))
+    .bind(id)
+    .fetch_one(pool)
+    .await?;
+    Ok(all.unwrap_or(false))
+}
+
+/// Notes that the provider was asked to cancel the batch.
+pub async fn cancel_sent(pool: &PgPool, id: &str) -> Result<(), DbError> {
+    sqlx::query("UPDATE provider_batches SET cancel_sent_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
 }

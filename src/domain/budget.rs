@@ -200,6 +200,17 @@ impl UsdState {
         let mut in_flight = None;
         for (cap, spent, period, resets) in caps {
             let Some(cap) = cap else { continue };
+            if cost > cap {
+                // Larger than the whole cap: no period will ever fit it, whatever the policy
+                // (waiting would defer it forever).
+                return UsdCheck::Over(Decision::Reject {
+                    code: "budget_exceeded",
+                    reason: format!(
+                        "this call may cost up to ${}, more than tenant {tenant}'s whole {period} cap of ${cap}: it can never run",
+                        cost.round_dp(6)
+                    ),
+                });
+            }
             if spent + cost > cap {
                 // Over the cap even if every call in flight costs nothing: the period is spent.
                 let reason = format!(
@@ -609,6 +620,34 @@ mod tests {
             Decision::Wait { until: 50, .. }
         ));
         assert_eq!(admit(t(50), &[cand(1)], &mut s)[0], Decision::Admit);
+    }
+
+    #[test]
+    fn a_call_larger_than_the_whole_cap_is_rejected_even_when_the_policy_defers() {
+        let usd = |d: &str| d.parse::<Decimal>().unwrap();
+        let now = t(86_400 * 100);
+        for (daily, monthly, cost, rejected) in [
+            (Some("0.50"), None, "0.51", true),
+            (None, Some("1.00"), "1.01", true),
+            (Some("0.50"), Some("1.00"), "0.50", false),
+            (Some("0.50"), None, "0.49", false),
+        ] {
+            let u = UsdState {
+                daily: daily.map(usd),
+                monthly: monthly.map(usd),
+                policy: UsdPolicy::Defer,
+                ..Default::default()
+            };
+            let got = u.check(now, "acme", usd(cost));
+            let is_reject = matches!(
+                got,
+                UsdCheck::Over(Decision::Reject {
+                    code: "budget_exceeded",
+                    ..
+                })
+            );
+            assert_eq!(is_reject, rejected, "{daily:?} {monthly:?} {cost}: {got:?}");
+        }
     }
 
     #[test]

@@ -11,4 +11,6 @@ pub mod pricing;
 pub mod retry;
 pub mod routing;
 pub mod schema;
+pub mod state;
+pub mod text;
 pub mod tokens;

@@ -100,6 +100,13 @@ impl MockHandle {
     pub fn stats(&self) -> MockStats {
         self.shared.snapshot()
     }
+
+    /// Forgets every batch of both providers, as if deleted: polls of them answer 404.
+    pub fn forget_batches(&self) {
+        let mut store = batches::lock(&self.shared.batches);
+        store.openai.clear();
+        store.anthropic.clear();
+    }
 }
 
 /// Starts the mock on `addr` (port 0 picks one) and serves until the runtime stops.

@@ -2,7 +2,8 @@
 //! `POST /v1/batches/{id}/cancel`, with OpenAI's batch object, status values and output/error
 //! line formats; the Files API it reads from and writes to lives in [`files`]. Items are
 //! answered like `POST /v1/chat/completions` (same markers), plus `[[mock:batch-item-error]]`
-//! (or `=STATUS`) and `[[mock:batch-expire]]`. Timing comes from the `batch_delay` and
+//! (or `=STATUS`), `[[mock:batch-expire]]`, `[[mock:batch-nul]]` (a NUL in the answer) and
+//! `[[mock:upload-sleep=3s]]` (a slow file upload). Timing comes from the `batch_delay` and
 //! `batch_expire` dials (see `batches`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -319,9 +320,14 @@ fn serve(shared: &Shared, item: &Item) -> Outcome {
     let model = item.request["model"].as_str().unwrap_or("mock");
     let r = reply(estimate_tokens(&messages), max_tokens, &prompt, &digest);
     super::batches::count_tokens(shared, r.prompt_tokens, r.completion_tokens);
+    let mut body = chat_completion(model, &r);
+    if marker(&prompt, "batch-nul").is_some() {
+        // A NUL in the answer, which Postgres cannot store as is.
+        body["choices"][0]["message"]["content"] = json!("before\u{0}after");
+    }
     Outcome::Answer {
         status: 200,
-        body: chat_completion(model, &r),
+        body,
         request_id,
     }
 }

@@ -1,5 +1,6 @@
 //! Small background loops: the heartbeat that proves a worker is alive, the rescuer that
-//! re-queues a dead worker's jobs, the stager that moves due retries back to `queued`, and the
+//! re-queues a dead worker's jobs, the stager that moves due retries back to `queued`, the
+//! sweeper that publishes again queued jobs whose work message was lost in the broker, and the
 //! relay that publishes queued jobs whose work message never reached the broker. Every query is
 //! conditional and idempotent, so any number of processes may run these loops at once.
 
@@ -13,6 +14,8 @@ use crate::queue::WorkItem;
 
 /// Most jobs the relay publishes in one transaction.
 const RELAY_BATCH: i64 = 1000;
+/// Most lost work messages the sweeper sends again per tick.
+const REPUBLISH_BATCH: i64 = 1000;
 
 /// Beats every `heartbeat_interval` until `stop`, then removes the worker row. `stop` fires
 /// only after every other loop of the process has ended, so jobs still being finished during a
@@ -24,11 +27,11 @@ pub async fn heartbeat(ctx: Arc<Ctx>, worker_id: String, host: String, stop: Can
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(every) => {}
         }
-        if let Err(e) = q::heartbeat(&ctx.pool, &worker_id, &host, std::process::id()).await {
+        if let Err(e) = q::heartbeat(&ctx.beat_pool, &worker_id, &host, std::process::id()).await {
             tracing::warn!(error = %e, "heartbeat failed");
         }
     }
-    if let Err(e) = q::deregister_worker(&ctx.pool, &worker_id).await {
+    if let Err(e) = q::deregister_worker(&ctx.beat_pool, &worker_id).await {
         tracing::warn!(error = %e, "could not deregister worker");
     }
 }
@@ -48,7 +51,47 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
 }
 
 /// One round of every maintenance duty (also called directly by tests to step the system).
+/// Duties are independent: one that fails (a statement timeout, a broker hiccup) is logged and
+/// the others still run; the first error is returned once the round is over.
 pub async fn tick(ctx: &Ctx) -> anyhow::Result<()> {
+    let mut first: Option<anyhow::Error> = None;
+    let mut note = |duty: &str, r: anyhow::Result<()>| {
+        if let Err(e) = r {
+            tracing::warn!(duty, error = %e, "a maintenance duty failed; the others go on");
+            first.get_or_insert(e);
+        }
+    };
+    note("rescuer", rescue(ctx).await);
+    note(
+        "stager",
+        q::stage_due_retries(&ctx.pool)
+            .await
+            .map(drop)
+            .map_err(Into::into),
+    );
+    note("sweeper", sweep_lost(ctx).await);
+    note(
+        "expiry",
+        crate::db::expiry::expire_overdue(&ctx.pool)
+            .await
+            .map(drop)
+            .map_err(Into::into),
+    );
+    note(
+        "budget pruning",
+        crate::db::budgets::prune(&ctx.pool)
+            .await
+            .map_err(Into::into),
+    );
+    note(
+        "cache pruning",
+        crate::db::cache::prune(&ctx.pool).await.map_err(Into::into),
+    );
+    note("relay", relay(ctx).await);
+    first.map_or(Ok(()), Err)
+}
+
+async fn rescue(ctx: &Ctx) -> anyhow::Result<()> {
     let rescued = q::rescue_orphans(&ctx.pool, ctx.config.worker.dead_after).await?;
     if rescued > 0 {
         tracing::warn!(
@@ -56,10 +99,26 @@ pub async fn tick(ctx: &Ctx) -> anyhow::Result<()> {
             "re-queued jobs of a worker that stopped answering"
         );
     }
-    q::stage_due_retries(&ctx.pool).await?;
-    crate::db::expiry::expire_overdue(&ctx.pool).await?;
-    crate::db::budgets::prune(&ctx.pool).await?;
-    crate::db::cache::prune(&ctx.pool).await?;
+    Ok(())
+}
+
+async fn sweep_lost(ctx: &Ctx) -> anyhow::Result<()> {
+    let lost = q::mark_lost_for_republish(
+        &ctx.pool,
+        ctx.config.worker.republish_after,
+        REPUBLISH_BATCH,
+    )
+    .await?;
+    if lost > 0 {
+        tracing::warn!(
+            jobs = lost,
+            "publishing again queued jobs not claimed since they were published (work messages lost?)"
+        );
+    }
+    Ok(())
+}
+
+async fn relay(ctx: &Ctx) -> anyhow::Result<()> {
     while relay_once(ctx).await? == RELAY_BATCH as usize {}
     Ok(())
 }

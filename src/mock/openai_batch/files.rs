@@ -76,6 +76,13 @@ async fn upload(
     let Some(file) = field("file") else {
         return bad_request("'file' is a required property");
     };
+    // `[[mock:upload-sleep=3s]]` in the file makes the upload that slow (at most a minute).
+    let text = String::from_utf8_lossy(&file.data);
+    if let Some(d) =
+        crate::mock::marker(&text, "upload-sleep").and_then(|d| humantime::parse_duration(d).ok())
+    {
+        tokio::time::sleep(d.min(std::time::Duration::from_secs(60))).await;
+    }
     let name = file.filename.as_deref().unwrap_or("upload.jsonl");
     let f = MockFile::new(name, "batch", file.data.clone());
     let out = f.json();

@@ -1,0 +1,207 @@
+//! The maintenance loops and the database's own limits, end to end against real Postgres and
+//! RabbitMQ: work messages lost in the broker are published again; heartbeats live on their own
+//! pool; statements and lock waits are time-bounded.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Client, TestEnv, job, wait_until};
+use lapin::options::QueuePurgeOptions;
+use lapin::{Connection, ConnectionProperties};
+use serde_json::json;
+use sluice::app::Roles;
+
+const T: Duration = Duration::from_secs(30);
+
+fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Empties a tenant's work queue, as an operator's `rabbitmqctl purge_queue` would.
+async fn purge_work_queue(env: &TestEnv, tenant: &str) -> u32 {
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let purged = ch
+        .queue_purge(
+            format!("{}sluice.work.{tenant}", env.config.amqp.prefix).into(),
+            QueuePurgeOptions::default(),
+        )
+        .await
+        .unwrap();
+    conn.close(200, "done".into()).await.unwrap();
+    purged
+}
+
+/// The work messages of queued jobs are purged from the broker after they were published; the
+/// sweeper publishes them again after `worker.republish_after`, and the jobs run.
+#[tokio::test]
+async fn queued_jobs_whose_work_messages_were_purged_are_published_again_and_run() {
+    let mut env = TestEnv::new().await;
+    env.config.worker.republish_after = Duration::from_secs(1);
+    let api = env
+        .start(Roles {
+            api: true,
+            ..Default::default()
+        })
+        .await;
+    let c = Client::new(&api, &env.key("acme").await);
+    let jobs: Vec<_> = (0..3).map(|i| job(&format!("lost message {i}"))).collect();
+    let (s, body) = c.post("/v1/jobs", &json!({ "jobs": jobs }), None).await;
+    assert_eq!(s, 200, "{body}");
+    let ids: Vec<String> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect();
+    wait_until(T, "the work messages are in the broker", || async {
+        env.work_queue_depth("acme").await.0 == 3
+    })
+    .await;
+    assert_eq!(purge_work_queue(&env, "acme").await, 3);
+    let workers = env
+        .start(Roles {
+            worker: true,
+            maintenance: true,
+            ..Default::default()
+        })
+        .await;
+    for id in &ids {
+        let done = c.wait_job(id, T).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+    }
+    env.check_invariants().await;
+    workers.stop().await;
+    api.stop().await;
+    env.cleanup().await;
+}
+
+/// Every connection of a worker's main pool is taken (a stall) while one of its calls runs.
+/// The heartbeat has its own pool, so it keeps beating; another process's rescuer sees a live
+/// worker and rescues nothing; the call finishes once, billed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_go_on_while_the_main_pool_is_saturated_and_no_job_is_rescued() {
+    let env = TestEnv::new().await;
+    let app = env
+        .start(Roles {
+            api: true,
+            worker: true,
+            ..Default::default()
+        })
+        .await;
+    let rescuer = env
+        .start(Roles {
+            maintenance: true,
+            ..Default::default()
+        })
+        .await;
+    let c = Client::new(&app, &env.key("acme").await);
+    let (_, body) = c
+        .post("/v1/jobs", &job("a slow answer [[mock:sleep=6s]]"), None)
+        .await;
+    let id = body["id"].as_str().unwrap().to_string();
+    wait_until(T, "the call is in flight", || async {
+        env.mock.stats().calls_by_job.contains_key(&id)
+    })
+    .await;
+
+    let beat = || async {
+        sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>(
+            "SELECT heartbeat_at FROM workers WHERE id = $1",
+        )
+        .bind(&app.worker_id)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+    };
+    let mut held = Vec::new();
+    for _ in 0..env.config.database.max_connections {
+        held.push(app.ctx.pool.acquire().await.unwrap());
+    }
+    let saturated_at = beat().await;
+    // Hold the pool for twice `dead_after`: long enough for the worker to be declared dead if
+    // its heartbeat depended on the main pool.
+    let hold = env.config.worker.dead_after * 2;
+    let until = tokio::time::Instant::now() + hold;
+    let mut beats = 0;
+    let mut last = saturated_at;
+    while tokio::time::Instant::now() < until {
+        tokio::time::sleep(env.config.worker.heartbeat_interval).await;
+        let now = beat().await;
+        if now > last {
+            beats += 1;
+            last = now;
+        }
+    }
+    assert!(
+        beats >= 2,
+        "the heartbeat went on: {beats} beats while the pool was held"
+    );
+    assert_eq!(env.status_of(&id).await, "running", "not rescued");
+    drop(held);
+
+    let done = c.wait_job(&id, T).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert!(
+        !done["errors"].to_string().contains("worker_lost"),
+        "never rescued: {done}"
+    );
+    assert_eq!(env.mock.stats().calls_by_job.get(&id).copied(), Some(1));
+    env.check_invariants().await;
+    rescuer.stop().await;
+    app.stop().await;
+    env.cleanup().await;
+}
+
+/// `database.statement_timeout` and `database.lock_timeout` hold on every connection: a
+/// statement running too long, or waiting too long for a lock, fails (with an error the loops
+/// treat as transient) instead of hanging its caller.
+#[tokio::test]
+async fn a_statement_past_its_timeout_or_a_lock_wait_past_its_timeout_errors_instead_of_hanging() {
+    let mut env = TestEnv::new().await;
+    env.config.database.statement_timeout = Duration::from_millis(500);
+    env.config.database.lock_timeout = Duration::from_millis(300);
+    let ctx = env.ctx().await;
+
+    let slow = tokio::time::timeout(
+        Duration::from_secs(5),
+        sqlx::query("SELECT pg_sleep(3)").execute(&ctx.pool),
+    )
+    .await
+    .expect("the statement was cut short, not waited for");
+    let e = slow.expect_err("pg_sleep(3) outlives a 500 ms statement_timeout");
+    assert_eq!(
+        e.as_database_error().and_then(|d| d.code()).as_deref(),
+        Some("57014")
+    );
+    assert!(sluice::db::errors::is_transient(&e));
+
+    sqlx::query("INSERT INTO tenants (name) VALUES ('locked')")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let mut holder = env.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM tenants WHERE name = 'locked' FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let waited = tokio::time::timeout(
+        Duration::from_secs(5),
+        sqlx::query("UPDATE tenants SET name = 'moved' WHERE name = 'locked'").execute(&ctx.pool),
+    )
+    .await
+    .expect("the lock wait was cut short, not waited for");
+    let e = waited.expect_err("a row lock held elsewhere outlives a 300 ms lock_timeout");
+    assert_eq!(
+        e.as_database_error().and_then(|d| d.code()).as_deref(),
+        Some("55P03")
+    );
+    assert!(sluice::db::errors::is_transient(&e));
+    holder.rollback().await.unwrap();
+    ctx.pool.close().await;
+    ctx.beat_pool.close().await;
+    env.cleanup().await;
+}
