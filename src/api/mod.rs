@@ -8,6 +8,8 @@ mod dead_letters;
 mod error;
 mod jobs;
 mod models;
+pub mod openai;
+pub mod openapi;
 
 use std::sync::Arc;
 
@@ -20,12 +22,14 @@ use axum::routing::{get, post};
 use serde_json::json;
 
 pub use error::ApiError;
+pub use openai::ErrorBody;
 
 use crate::app::Ctx;
 
-/// The API's routes over `ctx`.
-pub fn router(ctx: Arc<Ctx>) -> Router {
+/// The API's routes over `ctx`; synchronous chat completions are claimed as `worker_id`.
+pub fn router(ctx: Arc<Ctx>, worker_id: String) -> Router {
     let limit = ctx.config.server.max_body_bytes;
+    let upload_limit = ctx.config.server.max_upload_bytes;
     Router::new()
         .route(
             "/healthz",
@@ -44,8 +48,26 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/v1/dead_letters/requeue", post(dead_letters::requeue))
         .route("/v1/dead_letters/purge", post(dead_letters::purge))
         .route("/v1/batches/{id}/results", get(batches::results))
+        .route("/openapi.json", get(openapi::document))
+        .route(
+            "/v1/files",
+            post(openai::files::create)
+                .layer(DefaultBodyLimit::max(upload_limit))
+                .get(openai::files::list),
+        )
+        .route(
+            "/v1/files/{id}",
+            get(openai::files::get).delete(openai::files::delete),
+        )
+        .route("/v1/files/{id}/content", get(openai::files::content))
+        .route(
+            "/v1/batches",
+            post(openai::batches::create).get(openai::batches::list),
+        )
+        .route("/v1/chat/completions", post(openai::chat::create))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::Extension(openai::chat::ApiWorker(worker_id)))
         .with_state(ctx)
 }
 
