@@ -107,6 +107,7 @@ async fn a_fifty_megabyte_upload_is_stored_in_chunks_and_read_back_byte_exact_wi
         "the content differs from the upload"
     );
     let grew = peak_rss().saturating_sub(before);
+    eprintln!("peak RSS grew by {grew} bytes for a {SIZE}-byte upload and download");
     assert!(
         grew < SIZE / 2,
         "peak memory grew by {grew} bytes for a {SIZE}-byte upload and download: something buffers the file"
