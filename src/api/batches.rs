@@ -30,6 +30,9 @@ pub async fn get(
 }
 
 /// Streams the finished jobs of a batch as JSONL, in job order.
+#[utoipa::path(get, path = "/v1/batches/{id}/results", tag = "batches", params(("id" = String, Path)),
+    responses((status = 200, content_type = "application/jsonl", body = String), (status = 404, body = super::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn results(
     State(ctx): State<Arc<Ctx>>,
     Tenant(tenant): Tenant,

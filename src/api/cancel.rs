@@ -15,6 +15,9 @@ use super::{ApiError, Tenant};
 use crate::app::Ctx;
 
 /// Cancels one job; answers with the job.
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn job(
     State(ctx): State<Arc<Ctx>>,
     Tenant(tenant): Tenant,
@@ -37,6 +40,9 @@ pub async fn job(
 /// Cancels a batch. An OpenAI batch moves to `cancelling` (then `cancelled` once its jobs have
 /// stopped); a native batch has every unfinished job cancelled. Answers with the batch object,
 /// a native one also with how many jobs were cancelled at once or asked to stop.
+#[utoipa::path(post, path = "/v1/batches/{id}/cancel", tag = "batches", params(("id" = String, Path)),
+    responses((status = 200, body = super::openai::batches::BatchObject), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn batch(
     State(ctx): State<Arc<Ctx>>,
     Tenant(tenant): Tenant,

@@ -71,6 +71,9 @@ pub fn router(ctx: Arc<Ctx>, worker_id: String) -> Router {
         .with_state(ctx)
 }
 
+/// Whether this process can serve: database, broker and every supervised role.
+#[utoipa::path(get, path = "/readyz", tag = "meta",
+    responses((status = 200, body = Object), (status = 503, body = Object)))]
 async fn readyz(State(ctx): State<Arc<Ctx>>) -> impl IntoResponse {
     let (db, broker) = tokio::join!(crate::db::ping(&ctx.pool), ctx.broker.ping());
     let roles = ctx.health.snapshot();
