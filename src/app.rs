@@ -181,7 +181,7 @@ pub async fn start(ctx: Arc<Ctx>, roles: Roles) -> anyhow::Result<Running> {
         api_addr = Some(listener.local_addr()?);
         // Kept as a std listener so a restarted server can listen on the same socket.
         let listener = Arc::new(listener.into_std()?);
-        let router = crate::api::router(ctx.clone());
+        let router = crate::api::router(ctx.clone(), worker_id.clone());
         let token = shutdown.clone();
         spawn_supervised(&tracker, &ctx, "api", &shutdown, move || {
             let listener = listener.clone();
@@ -203,7 +203,8 @@ pub async fn start(ctx: Arc<Ctx>, roles: Roles) -> anyhow::Result<Running> {
             }
         });
     }
-    if roles.worker || roles.maintenance {
+    // The API registers too: it claims the jobs of synchronous chat completions.
+    if roles.worker || roles.maintenance || roles.api {
         crate::db::maintenance::register_worker(
             &ctx.beat_pool,
             &worker_id,
@@ -246,6 +247,10 @@ pub async fn start(ctx: Arc<Ctx>, roles: Roles) -> anyhow::Result<Running> {
         let (c, id, stop) = (ctx.clone(), worker_id.clone(), shutdown.clone());
         spawn_supervised(&tracker, &ctx, "batch", &shutdown, move || {
             crate::batch::run(c.clone(), id.clone(), stop.clone())
+        });
+        let (c, stop) = (ctx.clone(), shutdown.clone());
+        spawn_supervised(&tracker, &ctx, "openai_batches", &shutdown, move || {
+            crate::openai_batches::run(c.clone(), stop.clone())
         });
     }
     if let Some(deliverer) = deliverer {

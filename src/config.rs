@@ -129,6 +129,11 @@ pub struct ServerConfig {
     pub listen: String,
     /// Largest request body the API accepts, in bytes.
     pub max_body_bytes: usize,
+    /// Largest file `POST /v1/files` accepts, in bytes (streamed to Postgres, never in memory).
+    pub max_upload_bytes: usize,
+    /// How long `POST /v1/chat/completions` waits for budget before answering 429.
+    #[serde(with = "humantime_serde")]
+    pub chat_budget_wait: Duration,
 }
 
 impl Default for ServerConfig {
@@ -136,6 +141,8 @@ impl Default for ServerConfig {
         Self {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 64 * 1024 * 1024,
+            max_upload_bytes: 512 * 1024 * 1024,
+            chat_budget_wait: Duration::from_secs(20),
         }
     }
 }

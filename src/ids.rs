@@ -6,6 +6,11 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
 }
 
+/// A new file id in OpenAI's spelling, `file-01938f…` (a hyphen, as the OpenAI SDKs expect).
+pub fn new_file_id() -> String {
+    format!("file-{}", uuid::Uuid::now_v7().simple())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

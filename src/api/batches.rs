@@ -1,4 +1,4 @@
-//! `GET /v1/batches/{id}` (progress, in OpenAI's batch shape plus sluice's totals) and
+//! `GET /v1/batches/{id}` (OpenAI's batch object plus sluice's totals) and
 //! `GET /v1/batches/{id}/results` (JSONL of finished jobs, streamed, partial while running).
 
 use std::sync::Arc;
@@ -12,42 +12,27 @@ use serde_json::{Value, json};
 
 use super::{ApiError, Tenant};
 use crate::app::Ctx;
-use crate::db::jobs::{BatchSummary, JobFilter, JobRow};
+use crate::db::jobs::{JobFilter, JobRow};
 
-/// A batch's progress.
+/// A batch: OpenAI's batch object (for native and OpenAI batches alike) with sluice's totals.
+#[utoipa::path(get, path = "/v1/batches/{id}", tag = "batches", params(("id" = String, Path)),
+    responses((status = 200, body = super::openai::batches::BatchObject),
+              (status = 404, body = super::openai::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn get(
     State(ctx): State<Arc<Ctx>>,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let s = crate::db::jobs::batch_summary(&ctx.pool, &tenant, &id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no batch `{id}`")))?;
-    Ok(Json(batch_view(&s)))
-}
-
-/// The API's view of a batch's progress.
-pub fn batch_view(s: &BatchSummary) -> Value {
-    let n = |k: &str| s.counts.get(k).copied().unwrap_or(0);
-    let finished = n("succeeded") + n("failed") + n("cancelled") + n("expired");
-    let status = if s.total > 0 && finished == s.total {
-        "completed"
-    } else {
-        "in_progress"
-    };
-    json!({
-        "id": s.id,
-        "object": "batch",
-        "status": status,
-        "created_at": s.created_at.map(|t| t.timestamp()),
-        "request_counts": {"total": s.total, "completed": n("succeeded"), "failed": n("failed") + n("expired") + n("cancelled")},
-        "counts": s.counts,
-        "usage": {"input_tokens": s.input_tokens, "output_tokens": s.output_tokens},
-        "cost_usd": s.cost_usd.to_string(),
-    })
+) -> Result<Json<super::openai::batches::BatchObject>, ApiError> {
+    Ok(Json(
+        super::openai::batches::load(&ctx, &tenant, &id).await?,
+    ))
 }
 
 /// Streams the finished jobs of a batch as JSONL, in job order.
+#[utoipa::path(get, path = "/v1/batches/{id}/results", tag = "batches", params(("id" = String, Path)),
+    responses((status = 200, content_type = "application/jsonl", body = String), (status = 404, body = super::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn results(
     State(ctx): State<Arc<Ctx>>,
     Tenant(tenant): Tenant,

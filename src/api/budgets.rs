@@ -11,6 +11,8 @@ use super::{ApiError, Tenant};
 use crate::app::Ctx;
 
 /// The budget report for the caller's tenant.
+#[utoipa::path(get, path = "/v1/budgets", tag = "budgets",
+    responses((status = 200, body = Object)), security(("bearer" = [])))]
 pub async fn list(
     State(ctx): State<Arc<Ctx>>,
     Tenant(tenant): Tenant,

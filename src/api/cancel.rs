@@ -10,12 +10,14 @@ use axum::Json;
 use axum::extract::{Path, State};
 use serde_json::{Value, json};
 
-use super::batches::batch_view;
 use super::jobs::job_view;
 use super::{ApiError, Tenant};
 use crate::app::Ctx;
 
 /// Cancels one job; answers with the job.
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn job(
     State(ctx): State<Arc<Ctx>>,
     Tenant(tenant): Tenant,
@@ -35,13 +37,28 @@ pub async fn job(
     Ok(Json(job_view(&row)))
 }
 
-/// Cancels every unfinished job of a batch; answers with the batch's progress and how many
-/// jobs were cancelled at once or asked to stop.
+/// Cancels a batch. An OpenAI batch moves to `cancelling` (then `cancelled` once its jobs have
+/// stopped); a native batch has every unfinished job cancelled. Answers with the batch object,
+/// a native one also with how many jobs were cancelled at once or asked to stop.
+#[utoipa::path(post, path = "/v1/batches/{id}/cancel", tag = "batches", params(("id" = String, Path)),
+    responses((status = 200, body = super::openai::batches::BatchObject), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn batch(
     State(ctx): State<Arc<Ctx>>,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    let record = crate::db::openai_batches::get(&ctx.pool, &tenant, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no batch `{id}`")))?;
+    if let Some(status) = &record.status {
+        return match super::openai::batches::cancel(&ctx, &tenant, &id).await? {
+            Some(b) => Ok(Json(json!(b))),
+            None => Err(ApiError::Conflict(format!(
+                "batch `{id}` is {status}; only a batch that is validating or in progress can be cancelled"
+            ))),
+        };
+    }
     let report = crate::db::cancel::cancel_batch(&ctx.pool, &tenant, &id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no batch `{id}`")))?;
@@ -50,10 +67,7 @@ pub async fn batch(
             "batch `{id}` has already finished: every job in it reached a final state"
         )));
     }
-    let summary = crate::db::jobs::batch_summary(&ctx.pool, &tenant, &id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no batch `{id}`")))?;
-    let mut view = batch_view(&summary);
+    let mut view = json!(super::openai::batches::load(&ctx, &tenant, &id).await?);
     view["cancelled"] = json!(report.cancelled.len());
     view["cancel_requested"] = json!(report.requested.len());
     Ok(Json(view))

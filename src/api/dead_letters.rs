@@ -30,6 +30,8 @@ pub struct ListQuery {
 }
 
 /// Lists the tenant's dead letters, oldest first, paginated with `after`.
+#[utoipa::path(get, path = "/v1/dead_letters", tag = "dead_letters",
+    responses((status = 200, body = Object), (status = 400, body = super::ErrorBody)), security(("bearer" = [])))]
 pub async fn list(
     State(ctx): State<Arc<Ctx>>,
     Tenant(tenant): Tenant,
@@ -127,6 +129,8 @@ fn skipped(filter: &DeadLetterFilter, done: &[String]) -> Vec<String> {
 }
 
 /// Sends the selected dead letters round again.
+#[utoipa::path(post, path = "/v1/dead_letters/requeue", tag = "dead_letters", request_body = Object,
+    responses((status = 200, body = Object), (status = 400, body = super::ErrorBody)), security(("bearer" = [])))]
 pub async fn requeue(
     State(ctx): State<Arc<Ctx>>,
     Tenant(tenant): Tenant,
@@ -144,6 +148,8 @@ pub async fn requeue(
 }
 
 /// Takes the selected dead letters off the list; the jobs and their history stay.
+#[utoipa::path(post, path = "/v1/dead_letters/purge", tag = "dead_letters", request_body = Object,
+    responses((status = 200, body = Object), (status = 400, body = super::ErrorBody)), security(("bearer" = [])))]
 pub async fn purge(
     State(ctx): State<Arc<Ctx>>,
     Tenant(tenant): Tenant,

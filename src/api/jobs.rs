@@ -36,6 +36,11 @@ pub fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<(Bytes, Value),
 }
 
 /// Submits one job, or `{"jobs": [...], "batch_id"?, "metadata"?}`.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
+    request_body(content = Object, description = "One job, or `{\"jobs\": [...], \"batch_id\"?, \"metadata\"?}`"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same key and body")),
+    responses((status = 200, body = Object), (status = 400, body = super::ErrorBody), (status = 422, body = super::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn create(
     State(ctx): State<Arc<Ctx>>,
     Tenant(tenant): Tenant,
@@ -205,6 +210,10 @@ pub struct ListQuery {
 }
 
 /// Lists the tenant's jobs, oldest first, paginated with `after`.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs",
+    params(("batch_id" = Option<String>, Query), ("status" = Option<String>, Query), ("after" = Option<String>, Query), ("limit" = Option<i64>, Query)),
+    responses((status = 200, body = Object), (status = 400, body = super::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn list(
     State(ctx): State<Arc<Ctx>>,
     Tenant(tenant): Tenant,
@@ -249,6 +258,9 @@ pub async fn list(
 }
 
 /// One job of the tenant's; another tenant's job is indistinguishable from a missing one.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = super::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn get(
     State(ctx): State<Arc<Ctx>>,
     Tenant(tenant): Tenant,

@@ -9,6 +9,8 @@ mod error;
 mod jobs;
 mod models;
 mod webhook_endpoints;
+pub mod openai;
+pub mod openapi;
 
 use std::sync::Arc;
 
@@ -21,12 +23,14 @@ use axum::routing::{get, post};
 use serde_json::json;
 
 pub use error::ApiError;
+pub use openai::ErrorBody;
 
 use crate::app::Ctx;
 
-/// The API's routes over `ctx`.
-pub fn router(ctx: Arc<Ctx>) -> Router {
+/// The API's routes over `ctx`; synchronous chat completions are claimed as `worker_id`.
+pub fn router(ctx: Arc<Ctx>, worker_id: String) -> Router {
     let limit = ctx.config.server.max_body_bytes;
+    let upload_limit = ctx.config.server.max_upload_bytes;
     Router::new()
         .route(
             "/healthz",
@@ -63,11 +67,32 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
             "/v1/webhook_endpoints/{id}/test",
             post(webhook_endpoints::test),
         )
+        .route("/openapi.json", get(openapi::document))
+        .route(
+            "/v1/files",
+            post(openai::files::create)
+                .layer(DefaultBodyLimit::max(upload_limit))
+                .get(openai::files::list),
+        )
+        .route(
+            "/v1/files/{id}",
+            get(openai::files::get).delete(openai::files::delete),
+        )
+        .route("/v1/files/{id}/content", get(openai::files::content))
+        .route(
+            "/v1/batches",
+            post(openai::batches::create).get(openai::batches::list),
+        )
+        .route("/v1/chat/completions", post(openai::chat::create))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::Extension(openai::chat::ApiWorker(worker_id)))
         .with_state(ctx)
 }
 
+/// Whether this process can serve: database, broker and every supervised role.
+#[utoipa::path(get, path = "/readyz", tag = "meta",
+    responses((status = 200, body = Object), (status = 503, body = Object)))]
 async fn readyz(State(ctx): State<Arc<Ctx>>) -> impl IntoResponse {
     let (db, broker) = tokio::join!(crate::db::ping(&ctx.pool), ctx.broker.ping());
     let roles = ctx.health.snapshot();

@@ -10,6 +10,8 @@ use super::{ApiError, Tenant};
 use crate::app::Ctx;
 
 /// Lists the configured aliases in OpenAI's list shape.
+#[utoipa::path(get, path = "/v1/models", tag = "models",
+    responses((status = 200, body = Object)), security(("bearer" = [])))]
 pub async fn list(State(ctx): State<Arc<Ctx>>, _t: Tenant) -> Json<Value> {
     let catalog = ctx.catalog();
     let data: Vec<Value> = catalog
@@ -21,6 +23,8 @@ pub async fn list(State(ctx): State<Arc<Ctx>>, _t: Tenant) -> Json<Value> {
 }
 
 /// Resolves one alias or model name; 404 with the reason if it does not resolve.
+#[utoipa::path(get, path = "/v1/models/{model}", tag = "models", params(("model" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = super::ErrorBody)), security(("bearer" = [])))]
 pub async fn get(
     State(ctx): State<Arc<Ctx>>,
     _t: Tenant,

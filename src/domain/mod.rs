@@ -7,6 +7,7 @@ pub mod budget;
 pub mod cache;
 pub mod catalog;
 pub mod job;
+pub mod openai_batch;
 pub mod pricing;
 pub mod retry;
 pub mod routing;

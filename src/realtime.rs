@@ -1,0 +1,148 @@
+//! Running one job to its end in the calling task, for `POST /v1/chat/completions`: the same
+//! claim (budgets, breakers, pauses), the same attempt (`worker::execute`: cache, call, price,
+//! retry decision, fallback) and the same record (one ledger row per attempt, spend settled)
+//! as the worker pool, looped until the job finishes. A budget wait longer than the caller will
+//! wait cancels the job and says when to come back.
+//!
+//! The job is in Postgres first, with its publish mark far enough ahead that the relay leaves it
+//! alone while this task runs it; if the process dies, the relay publishes it later and a worker
+//! finishes it, so its cost is recorded either way.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::Ctx;
+use crate::db::jobs::{JobRow, NewJobRow};
+
+/// How a synchronous run ended.
+#[derive(Debug)]
+pub enum RunEnd {
+    /// The job finished (any final state); its row.
+    Finished(Box<JobRow>),
+    /// No budget before the caller's wait runs out; the job was cancelled. Retry after this.
+    NoBudget(Duration),
+    /// Admission refused the job (a hard spending cap, or a request over a limit); its row.
+    Refused(Box<JobRow>),
+}
+
+/// Longest a run may take once admitted (retries and fallbacks included).
+const RUN_AT_MOST: Duration = Duration::from_secs(600);
+/// How often a job another worker picked up is looked at.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Records `row` for `tenant` and runs it to its end as `worker_id` (a registered worker).
+#[tracing::instrument(skip_all, fields(job_id = %row.id, tenant = %tenant))]
+pub async fn run(
+    ctx: &Ctx,
+    worker_id: &str,
+    tenant: &str,
+    row: NewJobRow,
+    budget_wait: Duration,
+) -> anyhow::Result<RunEnd> {
+    let id = row.id.clone();
+    let mut tx = ctx.pool.begin().await?;
+    // The relay's safety net, set past any run: a crash leaves the job to the workers.
+    let hold = budget_wait.saturating_add(RUN_AT_MOST);
+    crate::db::jobs::insert_jobs(&mut tx, tenant, None, std::slice::from_ref(&row), hold).await?;
+    tx.commit().await?;
+
+    let started = Instant::now();
+    let give_up_budget = started + budget_wait;
+    let give_up = started + budget_wait + RUN_AT_MOST;
+    let ids = [id.clone()];
+    loop {
+        if Instant::now() > give_up {
+            anyhow::bail!("job {id} did not finish within {RUN_AT_MOST:?}");
+        }
+        let catalog = ctx.catalog();
+        let breakers = crate::worker::breaker_settings(ctx);
+        let mut claim =
+            crate::db::budgets::claim(&ctx.pool, &ids, worker_id, &catalog, breakers).await?;
+        if let Some(job) = claim.claimed.pop() {
+            let claimed_at = Instant::now();
+            let never = CancellationToken::new();
+            let (outcome, signal) =
+                crate::worker::execute::execute(ctx, worker_id, job, claimed_at, &never).await;
+            record(ctx, worker_id, &outcome).await?;
+            if let (Some(deployment), Some(signal)) = (outcome.deployment.clone(), signal) {
+                let event = crate::db::breakers::Event {
+                    deployment,
+                    job_id: id.clone(),
+                    signal,
+                };
+                if let Err(e) = crate::db::breakers::observe(&ctx.pool, &[event], breakers).await {
+                    tracing::warn!(error = %e, "could not update circuit breakers");
+                }
+            }
+            match outcome.status {
+                "retry_scheduled" => {
+                    let at = outcome.run_after.unwrap_or_else(Utc::now);
+                    let wait = (at - Utc::now()).to_std().unwrap_or_default();
+                    tokio::time::sleep(wait.min(ctx.config.worker.retry_max)).await;
+                    crate::db::maintenance::stage_due_retries(&ctx.pool).await?;
+                }
+                "queued" => {}
+                _ => return finished(ctx, tenant, &id).await.map(RunEnd::Finished),
+            }
+            continue;
+        }
+        if let Some((_, until)) = claim.waiting.first() {
+            let wait =
+                Duration::from_secs(u64::try_from(until - Utc::now().timestamp()).unwrap_or(0))
+                    .max(Duration::from_millis(100));
+            if Instant::now() + wait > give_up_budget {
+                crate::db::cancel::cancel_job(&ctx.pool, tenant, &id).await?;
+                return Ok(RunEnd::NoBudget(wait.max(Duration::from_secs(1))));
+            }
+            tokio::time::sleep(wait).await;
+            continue;
+        }
+        // Rejected, cancelled, or taken by a worker (after a fallback the relay may publish
+        // it): follow the row until it finishes.
+        let row = finished_or_not(ctx, tenant, &id).await?;
+        if row.finalized_at.is_some() {
+            return Ok(if claim.rejected.contains(&id) {
+                RunEnd::Refused(Box::new(row))
+            } else {
+                RunEnd::Finished(Box::new(row))
+            });
+        }
+        if row.status == "retry_scheduled" {
+            crate::db::maintenance::stage_due_retries(&ctx.pool).await?;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Records one outcome, retrying a failed write a few times (the call is paid for).
+async fn record(
+    ctx: &Ctx,
+    worker_id: &str,
+    outcome: &crate::db::jobs::Outcome,
+) -> anyhow::Result<()> {
+    let mut delay = Duration::from_millis(100);
+    for _ in 0..5 {
+        match crate::db::jobs::record(&ctx.pool, worker_id, std::slice::from_ref(outcome)).await {
+            Ok(_) => return Ok(()),
+            Err(e) if crate::openai_batches::is_transient(&e) => {
+                tracing::warn!(error = %e, "recording the outcome failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    anyhow::bail!("could not record the outcome of job {}", outcome.job_id)
+}
+
+async fn finished_or_not(ctx: &Ctx, tenant: &str, id: &str) -> anyhow::Result<JobRow> {
+    crate::db::jobs::get(&ctx.pool, tenant, id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("job {id} vanished"))
+}
+
+async fn finished(ctx: &Ctx, tenant: &str, id: &str) -> anyhow::Result<Box<JobRow>> {
+    finished_or_not(ctx, tenant, id).await.map(Box::new)
+}
