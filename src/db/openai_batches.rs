@@ -162,15 +162,23 @@ pub async fn mark_failed<'e, E>(ex: E, id: &str, errors: &Value) -> Result<bool,
 where
     E: sqlx::Executor<'e, Database = Postgres>,
 {
+    // The `batch.failed` event is written by the same statement: a batch refused while
+    // validating has no jobs, so the job triggers never speak for it.
     Ok(sqlx::query(
-        "UPDATE batches SET status = 'failed', failed_at = now(), errors = $2
-         WHERE id = $1 AND status IN ('validating', 'finalizing', 'cancelling')",
+        "WITH u AS (
+             UPDATE batches SET status = 'failed', failed_at = now(), errors = $2
+             WHERE id = $1 AND status IN ('validating', 'finalizing', 'cancelling')
+             RETURNING id, tenant)
+         SELECT webhooks_emit(u.tenant, 'batch.failed', NULL, u.id, jsonb_build_object(
+             'id', u.id, 'object', 'batch',
+             'request_counts', jsonb_build_object('total', 0, 'completed', 0, 'failed', 0)), NULL)::text
+         FROM u",
     )
     .bind(id)
     .bind(errors)
-    .execute(ex)
+    .fetch_all(ex)
     .await?
-    .rows_affected()
+    .len()
         == 1)
 }
 

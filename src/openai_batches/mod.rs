@@ -56,21 +56,4 @@ pub async fn tick(ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether a database error is one that can pass if tried again (connection, timeout,
-/// serialization); any other is a fact about the data, and retrying it would never end.
-pub fn is_transient(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(d) => {
-            matches!(
-                d.code().as_deref(),
-                Some("40001") | Some("40P01") | Some("57P01") | Some("57014")
-            ) || d.code().is_some_and(|c| c.starts_with("08"))
-        }
-        _ => false,
-    }
-}
+pub use crate::db::errors::is_transient;
