@@ -91,6 +91,8 @@ pub struct Roles {
     pub worker: bool,
     pub ingest: bool,
     pub maintenance: bool,
+    /// Fires scheduled jobs from `jobs/` (any number of processes may run it).
+    pub scheduler: bool,
 }
 
 impl Roles {
@@ -101,6 +103,7 @@ impl Roles {
             worker: true,
             ingest: true,
             maintenance: true,
+            scheduler: true,
         }
     }
 }
@@ -229,6 +232,12 @@ pub async fn start(ctx: Arc<Ctx>, roles: Roles) -> anyhow::Result<Running> {
         let (c, id, stop) = (ctx.clone(), worker_id.clone(), shutdown.clone());
         spawn_supervised(&tracker, &ctx, "batch", &shutdown, move || {
             crate::batch::run(c.clone(), id.clone(), stop.clone())
+        });
+    }
+    if roles.scheduler {
+        let (c, stop) = (ctx.clone(), shutdown.clone());
+        spawn_supervised(&tracker, &ctx, "scheduler", &shutdown, move || {
+            crate::scheduler::run(c.clone(), stop.clone())
         });
     }
     let (c, stop) = (ctx.clone(), shutdown.clone());

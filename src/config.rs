@@ -25,6 +25,8 @@ const ENV_SECTIONS: &[&str] = &[
     "routing",
     "providers",
     "aliases",
+    "scheduler",
+    "metrics",
 ];
 
 /// Everything sluice can be configured with.
@@ -47,6 +49,10 @@ pub struct Config {
     pub budgets: BudgetsConfig,
     /// The provider batch path.
     pub batch: BatchConfig,
+    /// Scheduled jobs (`jobs/`).
+    pub scheduler: crate::scheduler::SchedulerConfig,
+    /// `/metrics` and spend alerts.
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 /// How batch-route jobs are packed into provider batches and followed.

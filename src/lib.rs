@@ -8,6 +8,7 @@
 //! - [`db`]: all SQL. [`queue`]: all AMQP names, publishing and the ingest consumer.
 //! - [`worker`]: claim → call → record → ack, plus maintenance loops (rescuer, stager, relay).
 //! - [`api`]: the HTTP API. [`providers`]: upstream adapters. [`mock`]: the mock provider.
+//! - [`scheduler`]: scheduled jobs from `jobs/`. [`metrics`]: `/metrics` and spend alerts.
 //! - [`app`]: wiring and the supervisor. [`cli`]: the command line. [`config`]: settings.
 
 pub mod api;
@@ -21,9 +22,11 @@ pub mod db;
 pub mod domain;
 pub mod failpoint;
 pub mod ids;
+pub mod metrics;
 pub mod mock;
 pub mod providers;
 pub mod queue;
+pub mod scheduler;
 pub mod submit;
 pub mod supervisor;
 pub mod worker;
