@@ -30,6 +30,9 @@ pub enum SchedulesCommand {
         /// How many fire times.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000))]
         count: u16,
+        /// Start after this RFC 3339 time instead of now (to check a DST change ahead).
+        #[arg(long)]
+        after: Option<chrono::DateTime<chrono::FixedOffset>>,
         /// Folder of schedule files (default: `[scheduler] dir`, `jobs`).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -47,9 +50,15 @@ pub enum SchedulesCommand {
 pub async fn run(mut config: Config, command: SchedulesCommand) -> anyhow::Result<()> {
     match command {
         SchedulesCommand::Validate { dir } => validate(&config, dir),
-        SchedulesCommand::Next { name, count, dir } => {
+        SchedulesCommand::Next {
+            name,
+            count,
+            after,
+            dir,
+        } => {
             let s = find(&config, dir, &name)?;
-            for t in s.cron.upcoming(Utc::now(), usize::from(count)) {
+            let after = after.map_or_else(Utc::now, |t| t.with_timezone(&Utc));
+            for t in s.cron.upcoming(after, usize::from(count)) {
                 println!("{}", t.to_rfc3339());
             }
             Ok(())
