@@ -7,6 +7,7 @@ mod cancel;
 mod dead_letters;
 mod error;
 mod jobs;
+mod metrics;
 mod models;
 
 use std::sync::Arc;
@@ -26,12 +27,14 @@ use crate::app::Ctx;
 /// The API's routes over `ctx`.
 pub fn router(ctx: Arc<Ctx>) -> Router {
     let limit = ctx.config.server.max_body_bytes;
+    crate::metrics::install();
     Router::new()
         .route(
             "/healthz",
             get(|| async { axum::Json(json!({"status": "ok"})) }),
         )
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::scrape))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*model}", get(models::get))
         .route("/v1/budgets", get(budgets::list))
@@ -46,6 +49,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/v1/batches/{id}/results", get(batches::results))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(limit))
+        .route_layer(axum::middleware::from_fn(metrics::track))
         .with_state(ctx)
 }
 
