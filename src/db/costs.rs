@@ -88,3 +88,47 @@ pub async fn report(
         })
         .collect())
 }
+
+/// Fills an empty (scratch) database with `rows` ledger rows: 20 tenants, 7 features, four
+/// attempts per job, spread over 2026 minute by minute. One `INSERT … SELECT generate_series`
+/// per table.
+pub async fn generate_ledger(pool: &PgPool, rows: u64) -> Result<(), DbError> {
+    let jobs = i64::try_from(rows.div_ceil(4)).unwrap_or(i64::MAX);
+    sqlx::query("INSERT INTO tenants (name) SELECT 'tenant-' || i FROM generate_series(0, 19) i ON CONFLICT DO NOTHING")
+        .execute(pool)
+        .await?;
+    sqlx::query(
+        "INSERT INTO jobs (id, tenant, model, deployments, request, tags, max_tokens, max_attempts, status, finalized_at)
+         SELECT 'job_' || g, 'tenant-' || (g % 20), 'summarize', '[\"openai/gpt-4o-mini\"]', '{}',
+                jsonb_build_object('feature', 'f' || (g % 7), 'user', 'u' || (g % 100)), 64, 4, 'succeeded', now()
+         FROM generate_series(1, $1::bigint) g",
+    )
+    .bind(jobs)
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO attempts (id, job_id, tenant, attempt, provider, model, route, status, input_tokens,
+             output_tokens, cost_usd, saved_usd, started_at, finished_at)
+         SELECT 'att_' || g || '_' || a, 'job_' || g, 'tenant-' || (g % 20), a, 'openai', 'gpt-4o-mini',
+                CASE WHEN g % 3 = 0 THEN 'batch' ELSE 'cheap' END, 'succeeded', 100, 50, 0.0001, 0.00005, ts, ts
+         FROM generate_series(1, $1::bigint) g CROSS JOIN generate_series(1, 4) a
+         CROSS JOIN LATERAL (SELECT timestamptz '2026-01-01' + ((g * 4 + a) % 524160) * interval '1 minute' AS ts) t",
+    )
+    .bind(jobs)
+    .execute(pool)
+    .await?;
+    sqlx::query("ANALYZE attempts").execute(pool).await?;
+    sqlx::query("ANALYZE jobs").execute(pool).await?;
+    Ok(())
+}
+
+/// The analysts' query the ledger must keep fast: one tenant's month of `cost_daily`.
+pub async fn one_tenant_month(pool: &PgPool) -> Result<usize, DbError> {
+    let rows: Vec<(chrono::NaiveDate, Option<String>, Decimal)> = sqlx::query_as(
+        "SELECT day, feature, cost_usd FROM cost_daily
+         WHERE tenant = 'tenant-3' AND day >= '2026-06-01' AND day < '2026-07-01'",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.len())
+}
