@@ -233,6 +233,10 @@ pub async fn start(ctx: Arc<Ctx>, roles: Roles) -> anyhow::Result<Running> {
         spawn_supervised(&tracker, &ctx, "batch", &shutdown, move || {
             crate::batch::run(c.clone(), id.clone(), stop.clone())
         });
+        let (c, stop) = (ctx.clone(), shutdown.clone());
+        spawn_supervised(&tracker, &ctx, "alerts", &shutdown, move || {
+            crate::metrics::alerts_loop(c.clone(), stop.clone())
+        });
     }
     if roles.scheduler {
         let (c, stop) = (ctx.clone(), shutdown.clone());

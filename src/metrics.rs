@@ -114,3 +114,33 @@ fn publish(s: &crate::db::metrics::Snapshot) {
             .set(*n as f64);
     }
 }
+
+/// The alerts loop: every `[metrics] refresh`, raises spend alerts not raised before and logs
+/// each once. A failed check is logged and tried again next time.
+pub async fn alerts_loop(ctx: std::sync::Arc<Ctx>, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        check_alerts(&ctx).await;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(ctx.config.metrics.refresh) => {}
+        }
+    }
+}
+
+/// One check of the spend alerts; returns how many were raised.
+pub async fn check_alerts(ctx: &Ctx) -> usize {
+    let m = &ctx.config.metrics;
+    match crate::db::alerts::check(&ctx.pool, m.spike_multiple, m.spike_window_hours).await {
+        Ok(raised) => {
+            for a in &raised {
+                tracing::warn!(kind = %a.kind, tenant = %a.tenant, details = %a.payload, "spend alert");
+                metrics::counter!("sluice_alerts_total", "kind" => a.kind.clone()).increment(1);
+            }
+            raised.len()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not check spend alerts; trying again later");
+            0
+        }
+    }
+}

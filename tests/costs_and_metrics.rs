@@ -223,3 +223,61 @@ async fn cost_views_and_the_report_agree_with_the_ledger_in_every_format() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--by: `colour` is not a grouping"));
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn spend_alerts_fire_once_per_threshold_and_on_an_hourly_spike() {
+    let env = TestEnv::new().await;
+    env.key("acme").await;
+    env.key("whale").await;
+    let ctx = env.ctx().await;
+    sqlx::raw_sql(
+        "INSERT INTO budgets (scope, key, daily_usd, monthly_usd) VALUES ('tenant', 'acme', 1, 1000),
+             ('tenant', 'whale', 0.000001, NULL)
+         ON CONFLICT (scope, key) DO UPDATE SET daily_usd = EXCLUDED.daily_usd, monthly_usd = EXCLUDED.monthly_usd;
+         INSERT INTO tenant_spend (tenant, day, usd) VALUES
+             ('acme', (now() AT TIME ZONE 'UTC')::date, 0.85),
+             ('whale', (now() AT TIME ZONE 'UTC')::date, 1e30)
+         ON CONFLICT (tenant, day) DO UPDATE SET usd = EXCLUDED.usd;",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    // acme: 50% and 80% of its daily cap; whale: all three at once (an absurd figure is no poison).
+    assert_eq!(sluice::metrics::check_alerts(&ctx).await, 5);
+    assert_eq!(sluice::metrics::check_alerts(&ctx).await, 0, "each once");
+    sqlx::query("UPDATE tenant_spend SET usd = 1.2 WHERE tenant = 'acme'")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(sluice::metrics::check_alerts(&ctx).await, 1);
+    let percents: Vec<i32> = sqlx::query_scalar(
+        "SELECT (payload->>'percent')::int FROM alerts WHERE tenant = 'acme' AND kind = 'budget.threshold' ORDER BY 1",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(percents, [50, 80, 100]);
+
+    // A steady cent an hour for a day, then ten dollars in the last full hour.
+    sqlx::raw_sql(
+        "INSERT INTO jobs (id, tenant, model, deployments, request, max_tokens, max_attempts)
+         VALUES ('job_spike', 'acme', 'summarize', '[]', '{}', 1, 30);
+         INSERT INTO attempts (id, job_id, tenant, attempt, provider, model, route, status, cost_usd, started_at, finished_at)
+         SELECT 'att_' || h, 'job_spike', 'acme', h, 'openai', 'gpt-4o-mini', 'cheap', 'succeeded',
+             CASE WHEN h = 1 THEN 10 ELSE 0.01 END, t, t
+         FROM generate_series(1, 25) h,
+             LATERAL (SELECT date_trunc('hour', now()) - make_interval(hours => h) + interval '5 minutes' AS t) x;",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(sluice::metrics::check_alerts(&ctx).await, 1);
+    let spike: Value = sqlx::query_scalar("SELECT payload FROM alerts WHERE kind = 'spend.spike'")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(spike["tenant"], "acme");
+    assert_eq!(spike["spent_usd"], "10");
+    assert_eq!(sluice::metrics::check_alerts(&ctx).await, 0);
+    env.cleanup().await;
+}

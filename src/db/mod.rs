@@ -1,6 +1,7 @@
 //! All SQL lives under this module. Writes that happen per job are batched: one statement
 //! covers many jobs (`jsonb_to_recordset`), so throughput is bounded by Postgres, not round trips.
 
+pub mod alerts;
 pub mod breakers;
 pub mod budgets;
 pub mod cache;
