@@ -97,6 +97,8 @@ pub struct Roles {
     pub maintenance: bool,
     /// The webhook delivery loop (`sluice deliver`).
     pub deliver: bool,
+    /// Fires scheduled jobs from `jobs/` (any number of processes may run it).
+    pub scheduler: bool,
 }
 
 impl Roles {
@@ -108,6 +110,7 @@ impl Roles {
             ingest: true,
             maintenance: true,
             deliver: true,
+            scheduler: true,
         }
     }
 }
@@ -252,11 +255,21 @@ pub async fn start(ctx: Arc<Ctx>, roles: Roles) -> anyhow::Result<Running> {
         spawn_supervised(&tracker, &ctx, "openai_batches", &shutdown, move || {
             crate::openai_batches::run(c.clone(), stop.clone())
         });
+        let (c, stop) = (ctx.clone(), shutdown.clone());
+        spawn_supervised(&tracker, &ctx, "alerts", &shutdown, move || {
+            crate::metrics::alerts_loop(c.clone(), stop.clone())
+        });
     }
     if let Some(deliverer) = deliverer {
         let stop = shutdown.clone();
         spawn_supervised(&tracker, &ctx, "deliver", &shutdown, move || {
             deliverer.clone().run(stop.clone())
+        });
+    }
+    if roles.scheduler {
+        let (c, stop) = (ctx.clone(), shutdown.clone());
+        spawn_supervised(&tracker, &ctx, "scheduler", &shutdown, move || {
+            crate::scheduler::run(c.clone(), stop.clone())
         });
     }
     let (c, stop) = (ctx.clone(), shutdown.clone());

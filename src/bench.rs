@@ -78,6 +78,12 @@ pub enum BenchCommand {
         #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
         latency: Duration,
     },
+    /// The cost views at scale: generates ledger rows in a scratch database, then times
+    /// `cost_daily` for one tenant and one month.
+    Ledger {
+        #[arg(long, default_value_t = 10_000_000)]
+        rows: u64,
+    },
 }
 
 /// Runs a benchmark.
@@ -106,6 +112,7 @@ pub async fn run(base: Config, command: BenchCommand) -> anyhow::Result<()> {
             duration,
             latency,
         } => budget(config, tpm, workers, duration, latency).await,
+        BenchCommand::Ledger { rows } => ledger(config, rows).await,
     };
     drop_db(&db_url).await;
     result
@@ -521,5 +528,23 @@ async fn cost(mut config: Config, jobs: usize) -> anyhow::Result<()> {
             saving.round_dp(1)
         );
     }
+    Ok(())
+}
+
+async fn ledger(config: Config, rows: u64) -> anyhow::Result<()> {
+    let pool = crate::cli::admin_pool(&config).await?;
+    let start = Instant::now();
+    crate::db::costs::generate_ledger(&pool, rows).await?;
+    println!("generated {rows} ledger rows in {:.1?}", start.elapsed());
+    crate::db::costs::one_tenant_month(&pool).await?;
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let n = crate::db::costs::one_tenant_month(&pool).await?;
+        times.push((t.elapsed(), n));
+    }
+    times.sort();
+    let (median, n) = times[times.len() / 2];
+    println!("cost_daily, one tenant, one month: {n} rows in {median:.1?} (median of 5, warm)");
     Ok(())
 }

@@ -26,6 +26,8 @@ const ENV_SECTIONS: &[&str] = &[
     "providers",
     "aliases",
     "webhooks",
+    "scheduler",
+    "metrics",
 ];
 
 /// Everything sluice can be configured with.
@@ -50,6 +52,10 @@ pub struct Config {
     pub batch: BatchConfig,
     /// Webhook delivery (`sluice deliver`).
     pub webhooks: crate::webhooks::WebhooksConfig,
+    /// Scheduled jobs (`jobs/`).
+    pub scheduler: crate::scheduler::SchedulerConfig,
+    /// `/metrics` and spend alerts.
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 /// How batch-route jobs are packed into provider batches and followed.

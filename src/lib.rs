@@ -9,6 +9,7 @@
 //! - [`worker`]: claim → call → record → ack, plus maintenance loops (rescuer, stager, relay).
 //! - [`api`]: the HTTP API. [`providers`]: upstream adapters. [`mock`]: the mock provider.
 //! - [`webhooks`]: signed event delivery (outbox written by triggers, `sluice deliver`).
+//! - [`scheduler`]: scheduled jobs from `jobs/`. [`metrics`]: `/metrics` and spend alerts.
 //! - [`app`]: wiring and the supervisor. [`cli`]: the command line. [`config`]: settings.
 
 pub mod api;
@@ -22,11 +23,13 @@ pub mod db;
 pub mod domain;
 pub mod failpoint;
 pub mod ids;
+pub mod metrics;
 pub mod mock;
 pub mod openai_batches;
 pub mod providers;
 pub mod queue;
 pub mod realtime;
+pub mod scheduler;
 pub mod submit;
 pub mod supervisor;
 pub mod webhooks;

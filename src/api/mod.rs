@@ -7,6 +7,7 @@ mod cancel;
 mod dead_letters;
 mod error;
 mod jobs;
+mod metrics;
 mod models;
 mod webhook_endpoints;
 pub mod openai;
@@ -31,12 +32,14 @@ use crate::app::Ctx;
 pub fn router(ctx: Arc<Ctx>, worker_id: String) -> Router {
     let limit = ctx.config.server.max_body_bytes;
     let upload_limit = ctx.config.server.max_upload_bytes;
+    crate::metrics::install();
     Router::new()
         .route(
             "/healthz",
             get(|| async { axum::Json(json!({"status": "ok"})) }),
         )
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::scrape))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*model}", get(models::get))
         .route("/v1/budgets", get(budgets::list))
@@ -87,6 +90,7 @@ pub fn router(ctx: Arc<Ctx>, worker_id: String) -> Router {
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::Extension(openai::chat::ApiWorker(worker_id)))
+        .route_layer(axum::middleware::from_fn(metrics::track))
         .with_state(ctx)
 }
 

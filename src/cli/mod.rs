@@ -6,6 +6,8 @@ mod cancel;
 mod client;
 mod dead_letters;
 mod webhooks;
+mod report;
+mod schedules;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,6 +49,22 @@ pub enum Command {
     Worker,
     /// Run webhook delivery only.
     Deliver,
+    /// Run the scheduler only: fire scheduled jobs from `jobs/` (any number may run).
+    Scheduler {
+        /// Folder of schedule files (default: `[scheduler] dir`, `jobs`).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Scheduled jobs: list, validate, next fire times, run now.
+    Schedules {
+        #[command(subcommand)]
+        command: schedules::SchedulesCommand,
+    },
+    /// Reports for analysts, from the cost views.
+    Report {
+        #[command(subcommand)]
+        command: report::ReportCommand,
+    },
     /// Apply database migrations and seed prices, then exit.
     Migrate,
     /// Run the mock provider (OpenAI wire format) for local runs and tests.
@@ -206,6 +224,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
+        Command::Scheduler { dir } => {
+            let mut config = load()?;
+            if let Some(d) = dir {
+                config.scheduler.dir = d;
+            }
+            serve_roles(
+                config,
+                Roles {
+                    scheduler: true,
+                    ..Default::default()
+                },
+            )
+            .await
+        }
+        Command::Schedules { command } => schedules::run(load()?, command).await,
+        Command::Report { command } => report::run(&load()?, command).await,
         Command::Migrate => {
             let config = load()?;
             admin_pool(&config).await?;

@@ -2,10 +2,12 @@
 //! covers many jobs (`jsonb_to_recordset`), so throughput is bounded by Postgres, not round trips.
 
 pub mod batch_results;
+pub mod alerts;
 pub mod breakers;
 pub mod budgets;
 pub mod cache;
 pub mod cancel;
+pub mod costs;
 pub mod dead_letters;
 pub mod errors;
 pub mod expiry;
@@ -13,8 +15,10 @@ pub mod files;
 pub mod jobs;
 pub mod maintenance;
 pub mod openai_batches;
+pub mod metrics;
 pub mod prices;
 pub mod provider_batches;
+pub mod schedules;
 pub mod tenants;
 pub mod webhooks;
 

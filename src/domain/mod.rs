@@ -6,6 +6,7 @@ pub mod breaker;
 pub mod budget;
 pub mod cache;
 pub mod catalog;
+pub mod cron;
 pub mod job;
 pub mod openai_batch;
 pub mod pricing;

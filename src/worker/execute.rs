@@ -73,6 +73,7 @@ pub async fn execute(
         Some(note) => std::borrow::Cow::Owned(schema::with_repair(&job.request, note)),
         None => std::borrow::Cow::Borrowed(&job.request),
     };
+    metrics::gauge!("sluice_calls_in_flight").increment(1.0);
     let started = Instant::now();
     let result = tokio::select! {
         biased;
@@ -80,6 +81,7 @@ pub async fn execute(
         r = ctx.providers.complete(&deployment, &request, &job.id) => Some(r),
     };
     outcome.called = true;
+    metrics::gauge!("sluice_calls_in_flight").decrement(1.0);
     outcome.latency_ms = Some(i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX));
     let Some(result) = result else {
         // Nothing is billed for an aborted call; the ledger still shows it.
@@ -145,6 +147,7 @@ pub async fn execute(
             }
             outcome.status = "succeeded";
             outcome.attempt_status = if c.refusal { "refused" } else { "succeeded" };
+            metrics::counter!("sluice_attempts_total", "outcome" => outcome.attempt_status, "error_class" => "none").increment(1);
             if let (Some(key), Some(ttl), false) = (&cache_key, job.cache_ttl_secs, c.refusal) {
                 let hit = crate::db::cache::Hit {
                     response: c.body.clone(),
@@ -211,7 +214,9 @@ async fn on_failure(
     outcome.http_status = e.http_status.map(i32::from);
     outcome.provider_request_id = e.request_id.clone();
     outcome.error = Some(error_entry(job, d, &e.code, &e.message, e.http_status));
+    metrics::counter!("sluice_attempts_total", "outcome" => "failed", "error_class" => e.class.as_str()).increment(1);
     if e.class == ErrorClass::RateLimited {
+        metrics::counter!("sluice_rate_limited_total").increment(1);
         // Every worker in every process holds off this deployment until the provider's time.
         let pause = e.retry_after.unwrap_or(Duration::from_secs(1));
         let until = now + chrono::Duration::from_std(pause).unwrap_or_default();
@@ -240,10 +245,12 @@ async fn on_failure(
     ) {
         RetryDecision::RetryAfter(delay) => {
             outcome.status = "retry_scheduled";
+            metrics::counter!("sluice_retries_total").increment(1);
             outcome.run_after = Some(now + chrono::Duration::from_std(delay).unwrap_or_default());
             outcome.next_deployment_attempts = state.on_deployment as i32;
         }
         RetryDecision::Fallback(i) => {
+            metrics::counter!("sluice_fallbacks_total").increment(1);
             outcome.status = "queued";
             outcome.next_deployment_index = i as i32;
             outcome.next_deployment_attempts = 0;

@@ -78,6 +78,8 @@ impl TestEnv {
         config.batch.poll_interval = Duration::from_millis(200);
         config.batch.lease = Duration::from_secs(1);
         config.point_providers_at(&mock.base_url());
+        // No schedules unless a test writes some: the repository's own jobs/ must not fire here.
+        config.scheduler.dir = std::env::temp_dir().join(format!("sluice_{name}_jobs"));
         let pool = {
             // Creating the database and migrating it happens in Ctx::connect; do it once here.
             let ctx = Ctx::connect(config.clone()).await.unwrap();
