@@ -6,6 +6,7 @@ pub mod budgets;
 pub mod cache;
 pub mod cancel;
 pub mod dead_letters;
+pub mod errors;
 pub mod expiry;
 pub mod jobs;
 pub mod maintenance;

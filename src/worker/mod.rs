@@ -12,6 +12,7 @@
 pub mod cancel;
 pub mod execute;
 pub mod maintenance;
+mod record;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -422,7 +423,7 @@ async fn claim_batch(
         let call = runner.calls.register(&job.id);
         runner.tasks.spawn(async move {
             let (outcome, signal) =
-                execute::execute(&ctx, &worker_id, job, claimed_at, call.token()).await;
+                execute::execute_caught(&ctx, &worker_id, job, claimed_at, call.token()).await;
             drop(permit);
             let _ = tx.send((outcome, signal, delivery.acker, call)).await;
         });
@@ -464,8 +465,10 @@ async fn claim_batch(
     }
 }
 
-/// Records outcomes in batches, then acknowledges their deliveries. A failed write is retried
-/// (the outcomes stay in memory) until it succeeds: acknowledging first could lose a result.
+/// Records outcomes in batches, then acknowledges their deliveries. A transient failure is
+/// retried (the outcomes stay in memory: acknowledging first could lose a result); an outcome
+/// Postgres refuses is isolated from the rest of its batch and made storable or quarantined
+/// (see [`record::record_all`]), so one bad answer never holds back anyone else's.
 async fn record_loop(ctx: Arc<Ctx>, worker_id: String, mut rx: mpsc::Receiver<Recorded>) {
     let mut buf = Vec::with_capacity(RECORD_BATCH);
     loop {
@@ -475,25 +478,7 @@ async fn record_loop(ctx: Arc<Ctx>, worker_id: String, mut rx: mpsc::Receiver<Re
         }
         crate::failpoint::hit("worker.after_call_before_record");
         let outcomes: Vec<Outcome> = buf.iter().map(|(o, _, _, _)| o.clone()).collect();
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match crate::db::jobs::record(&ctx.pool, &worker_id, &outcomes).await {
-                Ok(recorded) => {
-                    if recorded.len() < outcomes.len() {
-                        tracing::warn!(
-                            lost = outcomes.len() - recorded.len(),
-                            "some jobs were re-queued while this worker ran them; their results were discarded"
-                        );
-                    }
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "recording outcomes failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        record::record_all(&ctx.pool, &worker_id, &outcomes).await;
         crate::failpoint::hit("worker.after_record_before_ack");
         let events: Vec<crate::db::breakers::Event> = buf
             .iter()
