@@ -44,6 +44,8 @@ struct CandidateRow {
     priority: i16,
     weight: i32,
     cancel_requested: bool,
+    /// No attempt of this job has failed yet (a better circuit-breaker probe).
+    fresh: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -57,7 +59,6 @@ struct BudgetRow {
     usd_policy: String,
     paused_until: Option<DateTime<Utc>>,
     breaker_state: Option<String>,
-    breaker_failures: Option<i32>,
     breaker_until: Option<DateTime<Utc>>,
     breaker_probe: Option<String>,
 }
@@ -83,7 +84,8 @@ pub async fn claim(
     let rows: Vec<CandidateRow> = sqlx::query_as(
         "SELECT j.id, j.tenant, j.deployments->>j.deployment_index AS deployment, j.deployments,
             j.deployment_index, j.est_prompt_tokens,
-            j.max_tokens, j.priority, t.weight, j.cancel_requested_at IS NOT NULL AS cancel_requested
+            j.max_tokens, j.priority, t.weight, j.cancel_requested_at IS NOT NULL AS cancel_requested,
+            COALESCE(jsonb_array_length(j.errors), 0) = 0 AS fresh
          FROM jobs j JOIN tenants t ON t.name = j.tenant
          WHERE j.id = ANY($1) AND j.status = 'queued'
          ORDER BY j.id
@@ -122,10 +124,10 @@ pub async fn claim(
     let candidates: Vec<Candidate> = rows.iter().map(|r| candidate(r, catalog, now)).collect();
     let mut decisions = budget::admit(now, &candidates, &mut state);
     if !probing.is_empty() {
-        let jobs: Vec<(&str, &str)> = rows
+        let jobs: Vec<(&str, &str, bool)> = rows
             .iter()
             .zip(&candidates)
-            .map(|(r, c)| (r.id.as_str(), c.deployment.as_str()))
+            .map(|(r, c)| (r.id.as_str(), c.deployment.as_str(), r.fresh))
             .collect();
         super::breakers::grant_probes(&mut tx, &jobs, &probing, &mut decisions, now, breakers)
             .await?;
@@ -376,8 +378,7 @@ async fn load_state(
     // A breaker that opened paused its deployment, so its row is among the budget rows.
     let budgets: Vec<BudgetRow> = sqlx::query_as(
         "SELECT b.scope, b.key, b.tpm, b.rpm, b.daily_usd, b.monthly_usd, b.usd_policy, b.paused_until,
-            c.state AS breaker_state, c.consecutive_failures AS breaker_failures,
-            c.opened_until AS breaker_until, c.probe_owner AS breaker_probe
+            c.state AS breaker_state, c.opened_until AS breaker_until, c.probe_owner AS breaker_probe
          FROM budgets b LEFT JOIN circuit_breakers c ON b.scope = 'deployment' AND c.deployment = b.key
          WHERE (b.scope = 'deployment' AND b.key = ANY($1)) OR (b.scope = 'tenant' AND b.key = ANY($2))
          ORDER BY b.scope, b.key FOR UPDATE OF b",
@@ -396,7 +397,6 @@ async fn load_state(
         };
         let cb = super::breakers::from_columns(
             b.breaker_state.as_deref(),
-            b.breaker_failures,
             b.breaker_until,
             b.breaker_probe.clone(),
         );

@@ -66,7 +66,9 @@ const TENANT_REFRESH: Duration = Duration::from_secs(2);
 /// The circuit-breaker dials from config.
 pub fn breaker_settings(ctx: &Ctx) -> breaker::Settings {
     breaker::Settings {
-        failures: ctx.config.worker.breaker_failures,
+        failure_rate: ctx.config.worker.breaker_failure_rate.min(100),
+        min_calls: ctx.config.worker.breaker_min_calls,
+        window: ctx.config.worker.breaker_window,
         cooldown: ctx.config.worker.breaker_cooldown,
     }
 }

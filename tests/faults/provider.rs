@@ -69,10 +69,17 @@ async fn a_provider_5xx_storm_is_retried_then_falls_back_then_fails_within_the_a
         "{failed} failed"
     );
     for id in &permanent {
-        assert_eq!(env.status_of(id).await, "failed", "{id} fails on every call");
+        assert_eq!(
+            env.status_of(id).await,
+            "failed",
+            "{id} fails on every call"
+        );
     }
     for id in &spent {
-        assert!(calls(&env, id) >= 5, "{id} spent its first deployment's attempts");
+        assert!(
+            calls(&env, id) >= 5,
+            "{id} spent its first deployment's attempts"
+        );
     }
     for id in &flaky {
         assert!(calls(&env, id) >= 3, "{id} failed twice before succeeding");
