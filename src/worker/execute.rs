@@ -300,9 +300,17 @@ async fn on_failure(
         e.retry_after,
     ) {
         RetryDecision::RetryAfter(delay) => {
+            // The delay counts from the failure, not from when the attempt started; the error
+            // entry keeps the time and the delay so the real gap can be measured against it.
+            let failed_at = Utc::now().max(now);
+            let retry_at = after(failed_at, delay);
             outcome.status = "retry_scheduled";
-            outcome.run_after = Some(after(now, delay));
+            outcome.run_after = Some(retry_at);
             outcome.next_deployment_attempts = state.on_deployment as i32;
+            if let Some(entry) = outcome.error.as_mut().and_then(|e| e.as_object_mut()) {
+                entry.insert("retry_at".into(), json!(retry_at));
+                entry.insert("retry_delay_ms".into(), json!(delay.as_millis() as u64));
+            }
         }
         RetryDecision::Fallback(i) => {
             outcome.status = "queued";

@@ -13,6 +13,7 @@ pub mod cancel;
 pub mod execute;
 pub mod maintenance;
 mod record;
+pub mod retry_timer;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -119,7 +120,12 @@ async fn run_session(
     let (record_tx, record_rx) = mpsc::channel::<Recorded>(RECORD_BATCH * 2);
     let (err_tx, mut err_rx) = mpsc::channel::<anyhow::Error>(4);
     let tasks = TaskTracker::new();
-    let recorder = tokio::spawn(record_loop(ctx.clone(), worker_id.to_string(), record_rx));
+    let recorder = tokio::spawn(record_loop(
+        ctx.clone(),
+        worker_id.to_string(),
+        record_rx,
+        shutdown.clone(),
+    ));
     let runner = Runner {
         record_tx,
         tasks: tasks.clone(),
@@ -471,7 +477,12 @@ async fn claim_batch(
 /// retried (the outcomes stay in memory: acknowledging first could lose a result); an outcome
 /// Postgres refuses is isolated from the rest of its batch and made storable or quarantined
 /// (see [`record::record_all`]), so one bad answer never holds back anyone else's.
-async fn record_loop(ctx: Arc<Ctx>, worker_id: String, mut rx: mpsc::Receiver<Recorded>) {
+async fn record_loop(
+    ctx: Arc<Ctx>,
+    worker_id: String,
+    mut rx: mpsc::Receiver<Recorded>,
+    shutdown: CancellationToken,
+) {
     let mut buf = Vec::with_capacity(RECORD_BATCH);
     loop {
         buf.clear();
@@ -480,7 +491,16 @@ async fn record_loop(ctx: Arc<Ctx>, worker_id: String, mut rx: mpsc::Receiver<Re
         }
         crate::failpoint::hit("worker.after_call_before_record");
         let outcomes: Vec<Outcome> = buf.iter().map(|(o, _, _, _)| o.clone()).collect();
-        record::record_all(&ctx.pool, &worker_id, &outcomes).await;
+        let recorded: HashSet<String> = record::record_all(&ctx.pool, &worker_id, &outcomes)
+            .await
+            .into_iter()
+            .collect();
+        let retries: Vec<(String, chrono::DateTime<chrono::Utc>)> = outcomes
+            .iter()
+            .filter(|o| o.status == "retry_scheduled" && recorded.contains(&o.job_id))
+            .filter_map(|o| Some((o.job_id.clone(), o.run_after?)))
+            .collect();
+        retry_timer::schedule(&ctx, retries, &shutdown);
         crate::failpoint::hit("worker.after_record_before_ack");
         let events: Vec<crate::db::breakers::Event> = buf
             .iter()
