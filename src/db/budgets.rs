@@ -121,7 +121,11 @@ pub async fn claim(
         });
     }
     let (mut state, probing, tripped) = load_state(&mut tx, &rows, now, breakers).await?;
-    let candidates: Vec<Candidate> = rows.iter().map(|r| candidate(r, catalog, now)).collect();
+    let learned = learned_usage(&mut tx, &rows).await?;
+    let candidates: Vec<Candidate> = rows
+        .iter()
+        .map(|r| candidate(r, catalog, now, &learned))
+        .collect();
     let mut decisions = budget::admit(now, &candidates, &mut state);
     if !probing.is_empty() {
         let jobs: Vec<(&str, &str, bool)> = rows
@@ -335,9 +339,38 @@ pub async fn reject(
     Ok(ids)
 }
 
-fn candidate(r: &CandidateRow, catalog: &Catalog, now: DateTime<Utc>) -> Candidate {
+/// Total estimated and reported prompt tokens per deployment (`deployment_usage`).
+async fn learned_usage(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[CandidateRow],
+) -> Result<BTreeMap<String, (i64, i64)>, DbError> {
+    let deployments: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| r.deployment.as_deref())
+        .collect();
+    let found: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT deployment, est_prompt_tokens, actual_prompt_tokens FROM deployment_usage
+         WHERE deployment = ANY($1)",
+    )
+    .bind(&deployments)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(found.into_iter().map(|(d, e, a)| (d, (e, a))).collect())
+}
+
+/// A job as admission sees it: its prompt estimate scaled by what its deployment's provider
+/// has been reporting (`budget::learned_prompt_tokens`), plus `max_tokens`.
+fn candidate(
+    r: &CandidateRow,
+    catalog: &Catalog,
+    now: DateTime<Utc>,
+    learned: &BTreeMap<String, (i64, i64)>,
+) -> Candidate {
     let deployment = r.deployment.clone().unwrap_or_default();
-    let prompt = i64::from(r.est_prompt_tokens.max(0));
+    let prompt = budget::learned_prompt_tokens(
+        i64::from(r.est_prompt_tokens.max(0)),
+        learned.get(&deployment).copied(),
+    );
     let output = i64::from(r.max_tokens.max(0));
     let usd = catalog.worst_case_usd(&deployment, prompt, output, false, now);
     Candidate {

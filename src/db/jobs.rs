@@ -315,7 +315,25 @@ pub async fn record(
                                     THEN now() END
             FROM input i
             WHERE j.id = i.job_id AND j.status = 'running' AND j.attempted_by = $2 AND j.attempt = i.attempt
-            RETURNING j.id, j.tenant, j.reserved_tokens, j.reserved_sec
+            RETURNING j.id, j.tenant, j.reserved_tokens, j.reserved_sec, j.est_prompt_tokens
+         ), learned AS (
+            -- What the provider reported for prompt tokens against sluice's estimate, so
+            -- reservations can scale their estimates (`budget::learned_prompt_tokens`). Halved
+            -- past ten million tokens, so the ratio follows a provider that changes its count.
+            INSERT INTO deployment_usage AS u (deployment, est_prompt_tokens, actual_prompt_tokens)
+            SELECT i.deployment, sum(m.est_prompt_tokens), sum(i.input_tokens)
+            FROM moved m JOIN input i ON i.job_id = m.id
+            WHERE i.called AND i.attempt_status IN ('succeeded', 'refused') AND i.deployment IS NOT NULL
+              AND i.input_tokens > 0 AND m.est_prompt_tokens > 0 AND i.repair_note IS NULL
+            GROUP BY i.deployment
+            ORDER BY i.deployment
+            ON CONFLICT (deployment) DO UPDATE SET
+                est_prompt_tokens = CASE WHEN u.est_prompt_tokens > 10000000
+                    THEN u.est_prompt_tokens / 2 ELSE u.est_prompt_tokens END + excluded.est_prompt_tokens,
+                actual_prompt_tokens = CASE WHEN u.est_prompt_tokens > 10000000
+                    THEN u.actual_prompt_tokens / 2 ELSE u.actual_prompt_tokens END + excluded.actual_prompt_tokens,
+                updated_at = now()
+            RETURNING 1
          ), ledger AS (
             -- One row per call made. A call whose job this worker no longer holds (it lost the
             -- claim meanwhile) was billed all the same: it is booked as 'discarded', its answer
