@@ -483,3 +483,54 @@ async fn a_provider_counting_more_tokens_than_estimated_cannot_push_spend_past_t
     app.stop().await;
     env.cleanup().await;
 }
+
+/// The same skew against a TPM budget equal to the provider's own limit: once the provider's
+/// count is learned, no 60-second window the provider sees goes over the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_counting_more_tokens_than_estimated_cannot_push_a_tpm_window_past_the_limit() {
+    const TPM: u64 = 4_000;
+    let mut env = TestEnv::with_mock(MockSettings {
+        usage_skew: Some(1.3),
+        tpm: Some(TPM),
+        ..Default::default()
+    })
+    .await;
+    env.config.worker.concurrency = 4;
+    env.config.budgets.deployments.insert(
+        "openai/gpt-4o-mini".into(),
+        BudgetSettings {
+            tpm: Some(TPM as i64),
+            ..Default::default()
+        },
+    );
+    let app = env.up().await;
+    let c = Client::new(&app, &env.key("acme").await);
+    let mut list = jobs(150, "gpt-4o-mini", "skewed");
+    for j in list["jobs"].as_array_mut().unwrap() {
+        let text = format!(
+            "{} {}",
+            j["body"]["messages"][0]["content"].as_str().unwrap(),
+            "details ".repeat(60)
+        );
+        j["body"]["messages"][0]["content"] = json!(text);
+    }
+    let (s, body) = c.post("/v1/jobs", &list, None).await;
+    assert_eq!(s, 200, "{body}");
+    // Longer than one window, so every 60-second window the mock logged is a full one.
+    tokio::time::sleep(Duration::from_secs(70)).await;
+    let stats = env.mock.stats();
+    app.stop().await;
+
+    let worst = sluice::mock::limits::worst_window(&stats.per_second);
+    assert!(
+        worst <= TPM,
+        "worst 60-second window served {worst} tokens > {TPM}"
+    );
+    assert_eq!(stats.rate_limited, 0, "no 429 at all");
+    let served: u64 = stats.per_second.values().map(|s| s.tokens).sum();
+    assert!(
+        served * 100 >= TPM * 70,
+        "the budget is used, not just respected: {served} tokens"
+    );
+    env.cleanup().await;
+}
