@@ -268,8 +268,12 @@ pub fn one_probe_each(
     let mut granted: BTreeSet<&str> = BTreeSet::new();
     // Fresh jobs first, then any.
     for pass_fresh in [true, false] {
-        for i in 0..deployments.len().min(decisions.len()) {
-            let d = deployments[i];
+        for (i, d) in deployments
+            .iter()
+            .copied()
+            .enumerate()
+            .take(decisions.len())
+        {
             if admitted(i, decisions)
                 && (!pass_fresh || fresh.get(i).copied().unwrap_or(false))
                 && granted.insert(d)

@@ -283,7 +283,8 @@ mod tests {
     #[test]
     fn garbage_and_huge_retry_after_values_never_panic() {
         let hour = Some(Duration::from_secs(3600));
-        let cases: [(&[(&'static str, &str)], Option<Duration>); 9] = [
+        type Headers<'a> = &'a [(&'static str, &'a str)];
+        let cases: [(Headers, Option<Duration>); 9] = [
             (&[("retry-after", "1e20")], hour),
             (&[("retry-after", "inf")], None),
             (&[("retry-after", "NaN")], None),
