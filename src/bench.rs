@@ -84,6 +84,19 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10_000_000)]
         rows: u64,
     },
+    /// Retry timing: with the mock failing a share of calls (transiently), how long after a
+    /// failure the next attempt really starts, against the delay the retry policy scheduled
+    /// (from the ledger: each failed attempt's `retry_at` and the next attempt's start).
+    RetryDelay {
+        #[arg(long, default_value_t = 1000)]
+        jobs: usize,
+        /// Share of calls the mock fails with a 500.
+        #[arg(long, default_value_t = 0.2)]
+        error_rate: f64,
+        /// Mock latency per call.
+        #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
+        latency: Duration,
+    },
 }
 
 /// Runs a benchmark.
@@ -113,6 +126,11 @@ pub async fn run(base: Config, command: BenchCommand) -> anyhow::Result<()> {
             latency,
         } => budget(config, tpm, workers, duration, latency).await,
         BenchCommand::Ledger { rows } => ledger(config, rows).await,
+        BenchCommand::RetryDelay {
+            jobs,
+            error_rate,
+            latency,
+        } => retry_delay(config, jobs, error_rate, latency).await,
     };
     drop_db(&db_url).await;
     result
@@ -546,5 +564,99 @@ async fn ledger(config: Config, rows: u64) -> anyhow::Result<()> {
     times.sort();
     let (median, n) = times[times.len() / 2];
     println!("cost_daily, one tenant, one month: {n} rows in {median:.1?} (median of 5, warm)");
+    Ok(())
+}
+
+/// Percentiles of retry lateness (actual gap minus scheduled delay), in seconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Lateness {
+    pub retries: usize,
+    pub scheduled_p50: f64,
+    pub actual_p50: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// Summarises retry gaps: how late each retry started against its scheduled delay.
+pub fn lateness(gaps: &[crate::db::jobs::RetryGap]) -> Lateness {
+    let pct = |v: &mut Vec<f64>, p: f64| -> f64 {
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => 0.0,
+            n => v[((n as f64 * p).ceil() as usize).clamp(1, n) - 1],
+        }
+    };
+    let mut late: Vec<f64> = gaps.iter().map(|g| g.actual - g.scheduled).collect();
+    let mut scheduled: Vec<f64> = gaps.iter().map(|g| g.scheduled).collect();
+    let mut actual: Vec<f64> = gaps.iter().map(|g| g.actual).collect();
+    Lateness {
+        retries: gaps.len(),
+        scheduled_p50: pct(&mut scheduled, 0.5),
+        actual_p50: pct(&mut actual, 0.5),
+        p50: pct(&mut late, 0.5),
+        p99: pct(&mut late, 0.99),
+        max: pct(&mut late, 1.0),
+    }
+}
+
+async fn retry_delay(
+    mut config: Config,
+    jobs: usize,
+    error_rate: f64,
+    latency: Duration,
+) -> anyhow::Result<()> {
+    if !(0.0..1.0).contains(&error_rate) {
+        anyhow::bail!("--error-rate must be at least 0 and below 1, got {error_rate}");
+    }
+    println!(
+        "sluice bench retry-delay: {jobs} jobs, {:.0}% of calls fail with a 500, mock latency {latency:?}, \
+         retry base {:?}, max {:?}, relay every {:?}, one process",
+        error_rate * 100.0,
+        config.worker.retry_base,
+        config.worker.retry_max,
+        config.worker.relay_interval
+    );
+    let mock = crate::mock::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        MockSettings {
+            latency,
+            error_rate,
+            seed: 1,
+            ..Default::default()
+        },
+    )
+    .await?;
+    config.point_providers_at(&mock.base_url());
+    let ctx = Ctx::connect(config).await?;
+    let key = crate::db::tenants::create_key(&ctx.pool, "bench")
+        .await?
+        .key;
+    let running = app::start(ctx.clone(), Roles::all()).await?;
+    let base = format!(
+        "http://{}",
+        running.api_addr.ok_or_else(|| anyhow::anyhow!("no API"))?
+    );
+    let lines: Vec<Value> = (0..jobs).map(|i| line(i, "summarize", 120)).collect();
+    let start = Instant::now();
+    let batch = submit_all(&reqwest::Client::new(), &base, &key, lines).await?;
+    wait_batch(&reqwest::Client::new(), &base, &key, &batch).await?;
+    let total = start.elapsed();
+    let gaps = crate::db::jobs::retry_gaps(&ctx.pool).await?;
+    let l = lateness(&gaps);
+    println!(
+        "  {} retries; all jobs finished in {:.1}s",
+        l.retries,
+        total.as_secs_f64()
+    );
+    println!(
+        "  scheduled delay p50 {:.2}s; actual gap from failure to next attempt p50 {:.2}s",
+        l.scheduled_p50, l.actual_p50
+    );
+    println!(
+        "  lateness (actual - scheduled): p50 {:.2}s, p99 {:.2}s, max {:.2}s",
+        l.p50, l.p99, l.max
+    );
+    running.stop().await;
     Ok(())
 }

@@ -227,9 +227,14 @@ pub struct WorkerConfig {
     pub retry_base: Duration,
     #[serde(with = "humantime_serde")]
     pub retry_max: Duration,
-    /// Consecutive failures (retryable or rate-limited) that open a deployment's circuit
-    /// breaker, shared by every process; 0 turns breakers off.
-    pub breaker_failures: u32,
+    /// Percentage of failed calls (retryable errors) in the breaker window that opens a
+    /// deployment's circuit breaker, shared by every process; 0 turns breakers off.
+    pub breaker_failure_rate: u8,
+    /// Calls the breaker window must hold before its failure rate counts.
+    pub breaker_min_calls: u32,
+    /// How far back the breaker window looks.
+    #[serde(with = "humantime_serde")]
+    pub breaker_window: Duration,
     /// How long an open breaker keeps calls away from its deployment before one probe call.
     #[serde(with = "humantime_serde")]
     pub breaker_cooldown: Duration,
@@ -251,7 +256,9 @@ impl Default for WorkerConfig {
             max_attempts: 4,
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
-            breaker_failures: 5,
+            breaker_failure_rate: 50,
+            breaker_min_calls: 20,
+            breaker_window: Duration::from_secs(30),
             breaker_cooldown: Duration::from_secs(30),
             republish_after: Duration::from_secs(300),
         }

@@ -1,9 +1,16 @@
 //! Failpoints for fault-injection tests: when `SLUICE_FAILPOINT` names a point, the process
-//! aborts there, as if killed. Unset in production; a single environment read per hit.
+//! aborts there, as if killed ([`hit`]), or the code asks whether it is armed to misbehave
+//! otherwise ([`armed`], e.g. to panic inside a call). Unset in production; a single
+//! environment read per hit.
+
+/// Whether `SLUICE_FAILPOINT` equals `name`.
+pub fn armed(name: &str) -> bool {
+    std::env::var("SLUICE_FAILPOINT").is_ok_and(|v| v == name)
+}
 
 /// Aborts the process if `SLUICE_FAILPOINT` equals `name`.
 pub fn hit(name: &str) {
-    if std::env::var("SLUICE_FAILPOINT").is_ok_and(|v| v == name) {
+    if armed(name) {
         eprintln!("failpoint {name} hit: aborting");
         std::process::abort();
     }

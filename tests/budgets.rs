@@ -415,3 +415,122 @@ async fn budgets_set_and_show_change_limits_at_run_time() {
     app.stop().await;
     env.cleanup().await;
 }
+
+/// The provider counts 30% more prompt tokens than sluice estimates (the mock's `usage_skew`):
+/// spend is booked from the provider's usage, and reservations scale their estimates by what
+/// the deployment's provider has been reporting, so the tenant's USD cap still holds once the
+/// first answers are in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_counting_more_tokens_than_estimated_cannot_push_spend_past_the_cap() {
+    let mut env = TestEnv::with_mock(MockSettings {
+        usage_skew: Some(1.3),
+        ..Default::default()
+    })
+    .await;
+    // A first wave of at most 8 calls is reserved at the bare estimate.
+    env.config.worker.concurrency = 8;
+    let cap: Decimal = "0.30".parse().unwrap();
+    env.config.budgets.tenants.insert(
+        "acme".into(),
+        BudgetSettings {
+            daily_usd: Some(cap),
+            policy: Some("reject".into()),
+            ..Default::default()
+        },
+    );
+    let app = env.up().await;
+    let c = Client::new(&app, &env.key("acme").await);
+    let mut list = jobs(200, "openai/gpt-4", "skewed");
+    for j in list["jobs"].as_array_mut().unwrap() {
+        // Long prompts, so the skew is most of each call's cost.
+        let text = format!(
+            "{} {}",
+            j["body"]["messages"][0]["content"].as_str().unwrap(),
+            "details ".repeat(200)
+        );
+        j["body"]["messages"][0]["content"] = json!(text);
+        j["body"]["max_tokens"] = json!(16);
+    }
+    let (s, body) = c.post("/v1/jobs", &list, None).await;
+    assert_eq!(s, 200, "{body}");
+    env.wait_all_finished(Duration::from_secs(60)).await;
+
+    let spent: Decimal =
+        sqlx::query_scalar("SELECT COALESCE(sum(cost_usd), 0) FROM attempts WHERE tenant = 'acme'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    let (est, actual): (i64, i64) = sqlx::query_as(
+        "SELECT est_prompt_tokens, actual_prompt_tokens FROM deployment_usage WHERE deployment = 'openai/gpt-4'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert!(
+        actual * 10 >= est * 12,
+        "the provider's count was learned: {actual} reported for {est} estimated"
+    );
+    assert!(spent <= cap, "spent ${spent} > cap ${cap}");
+    assert!(
+        spent >= "0.25".parse().unwrap(),
+        "the cap is used, not just respected: ${spent}"
+    );
+    let rejected = env
+        .count("SELECT count(*) FROM jobs WHERE error->>'code' = 'budget_exceeded'")
+        .await;
+    assert!(rejected > 0, "the cap turned jobs away");
+    env.check_invariants().await;
+    app.stop().await;
+    env.cleanup().await;
+}
+
+/// The same skew against a TPM budget equal to the provider's own limit: once the provider's
+/// count is learned, no 60-second window the provider sees goes over the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_counting_more_tokens_than_estimated_cannot_push_a_tpm_window_past_the_limit() {
+    const TPM: u64 = 4_000;
+    let mut env = TestEnv::with_mock(MockSettings {
+        usage_skew: Some(1.3),
+        tpm: Some(TPM),
+        ..Default::default()
+    })
+    .await;
+    env.config.worker.concurrency = 4;
+    env.config.budgets.deployments.insert(
+        "openai/gpt-4o-mini".into(),
+        BudgetSettings {
+            tpm: Some(TPM as i64),
+            ..Default::default()
+        },
+    );
+    let app = env.up().await;
+    let c = Client::new(&app, &env.key("acme").await);
+    let mut list = jobs(150, "gpt-4o-mini", "skewed");
+    for j in list["jobs"].as_array_mut().unwrap() {
+        let text = format!(
+            "{} {}",
+            j["body"]["messages"][0]["content"].as_str().unwrap(),
+            "details ".repeat(60)
+        );
+        j["body"]["messages"][0]["content"] = json!(text);
+    }
+    let (s, body) = c.post("/v1/jobs", &list, None).await;
+    assert_eq!(s, 200, "{body}");
+    // Longer than one window, so every 60-second window the mock logged is a full one.
+    tokio::time::sleep(Duration::from_secs(70)).await;
+    let stats = env.mock.stats();
+    app.stop().await;
+
+    let worst = sluice::mock::limits::worst_window(&stats.per_second);
+    assert!(
+        worst <= TPM,
+        "worst 60-second window served {worst} tokens > {TPM}"
+    );
+    assert_eq!(stats.rate_limited, 0, "no 429 at all");
+    let served: u64 = stats.per_second.values().map(|s| s.tokens).sum();
+    assert!(
+        served * 100 >= TPM * 70,
+        "the budget is used, not just respected: {served} tokens"
+    );
+    env.cleanup().await;
+}

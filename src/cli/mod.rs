@@ -74,9 +74,16 @@ pub enum Command {
         /// Latency added to every answer, e.g. 50ms.
         #[arg(long, default_value = "0ms", value_parser = parse_duration)]
         latency: Duration,
-        /// Fraction of requests answered with a 500, between 0 and 1.
+        /// Fraction of calls answered with a 500, between 0 and 1, rolled per (request, call
+        /// number), so retries may succeed.
         #[arg(long, default_value_t = 0.0)]
         error_rate: f64,
+        /// Seed of the error-rate roll (the same seed fails the same calls).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Report this many times sluice's own prompt-token estimate, e.g. 1.3.
+        #[arg(long)]
+        usage_skew: Option<f64>,
         /// Tokens per minute per model, enforced with 429s and x-ratelimit-* headers.
         #[arg(long)]
         tpm: Option<u64>,
@@ -250,6 +257,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             port,
             latency,
             error_rate,
+            seed,
+            usage_skew,
             tpm,
             rpm,
             batch_delay,
@@ -257,11 +266,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if !(0.0..=1.0).contains(&error_rate) {
                 anyhow::bail!("--error-rate must be between 0 and 1, got {error_rate}");
             }
+            if let Some(k) = usage_skew
+                && !(k.is_finite() && (0.0..=100.0).contains(&k))
+            {
+                anyhow::bail!("--usage-skew must be a factor between 0 and 100, e.g. 1.3, got {k}");
+            }
             let m = crate::mock::start(
                 SocketAddr::from(([0, 0, 0, 0], port)),
                 crate::mock::MockSettings {
                     latency,
                     error_rate,
+                    seed,
+                    usage_skew,
                     tpm,
                     rpm,
                     batch_delay,

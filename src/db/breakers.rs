@@ -1,11 +1,10 @@
 //! Circuit breakers in Postgres (`circuit_breakers`), shared by every process. The rules are
 //! pure (`domain::breaker`); this module reads the rows, applies the rules and writes back.
 //!
-//! Recording outcomes is hot, and breakers rarely change, so [`observe`] first reads without
-//! locking and returns at once when the batch changes nothing (the usual case: a healthy
-//! deployment with no row, or a closed one with no failures to reset). Only a change takes the
-//! row locks (in deployment order, so concurrent recorders cannot deadlock), reads again and
-//! writes. Keeping calls away uses the deployment pause in `budgets` (see `db::budgets::claim`),
+//! Every batch of recorded outcomes updates the window counters of its deployments in one
+//! transaction: the rows are locked in deployment order (so concurrent recorders cannot
+//! deadlock), folded through the pure rules and written back. A batch with no signal (fatal
+//! errors, cache hits) touches nothing. Keeping calls away uses the deployment pause in `budgets` (see `db::budgets::claim`),
 //! written after commit: claims lock budget rows and then breaker rows, so holding a breaker
 //! row while waiting for a budget row could deadlock. A claim in the instant between the two
 //! writes still sees the open breaker through the deployment's budget row when it has one;
@@ -17,7 +16,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::DbError;
-use crate::domain::breaker::{self, Breaker, Settings, Signal, State};
+use crate::domain::breaker::{self, Breaker, Settings, Signal, State, Window};
 use crate::domain::budget::Decision;
 
 /// One call's outcome as a breaker sees it.
@@ -41,25 +40,38 @@ pub struct Changes {
 struct Row {
     deployment: String,
     state: Option<String>,
-    consecutive_failures: Option<i32>,
     opened_until: Option<DateTime<Utc>>,
     probe_owner: Option<String>,
+    window_start: Option<DateTime<Utc>>,
+    window_calls: Option<i32>,
+    window_failures: Option<i32>,
+    prev_calls: Option<i32>,
+    prev_failures: Option<i32>,
     now: DateTime<Utc>,
 }
 
-/// A stored breaker (`None` columns: no row yet, which is a closed breaker).
+/// The columns every breaker query reads (with `now()`).
+const COLUMNS: &str =
+    "state, opened_until, probe_owner, window_start, window_calls, window_failures,
+    prev_calls, prev_failures, now() AS now";
+
+/// A stored breaker's state and cool-down (`None` columns: no row yet, which is a closed
+/// breaker), without its window counters (which only [`observe`] needs).
 pub fn from_columns(
     state: Option<&str>,
-    consecutive_failures: Option<i32>,
     opened_until: Option<DateTime<Utc>>,
     probe_owner: Option<String>,
 ) -> Breaker {
     Breaker {
         state: state.map(State::parse).unwrap_or_default(),
-        consecutive_failures: consecutive_failures.unwrap_or(0).max(0) as u32,
+        window: Window::default(),
         opened_until,
         probe_owner,
     }
+}
+
+fn count(n: Option<i32>) -> u32 {
+    u32::try_from(n.unwrap_or(0)).unwrap_or(0)
 }
 
 /// Applies a batch of outcomes to the breakers of their deployments, then pauses the
@@ -75,18 +87,7 @@ pub async fn observe(pool: &PgPool, events: &[Event], s: Settings) -> Result<Cha
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let (current, now) = read(pool, &deployments).await?;
-    let changed: Vec<String> = deployments
-        .iter()
-        .filter(|d| {
-            let before = current.get(*d).cloned().unwrap_or_default();
-            fold(&before, d, events, now, s) != before
-        })
-        .cloned()
-        .collect();
-    if changed.is_empty() {
-        return Ok(Changes::default());
-    }
+    let changed = deployments;
     let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO circuit_breakers (deployment) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
@@ -134,28 +135,14 @@ fn fold(before: &Breaker, d: &str, events: &[Event], now: DateTime<Utc>, s: Sett
         })
 }
 
-async fn read(
-    pool: &PgPool,
-    deployments: &[String],
-) -> Result<(BTreeMap<String, Breaker>, DateTime<Utc>), DbError> {
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT d.deployment, b.state, b.consecutive_failures, b.opened_until, b.probe_owner, now() AS now
-         FROM unnest($1::text[]) AS d(deployment) LEFT JOIN circuit_breakers b USING (deployment)",
-    )
-    .bind(deployments)
-    .fetch_all(pool)
-    .await?;
-    Ok(to_map(rows))
-}
-
 async fn lock(
     tx: &mut Transaction<'_, Postgres>,
     deployments: &[String],
 ) -> Result<(BTreeMap<String, Breaker>, DateTime<Utc>), DbError> {
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT deployment, state, consecutive_failures, opened_until, probe_owner, now() AS now
-         FROM circuit_breakers WHERE deployment = ANY($1) ORDER BY deployment FOR UPDATE",
-    )
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        "SELECT deployment, {COLUMNS}
+         FROM circuit_breakers WHERE deployment = ANY($1) ORDER BY deployment FOR UPDATE"
+    ))
     .bind(deployments)
     .fetch_all(&mut **tx)
     .await?;
@@ -167,12 +154,14 @@ fn to_map(rows: Vec<Row>) -> (BTreeMap<String, Breaker>, DateTime<Utc>) {
     let map = rows
         .into_iter()
         .map(|r| {
-            let b = from_columns(
-                r.state.as_deref(),
-                r.consecutive_failures,
-                r.opened_until,
-                r.probe_owner,
-            );
+            let mut b = from_columns(r.state.as_deref(), r.opened_until, r.probe_owner);
+            b.window = Window {
+                start: r.window_start,
+                calls: count(r.window_calls),
+                failures: count(r.window_failures),
+                prev_calls: count(r.prev_calls),
+                prev_failures: count(r.prev_failures),
+            };
             (r.deployment, b)
         })
         .collect();
@@ -189,24 +178,32 @@ pub async fn write(
     }
     let deployments: Vec<&str> = rows.iter().map(|(d, _)| d.as_str()).collect();
     let states: Vec<&str> = rows.iter().map(|(_, b)| b.state.as_str()).collect();
-    let failures: Vec<i32> = rows
-        .iter()
-        .map(|(_, b)| i32::try_from(b.consecutive_failures).unwrap_or(i32::MAX))
-        .collect();
     let untils: Vec<Option<DateTime<Utc>>> = rows.iter().map(|(_, b)| b.opened_until).collect();
     let probes: Vec<Option<&str>> = rows.iter().map(|(_, b)| b.probe_owner.as_deref()).collect();
+    let starts: Vec<Option<DateTime<Utc>>> = rows.iter().map(|(_, b)| b.window.start).collect();
+    let n = |f: fn(&Window) -> u32| -> Vec<i32> {
+        rows.iter()
+            .map(|(_, b)| i32::try_from(f(&b.window)).unwrap_or(i32::MAX))
+            .collect()
+    };
     sqlx::query(
-        "UPDATE circuit_breakers c SET state = x.state, consecutive_failures = x.failures,
-            opened_until = x.until, probe_owner = x.probe, updated_at = now()
-         FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[], $5::text[])
-            AS x(deployment, state, failures, until, probe)
+        "UPDATE circuit_breakers c SET state = x.state, opened_until = x.until, probe_owner = x.probe,
+            window_start = x.start, window_calls = x.calls, window_failures = x.failures,
+            prev_calls = x.prev_calls, prev_failures = x.prev_failures, updated_at = now()
+         FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::timestamptz[],
+                     $6::int[], $7::int[], $8::int[], $9::int[])
+            AS x(deployment, state, until, probe, start, calls, failures, prev_calls, prev_failures)
          WHERE c.deployment = x.deployment",
     )
     .bind(&deployments)
     .bind(&states)
-    .bind(&failures)
     .bind(&untils)
     .bind(&probes)
+    .bind(&starts)
+    .bind(n(|w| w.calls))
+    .bind(n(|w| w.failures))
+    .bind(n(|w| w.prev_calls))
+    .bind(n(|w| w.prev_failures))
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -215,26 +212,27 @@ pub async fn write(
 /// At claim time, for deployments whose breaker waits for a probe (`probing`): lets the first
 /// admitted job of each through as its probe, makes the others wait, and records the grant
 /// (the breaker half-open with its probe; the deployment paused until the grant lapses).
-/// `jobs[i]` is the (job id, deployment) of `decisions[i]`.
+/// `jobs[i]` is the (job id, deployment, whether it never failed before) of `decisions[i]`.
 pub(crate) async fn grant_probes(
     tx: &mut Transaction<'_, Postgres>,
-    jobs: &[(&str, &str)],
+    jobs: &[(&str, &str, bool)],
     probing: &BTreeMap<String, Breaker>,
     decisions: &mut [Decision],
     now: DateTime<Utc>,
     s: Settings,
 ) -> Result<(), DbError> {
-    let deployments: Vec<&str> = jobs.iter().map(|(_, d)| *d).collect();
+    let deployments: Vec<&str> = jobs.iter().map(|(_, d, _)| *d).collect();
+    let fresh: Vec<bool> = jobs.iter().map(|(_, _, f)| *f).collect();
     let names: BTreeSet<String> = probing.keys().cloned().collect();
     let until = s.until(now);
     let wait_until = until.timestamp() + i64::from(until.timestamp_subsec_nanos() > 0);
     let writes: Vec<(String, Breaker)> =
-        breaker::one_probe_each(&deployments, &names, decisions, wait_until)
+        breaker::one_probe_each(&deployments, &fresh, &names, decisions, wait_until)
             .into_iter()
             .filter_map(|i| {
-                let (job, d) = jobs[i];
-                let b = probing.get(d)?;
-                Some((d.to_string(), breaker::grant_probe(b, job, now, s)))
+                let (job, d, _) = jobs[i];
+                probing.get(d)?;
+                Some((d.to_string(), breaker::grant_probe(job, now, s)))
             })
             .collect();
     if writes.is_empty() {
@@ -274,10 +272,10 @@ pub async fn resume_deployment(
 
 /// Every breaker that is not closed (for tests and operators).
 pub async fn not_closed(pool: &PgPool) -> Result<Vec<(String, Breaker)>, DbError> {
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT deployment, state, consecutive_failures, opened_until, probe_owner, now() AS now
-         FROM circuit_breakers WHERE state <> 'closed' ORDER BY deployment",
-    )
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        "SELECT deployment, {COLUMNS}
+         FROM circuit_breakers WHERE state <> 'closed' ORDER BY deployment"
+    ))
     .fetch_all(pool)
     .await?;
     Ok(to_map(rows).0.into_iter().collect())

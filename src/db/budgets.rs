@@ -44,6 +44,8 @@ struct CandidateRow {
     priority: i16,
     weight: i32,
     cancel_requested: bool,
+    /// No attempt of this job has failed yet (a better circuit-breaker probe).
+    fresh: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -57,7 +59,6 @@ struct BudgetRow {
     usd_policy: String,
     paused_until: Option<DateTime<Utc>>,
     breaker_state: Option<String>,
-    breaker_failures: Option<i32>,
     breaker_until: Option<DateTime<Utc>>,
     breaker_probe: Option<String>,
 }
@@ -83,7 +84,8 @@ pub async fn claim(
     let rows: Vec<CandidateRow> = sqlx::query_as(
         "SELECT j.id, j.tenant, j.deployments->>j.deployment_index AS deployment, j.deployments,
             j.deployment_index, j.est_prompt_tokens,
-            j.max_tokens, j.priority, t.weight, j.cancel_requested_at IS NOT NULL AS cancel_requested
+            j.max_tokens, j.priority, t.weight, j.cancel_requested_at IS NOT NULL AS cancel_requested,
+            COALESCE(jsonb_array_length(j.errors), 0) = 0 AS fresh
          FROM jobs j JOIN tenants t ON t.name = j.tenant
          WHERE j.id = ANY($1) AND j.status = 'queued'
          ORDER BY j.id
@@ -119,13 +121,17 @@ pub async fn claim(
         });
     }
     let (mut state, probing, tripped) = load_state(&mut tx, &rows, now, breakers).await?;
-    let candidates: Vec<Candidate> = rows.iter().map(|r| candidate(r, catalog, now)).collect();
+    let learned = learned_usage(&mut tx, &rows).await?;
+    let candidates: Vec<Candidate> = rows
+        .iter()
+        .map(|r| candidate(r, catalog, now, &learned))
+        .collect();
     let mut decisions = budget::admit(now, &candidates, &mut state);
     if !probing.is_empty() {
-        let jobs: Vec<(&str, &str)> = rows
+        let jobs: Vec<(&str, &str, bool)> = rows
             .iter()
             .zip(&candidates)
-            .map(|(r, c)| (r.id.as_str(), c.deployment.as_str()))
+            .map(|(r, c)| (r.id.as_str(), c.deployment.as_str(), r.fresh))
             .collect();
         super::breakers::grant_probes(&mut tx, &jobs, &probing, &mut decisions, now, breakers)
             .await?;
@@ -333,9 +339,38 @@ pub async fn reject(
     Ok(ids)
 }
 
-fn candidate(r: &CandidateRow, catalog: &Catalog, now: DateTime<Utc>) -> Candidate {
+/// Total estimated and reported prompt tokens per deployment (`deployment_usage`).
+async fn learned_usage(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[CandidateRow],
+) -> Result<BTreeMap<String, (i64, i64)>, DbError> {
+    let deployments: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| r.deployment.as_deref())
+        .collect();
+    let found: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT deployment, est_prompt_tokens, actual_prompt_tokens FROM deployment_usage
+         WHERE deployment = ANY($1)",
+    )
+    .bind(&deployments)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(found.into_iter().map(|(d, e, a)| (d, (e, a))).collect())
+}
+
+/// A job as admission sees it: its prompt estimate scaled by what its deployment's provider
+/// has been reporting (`budget::learned_prompt_tokens`), plus `max_tokens`.
+fn candidate(
+    r: &CandidateRow,
+    catalog: &Catalog,
+    now: DateTime<Utc>,
+    learned: &BTreeMap<String, (i64, i64)>,
+) -> Candidate {
     let deployment = r.deployment.clone().unwrap_or_default();
-    let prompt = i64::from(r.est_prompt_tokens.max(0));
+    let prompt = budget::learned_prompt_tokens(
+        i64::from(r.est_prompt_tokens.max(0)),
+        learned.get(&deployment).copied(),
+    );
     let output = i64::from(r.max_tokens.max(0));
     let usd = catalog.worst_case_usd(&deployment, prompt, output, false, now);
     Candidate {
@@ -376,8 +411,7 @@ async fn load_state(
     // A breaker that opened paused its deployment, so its row is among the budget rows.
     let budgets: Vec<BudgetRow> = sqlx::query_as(
         "SELECT b.scope, b.key, b.tpm, b.rpm, b.daily_usd, b.monthly_usd, b.usd_policy, b.paused_until,
-            c.state AS breaker_state, c.consecutive_failures AS breaker_failures,
-            c.opened_until AS breaker_until, c.probe_owner AS breaker_probe
+            c.state AS breaker_state, c.opened_until AS breaker_until, c.probe_owner AS breaker_probe
          FROM budgets b LEFT JOIN circuit_breakers c ON b.scope = 'deployment' AND c.deployment = b.key
          WHERE (b.scope = 'deployment' AND b.key = ANY($1)) OR (b.scope = 'tenant' AND b.key = ANY($2))
          ORDER BY b.scope, b.key FOR UPDATE OF b",
@@ -396,7 +430,6 @@ async fn load_state(
         };
         let cb = super::breakers::from_columns(
             b.breaker_state.as_deref(),
-            b.breaker_failures,
             b.breaker_until,
             b.breaker_probe.clone(),
         );

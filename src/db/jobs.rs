@@ -169,6 +169,27 @@ pub async fn mark_published(pool: &PgPool, ids: &[String]) -> Result<(), DbError
     Ok(())
 }
 
+/// Moves these retries back to `queued` if they still wait and are due, marked for the relay
+/// `grace` from now (in case the caller's own publish never happens). Returns (id, priority,
+/// tenant) of the jobs moved, for their work messages.
+pub async fn stage_retries(
+    pool: &PgPool,
+    ids: &[String],
+    grace: std::time::Duration,
+) -> Result<Vec<(String, i16, String)>, DbError> {
+    sqlx::query_as(
+        "UPDATE jobs SET status = 'queued', publish_after = now() + make_interval(secs => $2),
+            updated_at = now()
+         WHERE id = ANY($1) AND status = 'retry_scheduled'
+           AND run_after <= now() + interval '50 milliseconds'
+         RETURNING id, priority, tenant",
+    )
+    .bind(ids)
+    .bind(grace.as_secs_f64())
+    .fetch_all(pool)
+    .await
+}
+
 /// A job a worker has claimed.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Claimed {
@@ -294,7 +315,25 @@ pub async fn record(
                                     THEN now() END
             FROM input i
             WHERE j.id = i.job_id AND j.status = 'running' AND j.attempted_by = $2 AND j.attempt = i.attempt
-            RETURNING j.id, j.tenant, j.reserved_tokens, j.reserved_sec
+            RETURNING j.id, j.tenant, j.reserved_tokens, j.reserved_sec, j.est_prompt_tokens
+         ), learned AS (
+            -- What the provider reported for prompt tokens against sluice's estimate, so
+            -- reservations can scale their estimates (`budget::learned_prompt_tokens`). Halved
+            -- past ten million tokens, so the ratio follows a provider that changes its count.
+            INSERT INTO deployment_usage AS u (deployment, est_prompt_tokens, actual_prompt_tokens)
+            SELECT i.deployment, sum(m.est_prompt_tokens), sum(i.input_tokens)
+            FROM moved m JOIN input i ON i.job_id = m.id
+            WHERE i.called AND i.attempt_status IN ('succeeded', 'refused') AND i.deployment IS NOT NULL
+              AND i.input_tokens > 0 AND m.est_prompt_tokens > 0 AND i.repair_note IS NULL
+            GROUP BY i.deployment
+            ORDER BY i.deployment
+            ON CONFLICT (deployment) DO UPDATE SET
+                est_prompt_tokens = CASE WHEN u.est_prompt_tokens > 10000000
+                    THEN u.est_prompt_tokens / 2 ELSE u.est_prompt_tokens END + excluded.est_prompt_tokens,
+                actual_prompt_tokens = CASE WHEN u.est_prompt_tokens > 10000000
+                    THEN u.actual_prompt_tokens / 2 ELSE u.actual_prompt_tokens END + excluded.actual_prompt_tokens,
+                updated_at = now()
+            RETURNING 1
          ), ledger AS (
             -- One row per call made. A call whose job this worker no longer holds (it lost the
             -- claim meanwhile) was billed all the same: it is booked as 'discarded', its answer
@@ -350,6 +389,29 @@ pub async fn record(
     ))
     .bind(sqlx::types::Json(outcomes))
     .bind(worker)
+    .fetch_all(pool)
+    .await
+}
+
+/// One retry as it happened: the delay the policy scheduled after a failed attempt, and how
+/// long after that failure the next attempt really started (seconds).
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+pub struct RetryGap {
+    pub scheduled: f64,
+    pub actual: f64,
+}
+
+/// Every retry in the ledger: for each failed attempt whose error entry scheduled a retry
+/// (`retry_at`, `retry_delay_ms`), the start of the next attempt of the same job.
+pub async fn retry_gaps(pool: &PgPool) -> Result<Vec<RetryGap>, DbError> {
+    sqlx::query_as(
+        "SELECT (e->>'retry_delay_ms')::float8 / 1000 AS scheduled,
+            extract(epoch FROM (next.started_at - ((e->>'retry_at')::timestamptz
+                - make_interval(secs => (e->>'retry_delay_ms')::float8 / 1000))))::float8 AS actual
+         FROM jobs j CROSS JOIN LATERAL jsonb_array_elements(j.errors) AS e
+         JOIN attempts next ON next.job_id = j.id AND next.attempt = (e->>'attempt')::int + 1
+         WHERE e ? 'retry_at' AND e ? 'retry_delay_ms'",
+    )
     .fetch_all(pool)
     .await
 }

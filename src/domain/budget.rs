@@ -22,6 +22,28 @@ pub const START_SLACK_SECS: i64 = 1;
 /// The pacing span: any `PACE_SECS` seconds may take only their share of the minute's limit.
 pub const PACE_SECS: i64 = 10;
 
+/// Estimated prompt tokens a deployment must have seen before its learned ratio counts.
+pub const MIN_LEARNED_TOKENS: i64 = 1_000;
+
+/// The most a learned ratio may scale an estimate by.
+pub const MAX_USAGE_RATIO: i64 = 4;
+
+/// A prompt-token estimate scaled by what the deployment's provider reported for earlier calls
+/// (`learned`: total estimated and total reported prompt tokens): never below the estimate,
+/// never above `MAX_USAGE_RATIO` times it, and the estimate itself until enough was seen.
+pub fn learned_prompt_tokens(estimate: i64, learned: Option<(i64, i64)>) -> i64 {
+    let estimate = estimate.max(0);
+    match learned {
+        Some((est, actual)) if est >= MIN_LEARNED_TOKENS && actual > est => {
+            let scaled = i128::from(estimate) * i128::from(actual);
+            let scaled = (scaled + i128::from(est) - 1) / i128::from(est);
+            let cap = i128::from(estimate) * i128::from(MAX_USAGE_RATIO);
+            i64::try_from(scaled.min(cap)).unwrap_or(i64::MAX)
+        }
+        _ => estimate,
+    }
+}
+
 /// What a budget limits.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Scope {
@@ -511,6 +533,28 @@ fn admit_one(now: DateTime<Utc>, sec: i64, c: &Candidate, state: &mut BudgetStat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn estimates_scale_by_what_the_provider_reported() {
+        let cases = [
+            ("nothing learned", 100, None, 100),
+            ("too little seen", 100, Some((999, 1300)), 100),
+            ("30% more", 100, Some((10_000, 13_000)), 130),
+            ("rounds up", 10, Some((3_000, 3_001)), 11),
+            ("fewer is not less", 100, Some((10_000, 7_000)), 100),
+            ("capped at 4×", 100, Some((1_000, 100_000)), 400),
+            (
+                "huge numbers do not overflow",
+                i64::MAX / 2,
+                Some((1_000, 2_000)),
+                i64::MAX - 1,
+            ),
+            ("negative estimate", -5, Some((1_000, 2_000)), 0),
+        ];
+        for (why, estimate, learned, expected) in cases {
+            assert_eq!(learned_prompt_tokens(estimate, learned), expected, "{why}");
+        }
+    }
 
     fn t(sec: i64) -> DateTime<Utc> {
         Utc.timestamp_opt(sec, 0).single().unwrap()

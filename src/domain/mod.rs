@@ -15,4 +15,5 @@ pub mod routing;
 pub mod schema;
 pub mod state;
 pub mod text;
+pub mod storable;
 pub mod tokens;

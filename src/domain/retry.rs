@@ -51,7 +51,12 @@ impl Backoff {
     pub fn delay(&self, attempt: u32, jitter: f64, retry_after: Option<Duration>) -> Duration {
         let exp = attempt.saturating_sub(1).min(30);
         let ceiling = self.base.saturating_mul(1u32 << exp).min(self.max);
-        let jittered = ceiling.mul_f64(jitter.clamp(0.0, 1.0));
+        let jitter = if jitter.is_finite() {
+            jitter.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let jittered = ceiling.mul_f64(jitter);
         match retry_after {
             Some(ra) => jittered.max(ra),
             None => jittered,

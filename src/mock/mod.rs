@@ -3,14 +3,22 @@
 //! counts what it served so tests can check sluice's behaviour against it.
 //!
 //! Per-request behaviour can be forced from the prompt, so one mock serves every test:
-//! - `[[mock:status=503]]` answers with that HTTP status (429 carries `retry-after: 1`);
+//! - `[[mock:status=503]]` answers with that HTTP status on every call (429 carries
+//!   `retry-after: 1`): a permanent failure, unlike the error-rate dial's transient ones;
 //! - `[[mock:fail-first=2]]` fails the first 2 calls for the same job (`x-sluice-job-id`) with 500;
 //! - `[[mock:refuse]]` answers with a safety refusal;
 //! - `[[mock:malformed]]` answers 200 with a body that is not JSON;
 //! - `[[mock:sleep=300ms]]` adds latency to this request;
 //! - `[[mock:json={"a":1}]]` makes the answer's content that literal JSON text;
 //! - `[[mock:json-first-bad]]` makes the first call for a job answer text that is not JSON, and
-//!   later calls answer the `json=` literal (or `{"ok": true}`), to exercise schema repairs.
+//!   later calls answer the `json=` literal (or `{"ok": true}`), to exercise schema repairs;
+//! - `[[mock:nul]]` puts a NUL character (U+0000) in the answer's content;
+//! - `[[mock:retry-after=1e20]]` sends that `retry-after` header value with the answer (use
+//!   with `status=429` or `status=503`);
+//! - `[[mock:ratelimit-reset=1e400s]]` answers 200 saying the token limit is spent
+//!   (`x-ratelimit-remaining-tokens: 0`) and refills after that `x-ratelimit-reset-tokens`;
+//! - `[[mock:redirect]]` answers `307` pointing at the mock's `/mock/redirected`, which counts
+//!   the requests that followed it (`MockStats::redirects_followed`).
 //!
 //! It also speaks Anthropic Messages ([`anthropic`]) and both providers' batch APIs
 //! ([`openai_batch`], [`anthropic`]), whose items are answered by the same deterministic logic.
@@ -41,8 +49,14 @@ use tokio::net::TcpListener;
 pub struct MockSettings {
     /// Added to every answer.
     pub latency: Duration,
-    /// Fraction of requests answered with a 500 (deterministic per request body).
+    /// Fraction of calls answered with a 500: rolled per (request body, call number for the
+    /// job, seed), so a retry of a failed request may succeed, and a run is reproducible.
     pub error_rate: f64,
+    /// Seed of the error-rate roll.
+    pub seed: u64,
+    /// Reported prompt tokens are sluice's own estimate times this factor (`None`: 1.0), to
+    /// play a provider that counts more (or fewer) tokens than sluice estimates.
+    pub usage_skew: Option<f64>,
     /// How long a batch takes from creation until its last item is done (items finish evenly).
     pub batch_delay: Duration,
     /// Every batch expires halfway through `batch_delay`: finished items keep their results,
@@ -71,6 +85,8 @@ pub struct MockStats {
     pub per_second: std::collections::BTreeMap<i64, limits::Served>,
     /// Requests refused with a 429 by the mock's own rate limits.
     pub rate_limited: u64,
+    /// Requests that followed a `[[mock:redirect]]` answer to `/mock/redirected`.
+    pub redirects_followed: u64,
 }
 
 #[derive(Debug, Default)]
@@ -126,6 +142,7 @@ pub async fn start(addr: SocketAddr, settings: MockSettings) -> std::io::Result<
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/mock/stats", get(stats))
+        .route("/mock/redirected", post(redirected))
         .merge(openai_batch::routes())
         .merge(anthropic::routes())
         .with_state(shared.clone());
@@ -135,6 +152,17 @@ pub async fn start(addr: SocketAddr, settings: MockSettings) -> std::io::Result<
         }
     });
     Ok(MockHandle { addr, shared })
+}
+
+async fn redirected(State(shared): State<Arc<Shared>>) -> Response {
+    if let Ok(mut s) = shared.stats.lock() {
+        s.redirects_followed += 1;
+    }
+    openai_error(
+        StatusCode::GONE,
+        "mock: this request followed a redirect",
+        "mock_error",
+    )
 }
 
 async fn stats(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
@@ -218,11 +246,30 @@ async fn chat(
             resp
         }
     };
+    if resp.extensions_mut().remove::<RedirectPending>().is_some() {
+        let host = headers
+            .get("host")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("127.0.0.1");
+        if let Ok(v) = format!("http://{host}/mock/redirected").parse() {
+            resp.headers_mut().insert("location", v);
+        }
+    }
+    if let Some(v) = retry_after_marker(&body) {
+        resp.headers_mut().insert("retry-after", v);
+    }
     if let Ok(mut s) = shared.stats.lock() {
         *s.by_status.entry(resp.status().as_u16()).or_default() += 1;
     }
     resp.extensions_mut().remove::<ServedTokens>();
     resp
+}
+
+/// The value of a `[[mock:retry-after=…]]` marker in the request's prompt, as a header.
+fn retry_after_marker(body: &[u8]) -> Option<axum::http::HeaderValue> {
+    let req = serde_json::from_slice::<Value>(body).ok()?;
+    let prompt = prompt_text(req.get("messages")?.as_array()?);
+    marker(&prompt, "retry-after")?.parse().ok()
 }
 
 /// Tokens an answer used (prompt + completion), for the rate limiter's settlement.
@@ -303,6 +350,9 @@ async fn answer(settings: &MockSettings, body: &[u8], calls: u64) -> Response {
     if let Some((status, message, kind)) = forced_error(settings, &prompt, calls, &digest) {
         return openai_error(status, message, kind);
     }
+    if marker(&prompt, "redirect").is_some() {
+        return redirect_answer();
+    }
     if marker(&prompt, "malformed").is_some() {
         return (
             StatusCode::OK,
@@ -318,14 +368,28 @@ async fn answer(settings: &MockSettings, body: &[u8], calls: u64) -> Response {
         .unwrap_or(4096);
     // Prompt tokens as sluice estimates them (OpenAI's tokenizer for OpenAI models), so the
     // usage the mock reports is what a real provider would report for the same text.
-    let prompt_tokens = crate::domain::tokens::estimate_prompt_tokens(model, &req).max(0) as u64;
+    let estimate = crate::domain::tokens::estimate_prompt_tokens(model, &req).max(0) as u64;
+    let prompt_tokens = skewed(estimate, settings.usage_skew);
     let mut reply = reply(prompt_tokens, max_tokens, &prompt, &digest);
     if let Some(text) = json_content(&prompt, calls) {
         reply.text = text;
     }
+    if marker(&prompt, "nul").is_some() {
+        reply.text.push_str(" with a NUL \u{0} inside");
+    }
     let mut resp = (StatusCode::OK, axum::Json(chat_completion(model, &reply))).into_response();
     resp.extensions_mut()
         .insert(ServedTokens(prompt_tokens + reply.completion_tokens));
+    if let Some(reset) = marker(&prompt, "ratelimit-reset")
+        && let Ok(v) = axum::http::HeaderValue::from_str(reset)
+    {
+        let h = resp.headers_mut();
+        h.insert(
+            "x-ratelimit-remaining-tokens",
+            axum::http::HeaderValue::from_static("0"),
+        );
+        h.insert("x-ratelimit-reset-tokens", v);
+    }
     resp.headers_mut().insert(
         "x-request-id",
         format!("req_{}", reply.request_hex)
@@ -334,6 +398,25 @@ async fn answer(settings: &MockSettings, body: &[u8], calls: u64) -> Response {
     );
     resp
 }
+
+/// Prompt tokens as a provider that counts `skew` times sluice's estimate would report them.
+fn skewed(estimate: u64, skew: Option<f64>) -> u64 {
+    match skew {
+        Some(f) if f.is_finite() && f >= 0.0 => (estimate as f64 * f).ceil() as u64,
+        _ => estimate,
+    }
+}
+
+/// A `307` to the mock's own `/mock/redirected` (on the host the request was sent to).
+fn redirect_answer() -> Response {
+    let mut resp = (StatusCode::TEMPORARY_REDIRECT, "").into_response();
+    resp.extensions_mut().insert(RedirectPending);
+    resp
+}
+
+/// Marks a redirect answer whose `location` the handler fills in from the `host` header.
+#[derive(Debug, Clone, Copy)]
+struct RedirectPending;
 
 /// Every message's text, one per line: where markers are looked for and replies come from.
 fn prompt_text(messages: &[Value]) -> String {
@@ -365,7 +448,7 @@ fn extra_latency(prompt: &str) -> Duration {
 }
 
 /// The failure the prompt or the error-rate dial forces, if any: `(status, message, type)`.
-/// `digest` is a hash of the request, so the error-rate roll is deterministic per request.
+/// `digest` is a hash of the request; the error-rate roll is per (request, call).
 fn forced_error(
     settings: &MockSettings,
     prompt: &str,
@@ -385,12 +468,23 @@ fn forced_error(
             "server_error",
         ));
     }
-    let roll = f64::from(u16::from_be_bytes([digest[0], digest[1]])) / 65536.0;
-    (roll < settings.error_rate).then_some((
+    (roll(settings.seed, digest, calls) < settings.error_rate).then_some((
         StatusCode::INTERNAL_SERVER_ERROR,
         "The server had an error while processing your request.",
         "server_error",
     ))
+}
+
+/// The error-rate roll in `[0, 1)` of call number `calls` of the request hashed as `digest`:
+/// deterministic for a seed, independent from one call to the next.
+fn roll(seed: u64, digest: &[u8], calls: u64) -> f64 {
+    let mut h = Sha256::new();
+    h.update(seed.to_be_bytes());
+    h.update(digest);
+    h.update(calls.to_be_bytes());
+    let d = h.finalize();
+    let n = u32::from_be_bytes([d[0], d[1], d[2], d[3]]);
+    f64::from(n) / (f64::from(u32::MAX) + 1.0)
 }
 
 /// The deterministic part of a successful answer, shared by every wire format the mock speaks.
@@ -506,6 +600,60 @@ mod tests {
             serde_json::from_str::<Value>(&first).is_err(),
             "the first answer is not JSON"
         );
+    }
+
+    #[test]
+    fn the_error_roll_is_per_call_deterministic_and_near_the_rate() {
+        let digest = Sha256::digest(b"a request");
+        assert_eq!(
+            roll(7, &digest, 1),
+            roll(7, &digest, 1),
+            "same seed, same call: same roll"
+        );
+        assert_ne!(
+            roll(7, &digest, 1),
+            roll(7, &digest, 2),
+            "another call rolls again"
+        );
+        assert_ne!(
+            roll(7, &digest, 1),
+            roll(8, &digest, 1),
+            "another seed rolls again"
+        );
+        let settings = MockSettings {
+            error_rate: 0.05,
+            ..Default::default()
+        };
+        let (mut failed, mut recovered) = (0, 0);
+        for i in 0..4000u32 {
+            let digest = Sha256::digest(i.to_be_bytes());
+            let fails = |call| forced_error(&settings, "plain", call, &digest).is_some();
+            if fails(1) {
+                failed += 1;
+                if !fails(2) {
+                    recovered += 1;
+                }
+            }
+        }
+        assert!(
+            (140..=260).contains(&failed),
+            "{failed} of 4000 first calls failed at 5%"
+        );
+        assert!(
+            recovered * 10 >= failed * 9,
+            "most failed requests succeed on retry: {recovered}/{failed}"
+        );
+        assert!(
+            forced_error(&settings, "[[mock:status=503]]", 9, &digest).is_some(),
+            "the marker always fails"
+        );
+    }
+
+    #[test]
+    fn usage_skew_scales_the_reported_prompt_tokens() {
+        assert_eq!(skewed(100, None), 100);
+        assert_eq!(skewed(100, Some(1.3)), 130);
+        assert_eq!(skewed(10, Some(f64::NAN)), 10);
     }
 
     #[test]

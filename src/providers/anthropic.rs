@@ -206,6 +206,9 @@ pub fn from_wire(
         .get("request-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    if let Some(e) = super::redirect_error(status, headers) {
+        return Err(e);
+    }
     if !(200..300).contains(&status) {
         return Err(ProviderError {
             retry_after: retry_after(headers),
@@ -301,12 +304,7 @@ pub fn from_message(message: &Value) -> Result<Completion, ProviderError> {
     if !tool_calls.is_empty() {
         msg["tool_calls"] = Value::Array(tool_calls);
     }
-    let n = |k: &str| {
-        message
-            .pointer(&format!("/usage/{k}"))
-            .and_then(Value::as_i64)
-            .unwrap_or(0)
-    };
+    let n = |k: &str| super::token_count(message.pointer(&format!("/usage/{k}")));
     let cached = n("cache_read_input_tokens");
     // Anthropic's `input_tokens` excludes cache reads and writes; OpenAI's prompt_tokens includes them.
     let prompt = n("input_tokens") + cached + n("cache_creation_input_tokens");

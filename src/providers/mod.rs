@@ -148,7 +148,10 @@ pub struct Providers {
 impl Providers {
     /// Builds clients for every provider in `config`; API keys are read from the environment here.
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        // Never follow a redirect: it would send the API key (Anthropic's `x-api-key` header is
+        // not stripped across hosts) to wherever the answer points. A 3xx is a fatal error.
         let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(1024)
             .tcp_nodelay(true)
             .build()?;
@@ -266,6 +269,62 @@ impl Providers {
     ) -> Result<BatchPoll, ProviderError> {
         self.get(deployment)?.cancel_batch(provider_batch_id).await
     }
+}
+
+/// The most tokens one call may report for one kind of usage. A provider's number is clamped
+/// into `0..=MAX_USAGE_TOKENS`, so no answer can overflow the arithmetic that prices and books it.
+pub const MAX_USAGE_TOKENS: i64 = 1_000_000_000;
+
+/// The longest pause a provider's header can ask for (`retry-after`, `x-ratelimit-reset-*`):
+/// a larger value is taken as this one hour.
+pub const MAX_PROVIDER_PAUSE: Duration = Duration::from_secs(3600);
+
+/// A token count from a provider's answer, clamped to `0..=MAX_USAGE_TOKENS` (missing: 0).
+pub(crate) fn token_count(v: Option<&Value>) -> i64 {
+    let n = match v {
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .or_else(|| n.as_u64().map(|_| i64::MAX))
+            .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
+            .unwrap_or(0),
+        _ => 0,
+    };
+    n.clamp(0, MAX_USAGE_TOKENS)
+}
+
+/// A pause of `secs` seconds from a provider header: `None` for garbage (not finite, negative),
+/// capped at [`MAX_PROVIDER_PAUSE`].
+pub(crate) fn pause_secs(secs: f64) -> Option<Duration> {
+    if !secs.is_finite() || secs < 0.0 {
+        return None;
+    }
+    let capped = secs.min(MAX_PROVIDER_PAUSE.as_secs_f64());
+    Duration::try_from_secs_f64(capped).ok()
+}
+
+/// A redirect answer (3xx) as a fatal error: sluice never follows one, since the request
+/// carries the provider's API key; the message names where it pointed.
+pub(crate) fn redirect_error(status: u16, headers: &HeaderMap) -> Option<ProviderError> {
+    if !(300..400).contains(&status) {
+        return None;
+    }
+    let location = headers
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("(no location)");
+    let mut location: String = location.chars().take(200).collect();
+    crate::domain::storable::text(&mut location);
+    Some(ProviderError {
+        http_status: Some(status),
+        ..ProviderError::new(
+            ErrorClass::Fatal,
+            "provider_redirect",
+            format!(
+                "the provider answered with a redirect ({status}) to {location}; sluice does not \
+                 follow redirects, which would send the API key elsewhere: check the provider's base_url"
+            ),
+        )
+    })
 }
 
 /// Sends `req` and reads the whole answer; transport failures become retryable errors.

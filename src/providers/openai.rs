@@ -99,6 +99,9 @@ pub fn from_wire(
     bytes: &[u8],
 ) -> Result<Completion, ProviderError> {
     let request_id = header_str(headers, "x-request-id");
+    if let Some(e) = super::redirect_error(status, headers) {
+        return Err(e);
+    }
     if !(200..300).contains(&status) {
         let class = classify_status(status);
         let message = serde_json::from_slice::<Value>(bytes)
@@ -131,7 +134,7 @@ pub fn from_wire(
         .pointer("/message/refusal")
         .is_some_and(|r| !r.is_null())
         || choice.get("finish_reason").and_then(Value::as_str) == Some("content_filter");
-    let n = |p: &str| body.pointer(p).and_then(Value::as_i64).unwrap_or(0);
+    let n = |p: &str| super::token_count(body.pointer(p));
     let usage = Usage {
         input_tokens: n("/usage/prompt_tokens"),
         output_tokens: n("/usage/completion_tokens"),
@@ -174,16 +177,24 @@ fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// `retry-after-ms` (OpenAI) first, then `retry-after` in seconds.
+/// `retry-after-ms` (OpenAI) first, then `retry-after` in seconds or as an HTTP date. Garbage
+/// (not a number, negative, not finite) is ignored; anything past an hour is taken as an hour.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     if let Some(ms) =
         header_str(headers, "retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok())
     {
-        return Some(Duration::from_secs_f64(ms.max(0.0) / 1000.0));
+        return super::pause_secs(ms / 1000.0);
     }
-    header_str(headers, "retry-after")
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|s| Duration::from_secs_f64(s.max(0.0)))
+    let value = header_str(headers, "retry-after")?;
+    let value = value.trim();
+    match value.parse::<f64>() {
+        Ok(secs) => super::pause_secs(secs),
+        Err(_) => {
+            let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+            let secs = at.with_timezone(&chrono::Utc) - chrono::Utc::now();
+            super::pause_secs(secs.num_milliseconds().max(0) as f64 / 1000.0)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -267,6 +278,29 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.retry_after, Some(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn garbage_and_huge_retry_after_values_never_panic() {
+        let hour = Some(Duration::from_secs(3600));
+        type Headers<'a> = &'a [(&'static str, &'a str)];
+        let cases: [(Headers, Option<Duration>); 9] = [
+            (&[("retry-after", "1e20")], hour),
+            (&[("retry-after", "inf")], None),
+            (&[("retry-after", "NaN")], None),
+            (&[("retry-after", "-5")], None),
+            (&[("retry-after", "soon")], None),
+            (&[("retry-after", "1e308")], hour),
+            (&[("retry-after-ms", "1e300")], hour),
+            (&[("retry-after-ms", "-1")], None),
+            (
+                &[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")],
+                Some(Duration::ZERO),
+            ),
+        ];
+        for (h, expected) in cases {
+            assert_eq!(retry_after(&headers(h)), expected, "{h:?}");
+        }
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
         total += value * factor;
         rest = &rest[unit_len..];
     }
-    Some(Duration::from_secs_f64(total))
+    super::pause_secs(total)
 }
 
 /// How long the provider says its exhausted limit takes to refill, if a limit is exhausted.
@@ -60,7 +60,10 @@ pub fn exhausted_for(h: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
             && let Some(at) = text(h, &format!("anthropic-ratelimit-{kind}-reset"))
                 .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
         {
-            note((at.with_timezone(&Utc) - now).to_std().unwrap_or_default());
+            let secs = (at.with_timezone(&Utc) - now).num_milliseconds().max(0) as f64 / 1000.0;
+            if let Some(d) = super::pause_secs(secs) {
+                note(d);
+            }
         }
     }
     wait
@@ -80,6 +83,30 @@ mod tests {
         );
         assert_eq!(parse_go_duration("1s"), Some(Duration::from_secs(1)));
         assert_eq!(parse_go_duration("soon"), None);
+    }
+
+    #[test]
+    fn huge_or_garbage_reset_values_are_capped_or_ignored() {
+        let hour = Some(Duration::from_secs(3600));
+        assert_eq!(parse_go_duration("99999999999999999999h"), hour);
+        assert_eq!(
+            parse_go_duration(&"9".repeat(400)),
+            None,
+            "past f64: garbage"
+        );
+        assert_eq!(parse_go_duration("1.2.3s"), None);
+        assert_eq!(parse_go_duration("-5s"), None);
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-remaining-tokens", "0".parse().unwrap());
+        h.insert("x-ratelimit-reset-tokens", "1e400s".parse().unwrap());
+        assert!(exhausted_for(&h, Utc::now()).is_none_or(|d| d <= Duration::from_secs(3600)));
+        let mut a = HeaderMap::new();
+        a.insert("anthropic-ratelimit-tokens-remaining", "0".parse().unwrap());
+        a.insert(
+            "anthropic-ratelimit-tokens-reset",
+            "9999-12-31T23:59:59Z".parse().unwrap(),
+        );
+        assert_eq!(exhausted_for(&a, Utc::now()), hour);
     }
 
     #[test]

@@ -22,6 +22,64 @@ use crate::domain::schema;
 use crate::ids::new_id;
 use crate::providers::ProviderError;
 
+/// The error code of an attempt whose call panicked.
+pub const PANICKED: &str = "call_panicked";
+
+/// The failpoint that makes the first attempt of every job panic inside its call.
+pub const PANIC_FAILPOINT: &str = "worker.call_panics_on_first_attempt";
+
+/// Runs [`execute`], turning a panic anywhere in it into a failed attempt of the job under the
+/// retry policy (code [`PANICKED`]): the outcome is never lost, so the delivery is acknowledged
+/// and the call slot freed like any other.
+pub async fn execute_caught(
+    ctx: &Ctx,
+    worker_id: &str,
+    job: Claimed,
+    claimed_at: Instant,
+    cancel: &CancellationToken,
+) -> (Outcome, Option<Signal>) {
+    use futures::FutureExt;
+    let copy = job.clone();
+    let run = std::panic::AssertUnwindSafe(execute(ctx, worker_id, job, claimed_at, cancel));
+    match run.catch_unwind().await {
+        Ok(done) => done,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".into());
+            tracing::error!(job_id = %copy.id, attempt = copy.attempt, panic = %what, "a call panicked; counting it as a failed attempt");
+            (panicked(ctx, &copy, &what).await, None)
+        }
+    }
+}
+
+/// The outcome of an attempt that panicked: a retryable failure, decided by the retry policy.
+async fn panicked(ctx: &Ctx, job: &Claimed, what: &str) -> Outcome {
+    let now = Utc::now();
+    let deployment = current_deployment(job);
+    let mut outcome = blank_outcome(job, &deployment, now);
+    // Whether the provider was reached is unknown: the ledger shows the attempt, at no cost.
+    outcome.called = true;
+    let e = ProviderError::new(
+        ErrorClass::Retryable,
+        PANICKED,
+        format!("the attempt panicked inside sluice: {what}"),
+    );
+    let catalog = ctx.catalog();
+    on_failure(ctx, &catalog, job, &deployment, e, now, &mut outcome).await;
+    outcome
+}
+
+/// `now + d`, or `now` if that is out of range.
+fn after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(now)
+}
+
 /// Runs one attempt of `job`, claimed at `claimed_at`; `cancel` fires if the job is cancelled
 /// meanwhile, which aborts the provider call. The signal is `None` when the attempt says
 /// nothing about the deployment's health (no call, a cancelled call, a fatal error).
@@ -75,6 +133,9 @@ pub async fn execute(
     };
     metrics::gauge!("sluice_calls_in_flight").increment(1.0);
     let started = Instant::now();
+    if job.attempt == 1 && crate::failpoint::armed(PANIC_FAILPOINT) {
+        panic!("failpoint {PANIC_FAILPOINT}");
+    }
     let result = tokio::select! {
         biased;
         _ = cancel.cancelled() => None,
@@ -113,7 +174,7 @@ pub async fn execute(
                 // if it comes, carries the full retry-after). Capped, because our own budget
                 // already paces what it admits and frees capacity as the window slides.
                 let wait = wait.min(Duration::from_secs(1));
-                let until = now + chrono::Duration::from_std(wait).unwrap_or_default();
+                let until = after(now, wait);
                 if let Err(e) =
                     crate::db::budgets::pause_deployment(&ctx.pool, &deployment.to_string(), until)
                         .await
@@ -155,7 +216,7 @@ pub async fn execute(
                     input_tokens: c.usage.input_tokens,
                     output_tokens: c.usage.output_tokens,
                 };
-                let expires = now + chrono::Duration::seconds(i64::from(ttl));
+                let expires = after(now, Duration::from_secs(u64::try_from(ttl).unwrap_or(0)));
                 if let Err(e) =
                     crate::db::cache::put(&ctx.pool, &job.tenant, key, &hit, expires).await
                 {
@@ -219,7 +280,7 @@ async fn on_failure(
         metrics::counter!("sluice_rate_limited_total").increment(1);
         // Every worker in every process holds off this deployment until the provider's time.
         let pause = e.retry_after.unwrap_or(Duration::from_secs(1));
-        let until = now + chrono::Duration::from_std(pause).unwrap_or_default();
+        let until = after(now, pause.min(crate::providers::MAX_PROVIDER_PAUSE));
         if let Err(err) =
             crate::db::budgets::pause_deployment(&ctx.pool, &d.to_string(), until).await
         {
@@ -244,10 +305,18 @@ async fn on_failure(
         e.retry_after,
     ) {
         RetryDecision::RetryAfter(delay) => {
+            // The delay counts from the failure, not from when the attempt started; the error
+            // entry keeps the time and the delay so the real gap can be measured against it.
+            let failed_at = Utc::now().max(now);
+            let retry_at = after(failed_at, delay);
             outcome.status = "retry_scheduled";
             metrics::counter!("sluice_retries_total").increment(1);
-            outcome.run_after = Some(now + chrono::Duration::from_std(delay).unwrap_or_default());
+            outcome.run_after = Some(retry_at);
             outcome.next_deployment_attempts = state.on_deployment as i32;
+            if let Some(entry) = outcome.error.as_mut().and_then(|e| e.as_object_mut()) {
+                entry.insert("retry_at".into(), json!(retry_at));
+                entry.insert("retry_delay_ms".into(), json!(delay.as_millis() as u64));
+            }
         }
         RetryDecision::Fallback(i) => {
             metrics::counter!("sluice_fallbacks_total").increment(1);

@@ -12,6 +12,8 @@
 pub mod cancel;
 pub mod execute;
 pub mod maintenance;
+mod record;
+pub mod retry_timer;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -65,7 +67,9 @@ const TENANT_REFRESH: Duration = Duration::from_secs(2);
 /// The circuit-breaker dials from config.
 pub fn breaker_settings(ctx: &Ctx) -> breaker::Settings {
     breaker::Settings {
-        failures: ctx.config.worker.breaker_failures,
+        failure_rate: ctx.config.worker.breaker_failure_rate.min(100),
+        min_calls: ctx.config.worker.breaker_min_calls,
+        window: ctx.config.worker.breaker_window,
         cooldown: ctx.config.worker.breaker_cooldown,
     }
 }
@@ -116,7 +120,12 @@ async fn run_session(
     let (record_tx, record_rx) = mpsc::channel::<Recorded>(RECORD_BATCH * 2);
     let (err_tx, mut err_rx) = mpsc::channel::<anyhow::Error>(4);
     let tasks = TaskTracker::new();
-    let recorder = tokio::spawn(record_loop(ctx.clone(), worker_id.to_string(), record_rx));
+    let recorder = tokio::spawn(record_loop(
+        ctx.clone(),
+        worker_id.to_string(),
+        record_rx,
+        shutdown.clone(),
+    ));
     let runner = Runner {
         record_tx,
         tasks: tasks.clone(),
@@ -422,7 +431,7 @@ async fn claim_batch(
         let call = runner.calls.register(&job.id);
         runner.tasks.spawn(async move {
             let (outcome, signal) =
-                execute::execute(&ctx, &worker_id, job, claimed_at, call.token()).await;
+                execute::execute_caught(&ctx, &worker_id, job, claimed_at, call.token()).await;
             drop(permit);
             let _ = tx.send((outcome, signal, delivery.acker, call)).await;
         });
@@ -464,9 +473,16 @@ async fn claim_batch(
     }
 }
 
-/// Records outcomes in batches, then acknowledges their deliveries. A failed write is retried
-/// (the outcomes stay in memory) until it succeeds: acknowledging first could lose a result.
-async fn record_loop(ctx: Arc<Ctx>, worker_id: String, mut rx: mpsc::Receiver<Recorded>) {
+/// Records outcomes in batches, then acknowledges their deliveries. A transient failure is
+/// retried (the outcomes stay in memory: acknowledging first could lose a result); an outcome
+/// Postgres refuses is isolated from the rest of its batch and made storable or quarantined
+/// (see [`record::record_all`]), so one bad answer never holds back anyone else's.
+async fn record_loop(
+    ctx: Arc<Ctx>,
+    worker_id: String,
+    mut rx: mpsc::Receiver<Recorded>,
+    shutdown: CancellationToken,
+) {
     let mut buf = Vec::with_capacity(RECORD_BATCH);
     loop {
         buf.clear();
@@ -475,25 +491,16 @@ async fn record_loop(ctx: Arc<Ctx>, worker_id: String, mut rx: mpsc::Receiver<Re
         }
         crate::failpoint::hit("worker.after_call_before_record");
         let outcomes: Vec<Outcome> = buf.iter().map(|(o, _, _, _)| o.clone()).collect();
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match crate::db::jobs::record(&ctx.pool, &worker_id, &outcomes).await {
-                Ok(recorded) => {
-                    if recorded.len() < outcomes.len() {
-                        tracing::warn!(
-                            lost = outcomes.len() - recorded.len(),
-                            "some jobs were re-queued while this worker ran them; their results were discarded"
-                        );
-                    }
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "recording outcomes failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        let recorded: HashSet<String> = record::record_all(&ctx.pool, &worker_id, &outcomes)
+            .await
+            .into_iter()
+            .collect();
+        let retries: Vec<(String, chrono::DateTime<chrono::Utc>)> = outcomes
+            .iter()
+            .filter(|o| o.status == "retry_scheduled" && recorded.contains(&o.job_id))
+            .filter_map(|o| Some((o.job_id.clone(), o.run_after?)))
+            .collect();
+        retry_timer::schedule(&ctx, retries, &shutdown);
         crate::failpoint::hit("worker.after_record_before_ack");
         let events: Vec<crate::db::breakers::Event> = buf
             .iter()

@@ -1,5 +1,6 @@
-//! Circuit breakers: consecutive failures cut a deployment off for a cool-down, then one probe
-//! call decides whether it opens again or closes.
+//! Circuit breakers: a failure rate over a sliding window cuts a deployment off for a
+//! cool-down, then one probe call decides whether it opens again or closes; a low error rate
+//! under load never opens it.
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ const DEPLOYMENT: &str = "openai/gpt-4o-mini";
 
 async fn breaker(env: &TestEnv) -> Option<(String, i32, Option<DateTime<Utc>>)> {
     sqlx::query_as(
-        "SELECT state, consecutive_failures, opened_until FROM circuit_breakers WHERE deployment = $1",
+        "SELECT state, window_failures, opened_until FROM circuit_breakers WHERE deployment = $1",
     )
     .bind(DEPLOYMENT)
     .fetch_optional(&env.pool)
@@ -20,10 +21,12 @@ async fn breaker(env: &TestEnv) -> Option<(String, i32, Option<DateTime<Utc>>)> 
     .unwrap()
 }
 
-/// A test environment whose breakers open after 2 failures, for `cooldown`.
+/// A test environment whose breakers open once 2 calls were made and half of them failed,
+/// for `cooldown`.
 async fn env_with_breakers(cooldown: Duration) -> TestEnv {
     let mut env = TestEnv::new().await;
-    env.config.worker.breaker_failures = 2;
+    env.config.worker.breaker_failure_rate = 50;
+    env.config.worker.breaker_min_calls = 2;
     env.config.worker.breaker_cooldown = cooldown;
     env
 }
@@ -41,7 +44,7 @@ async fn open_breaker(env: &TestEnv, c: &Client) -> DateTime<Utc> {
                 "SELECT count(*) FROM budgets WHERE key = '{DEPLOYMENT}' AND paused_until > now()"
             ))
             .await;
-        matches!(breaker(env).await, Some((s, 2, Some(_))) if s == "open") && paused == 1
+        matches!(breaker(env).await, Some((s, 0, Some(_))) if s == "open") && paused == 1
     })
     .await;
     breaker(env).await.and_then(|b| b.2).unwrap()
@@ -163,6 +166,94 @@ async fn a_job_on_a_tripped_deployment_falls_back_instead_of_waiting_out_the_coo
         ledger[0].finished_at < opened_until,
         "answered during the cool-down, not after it"
     );
+    app.stop().await;
+    env.cleanup().await;
+}
+
+/// Submits `n` jobs on the breaker's deployment in one request; returns their ids.
+async fn submit_many(c: &Client, n: usize, prompt: &str, max_attempts: u32) -> Vec<String> {
+    let jobs: Vec<serde_json::Value> = (0..n)
+        .map(|i| single(&format!("{prompt} {i}"), max_attempts))
+        .collect();
+    let (status, body) = c
+        .post("/v1/jobs", &serde_json::json!({"jobs": jobs}), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_five_percent_transient_error_rate_under_load_never_opens_the_breaker() {
+    let env = TestEnv::with_mock(sluice::mock::MockSettings {
+        error_rate: 0.05,
+        seed: 5,
+        ..Default::default()
+    })
+    .await;
+    // The default dials: open at 50% failures over 30 s once 20 calls were made.
+    let app = env.up().await;
+    let c = Client::new(&app, &env.key("acme").await);
+    let ids = submit_many(&c, 400, "steady load", 4).await;
+    env.wait_all_finished(T).await;
+    let failed_calls = env.mock.stats().by_status.get(&500).copied().unwrap_or(0);
+    assert!(
+        failed_calls > 5,
+        "the mock failed some calls: {failed_calls}"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM jobs WHERE status <> 'succeeded'")
+            .await,
+        0,
+        "every job succeeded on a retry"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM jobs WHERE errors::text LIKE '%circuit_open%'")
+            .await,
+        0
+    );
+    let (state, calls): (String, i32) = sqlx::query_as(
+        "SELECT state, window_calls + prev_calls FROM circuit_breakers WHERE deployment = $1",
+    )
+    .bind(DEPLOYMENT)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(state, "closed");
+    assert!(calls > 20, "the window counted the calls: {calls}");
+    assert_eq!(ids.len(), 400);
+    env.check_exactly_once(&env.mock.stats()).await;
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_failing_every_call_opens_its_breaker_once_the_window_has_enough_calls() {
+    let env = TestEnv::with_mock(sluice::mock::MockSettings {
+        error_rate: 1.0,
+        ..Default::default()
+    })
+    .await;
+    let app = env.up().await;
+    let c = Client::new(&app, &env.key("acme").await);
+    let first = submit_many(&c, 19, "down", 1).await;
+    for id in &first {
+        assert_eq!(c.wait_job(id, T).await["status"], "failed");
+    }
+    assert!(
+        breaker(&env).await.is_some_and(|(s, _, _)| s == "closed"),
+        "19 calls are too few to judge: {:?}",
+        breaker(&env).await
+    );
+    submit_many(&c, 5, "still down", 1).await;
+    wait_until(T, "the breaker opens", || async {
+        breaker(&env).await.is_some_and(|(s, _, _)| s == "open")
+    })
+    .await;
     app.stop().await;
     env.cleanup().await;
 }

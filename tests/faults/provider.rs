@@ -10,10 +10,11 @@ use crate::common::proxy::FaultProxy;
 use crate::common::{Client, TestEnv, wait_until};
 use crate::support::*;
 
-/// Matrix row 14: half of all requests answer 500 (`--error-rate 0.5`; deterministic per
-/// request body, so a job that fails once on a deployment fails there every time), plus jobs
-/// that fail twice and then recover. Jobs retry, fall back to the alias's second deployment,
-/// and fail only when both are spent, never with more calls than allowed.
+/// Matrix row 14: half of all calls answer 500 (`--error-rate 0.5`, rolled per call, so a
+/// retry may succeed), plus jobs that fail twice and then recover, jobs that fail on every
+/// call (`[[mock:status=500]]`) and jobs that fail four times (their first deployment's
+/// attempts). Jobs retry, fall back to the alias's second deployment, and fail only when both
+/// are spent, never with more calls than allowed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_5xx_storm_is_retried_then_falls_back_then_fails_within_the_attempt_budget() {
     let mut env = TestEnv::with_mock(MockSettings {
@@ -21,14 +22,15 @@ async fn a_provider_5xx_storm_is_retried_then_falls_back_then_fails_within_the_a
         ..Default::default()
     })
     .await;
-    // A breaker would open at once here (failures are deterministic per request, so a failing
-    // job fails again on retry) and let one probe through per cool-down; this scenario is
-    // about the retry budget, so it runs without breakers.
+    // A breaker would open at once at a 50% failure rate and let probes through per cool-down;
+    // this scenario is about the retry budget, so it runs without breakers.
     without_breakers(&mut env.config);
     let app = env.up().await;
     let c = Client::new(&app, &env.key("acme").await);
     let storm = submit(&c, many(60, |i| format!("storm {i}"))).await;
     let flaky = submit(&c, many(10, |i| format!("flaky {i} [[mock:fail-first=2]]"))).await;
+    let permanent = submit(&c, many(5, |i| format!("down {i} [[mock:status=500]]"))).await;
+    let spent = submit(&c, many(5, |i| format!("spent {i} [[mock:fail-first=4]]"))).await;
     env.wait_all_finished(T).await;
 
     let rows: Vec<(String, String, Option<String>, i64)> = sqlx::query_as(
@@ -63,10 +65,22 @@ async fn a_provider_5xx_storm_is_retried_then_falls_back_then_fails_within_the_a
         "some jobs succeeded on the fallback deployment"
     );
     assert!(
-        failed > 0 && failed < storm.len(),
-        "{failed} of {} failed",
-        storm.len()
+        failed >= permanent.len() && failed < storm.len(),
+        "{failed} failed"
     );
+    for id in &permanent {
+        assert_eq!(
+            env.status_of(id).await,
+            "failed",
+            "{id} fails on every call"
+        );
+    }
+    for id in &spent {
+        assert!(
+            calls(&env, id) >= 5,
+            "{id} spent its first deployment's attempts"
+        );
+    }
     for id in &flaky {
         assert!(calls(&env, id) >= 3, "{id} failed twice before succeeding");
     }

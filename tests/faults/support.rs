@@ -99,9 +99,8 @@ pub async fn hold_fault(since: Instant, at_least: Duration) {
     tokio::time::sleep(at_least.saturating_sub(since.elapsed())).await;
 }
 
-/// Sets `worker.<key>` when this build's config has that key. Circuit breakers
-/// (`worker.breaker_failures`, `worker.breaker_cooldown`) are being added alongside this file;
-/// going through the serialised config lets it build with or without them.
+/// Sets `worker.<key>` when this build's config has that key (going through the serialised
+/// config lets these helpers build whichever dials a build has).
 pub fn set_worker_dial(config: &mut Config, key: &str, value: toml::Value) {
     let mut tree = toml::Value::try_from(&*config).unwrap();
     if let Some(worker) = tree.get_mut("worker").and_then(|w| w.as_table_mut())
@@ -124,7 +123,7 @@ pub fn short_breaker_cooldown(config: &mut Config) {
 
 /// No circuit breakers: for scenarios about the retry budget alone.
 pub fn without_breakers(config: &mut Config) {
-    set_worker_dial(config, "breaker_failures", toml::Value::Integer(0));
+    set_worker_dial(config, "breaker_failure_rate", toml::Value::Integer(0));
 }
 
 /// The API with the rescuer, stager and relay, but no worker (as `sluice serve`).

@@ -1,0 +1,116 @@
+//! Recording a batch of outcomes so that no single outcome can hold the others back.
+//!
+//! The batch goes in one statement (`db::jobs::record`). A transient error (connection,
+//! timeout, serialization) retries it as it is. A deterministic one (Postgres refuses some
+//! value) splits the batch until the offending outcome stands alone (`db::errors::isolate`);
+//! the rest commit. The offending outcome is then:
+//! 1. made storable: every NUL in its answer and error text becomes U+FFFD
+//!    (`domain::storable`), and recorded as it was (billed, and succeeded if it succeeded);
+//! 2. failing that, quarantined: its job fails with the error code `unstorable_result`, the
+//!    answer is dropped, and its ledger row is still booked with the call's usage and cost.
+//!
+//! An outcome that cannot even be quarantined is logged and left to the stray-claim check.
+
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::db::jobs::Outcome;
+use crate::domain::storable;
+
+/// The error code of a job whose outcome Postgres refused to store.
+pub const UNSTORABLE: &str = "unstorable_result";
+
+/// Records `outcomes` (see the module header); returns the ids of the jobs recorded.
+pub async fn record_all(pool: &PgPool, worker: &str, outcomes: &[Outcome]) -> Vec<String> {
+    let out = crate::db::errors::isolate(outcomes, |chunk| {
+        crate::db::jobs::record(pool, worker, chunk)
+    })
+    .await;
+    let mut recorded = out.written;
+    for (i, error) in out.rejected {
+        let mut o = outcomes[i].clone();
+        tracing::warn!(job_id = %o.job_id, %error, "Postgres refused this outcome; making it storable");
+        if make_storable(&mut o) {
+            match record_one(pool, worker, &o).await {
+                Ok(ids) => {
+                    recorded.extend(ids);
+                    continue;
+                }
+                Err(e) => tracing::warn!(job_id = %o.job_id, error = %e, "still refused"),
+            }
+        }
+        quarantine(&mut o, &error);
+        match record_one(pool, worker, &o).await {
+            Ok(ids) => {
+                tracing::error!(job_id = %o.job_id, %error, "outcome quarantined: the job failed with {UNSTORABLE}");
+                recorded.extend(ids);
+            }
+            Err(e) => {
+                tracing::error!(job_id = %o.job_id, error = %e, "could not record even the quarantined outcome")
+            }
+        }
+    }
+    if recorded.len() < outcomes.len() {
+        tracing::warn!(
+            lost = outcomes.len() - recorded.len(),
+            "some jobs were re-queued while this worker ran them; their results were discarded"
+        );
+    }
+    recorded
+}
+
+async fn record_one(pool: &PgPool, worker: &str, o: &Outcome) -> Result<Vec<String>, sqlx::Error> {
+    let out = crate::db::errors::isolate(std::slice::from_ref(o), |chunk| {
+        crate::db::jobs::record(pool, worker, chunk)
+    })
+    .await;
+    match out.rejected.into_iter().next() {
+        Some((_, e)) => Err(e),
+        None => Ok(out.written),
+    }
+}
+
+/// Replaces every NUL in the outcome's texts; returns whether anything changed.
+pub fn make_storable(o: &mut Outcome) -> bool {
+    let mut changed = false;
+    if let Some(v) = o.response.as_mut() {
+        changed |= storable::json(v);
+    }
+    if let Some(v) = o.error.as_mut() {
+        changed |= storable::json(v);
+    }
+    for s in [
+        o.repair_note.as_mut(),
+        o.error_code.as_mut(),
+        o.provider_request_id.as_mut(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        changed |= storable::text(s);
+    }
+    changed
+}
+
+/// Turns `o` into a failed attempt that keeps only what the ledger needs (usage and cost).
+pub fn quarantine(o: &mut Outcome, error: &sqlx::Error) {
+    let mut message =
+        format!("the outcome of this attempt could not be stored and was dropped: {error}");
+    storable::text(&mut message);
+    o.status = "failed";
+    o.run_after = None;
+    o.response = None;
+    o.repair_note = None;
+    o.attempt_status = "failed";
+    o.error_code = Some(UNSTORABLE.into());
+    o.provider_request_id = None;
+    o.attempt_id = crate::ids::new_id("att");
+    o.error = Some(json!({
+        "at": chrono::Utc::now(),
+        "attempt": o.attempt,
+        "deployment": o.deployment,
+        "code": UNSTORABLE,
+        "message": message,
+        "http_status": null,
+    }));
+}
