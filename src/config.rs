@@ -231,14 +231,26 @@ pub struct LimitsConfig {
     pub max_jobs_per_request: usize,
     /// `max_tokens` assumed for a request that sets none.
     pub default_max_tokens: u32,
+    /// Most output tokens (`max_tokens` / `max_completion_tokens`) one choice may ask for
+    /// when the price list knows no output limit for the model.
+    pub max_output_tokens: u32,
+    /// Most choices (`n`) one request may ask for.
+    pub max_n: u32,
+    /// Furthest deadline a job may set.
+    #[serde(with = "humantime_serde")]
+    pub max_deadline: Duration,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
+        let d = crate::domain::job::InputLimits::default();
         Self {
-            max_request_bytes: 1024 * 1024,
+            max_request_bytes: d.max_request_bytes,
             max_jobs_per_request: 10_000,
-            default_max_tokens: 1024,
+            default_max_tokens: d.default_max_tokens,
+            max_output_tokens: d.max_output_tokens,
+            max_n: d.max_n,
+            max_deadline: Duration::from_secs(d.max_deadline_secs),
         }
     }
 }

@@ -23,6 +23,9 @@ pub fn limits(config: &Config) -> InputLimits {
     InputLimits {
         max_request_bytes: config.limits.max_request_bytes,
         default_max_tokens: config.limits.default_max_tokens,
+        max_output_tokens: config.limits.max_output_tokens,
+        max_n: config.limits.max_n,
+        max_deadline_secs: config.limits.max_deadline.as_secs(),
     }
 }
 
@@ -56,8 +59,7 @@ pub fn prepare_one(
     catalog: &Catalog,
     now: DateTime<Utc>,
 ) -> Result<NewJobRow, FieldError> {
-    let mut input: JobInput =
-        serde_json::from_value(raw).map_err(|e| FieldError::new("job", e.to_string()))?;
+    let mut input = JobInput::from_value(raw)?;
     apply_rules(&ctx.config, tenant, &mut input);
     let job = input.validate(catalog, limits(&ctx.config), now)?;
     to_row(&ctx.config, catalog, job, now)

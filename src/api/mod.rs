@@ -33,6 +33,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         )
         .route("/readyz", get(readyz))
         .route("/v1/models", get(models::list))
+        .route("/v1/limits", get(models::limits))
         .route("/v1/models/{*model}", get(models::get))
         .route("/v1/budgets", get(budgets::list))
         .route("/v1/jobs", post(jobs::create).get(jobs::list))

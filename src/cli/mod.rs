@@ -5,6 +5,7 @@ mod budgets;
 mod cancel;
 mod client;
 mod dead_letters;
+mod submit;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -81,7 +82,7 @@ pub enum Command {
         command: budgets::BudgetsCommand,
     },
     /// Enqueue a JSONL file (OpenAI batch input format or sluice's job format).
-    Submit(client::SubmitArgs),
+    Submit(submit::SubmitArgs),
     /// Show a batch's progress, tokens and cost.
     Status {
         batch_id: String,
@@ -237,7 +238,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench { command } => crate::bench::run(load()?, command).await,
         Command::Budgets { command } => budgets::run(&load()?, command).await,
-        Command::Submit(args) => client::submit(args).await,
+        Command::Submit(args) => submit::submit(args).await,
         Command::Status { batch_id, api } => client::status(&api, &batch_id).await,
         Command::Results {
             batch_id,

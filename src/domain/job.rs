@@ -46,12 +46,36 @@ pub struct JobInput {
     pub cache_ttl: Option<String>,
 }
 
-/// Limits a job is checked against.
-#[derive(Debug, Clone, Copy)]
+/// Limits a job is checked against. The server publishes its own at `GET /v1/limits`, so
+/// `sluice submit` checks a file with exactly the server's rules before uploading anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InputLimits {
+    /// Largest chat request body, in bytes.
     pub max_request_bytes: usize,
+    /// Output tokens assumed for a request that sets no `max_tokens`.
     pub default_max_tokens: u32,
+    /// Most output tokens one choice may ask for where the catalog knows no model limit.
+    pub max_output_tokens: u32,
+    /// Most choices (`n`) one request may ask for.
+    pub max_n: u32,
+    /// Furthest deadline, in seconds from the time of submission.
+    pub max_deadline_secs: u64,
 }
+
+impl Default for InputLimits {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: 1024 * 1024,
+            default_max_tokens: 1024,
+            max_output_tokens: 131_072,
+            max_n: 16,
+            max_deadline_secs: 365 * 24 * 3600,
+        }
+    }
+}
+
+/// The longest a job may opt into the response cache.
+const MAX_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 
 /// A job that passed validation and is ready to be recorded.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,7 +92,8 @@ pub struct ValidJob {
     pub idempotency_key: Option<String>,
     pub priority: i16,
     pub max_attempts: Option<i32>,
-    /// Completion tokens the request may use (its own `max_tokens` or the default).
+    /// Output tokens the request may use across all its choices: the larger of `max_tokens`
+    /// and `max_completion_tokens` (or the default), times `n`. Budgets reserve this much.
     pub max_tokens: u32,
     /// The job's own cache choice (`Some(ZERO)` opts out), else the alias decides.
     pub cache_ttl: Option<std::time::Duration>,
@@ -125,6 +150,42 @@ impl JobInput {
             .or_else(|| self.body.as_ref()?.get("model")?.as_str())
     }
 
+    /// Reads a job from JSON, naming the field at fault: unstorable text first (with its
+    /// path, e.g. `body.messages[0].content`), then the shape (`job`).
+    pub fn from_value(value: Value) -> Result<JobInput, FieldError> {
+        super::text::check_value("", &value)?;
+        serde_json::from_value(value).map_err(|e| FieldError::new("job", e.to_string()))
+    }
+
+    /// Refuses text Postgres cannot store in any field, naming the field.
+    fn check_storable(&self) -> Result<(), FieldError> {
+        use super::text::{check_str, check_value};
+        let fields = [
+            ("custom_id", &self.custom_id),
+            ("method", &self.method),
+            ("url", &self.url),
+            ("model", &self.model),
+            ("route", &self.route),
+            ("deadline", &self.deadline),
+            ("webhook_url", &self.webhook_url),
+            ("idempotency_key", &self.idempotency_key),
+            ("cache_ttl", &self.cache_ttl),
+        ];
+        for (field, value) in fields {
+            if let Some(v) = value {
+                check_str(field, v)?;
+            }
+        }
+        for (k, v) in &self.tags {
+            check_str("tags (a key)", k)?;
+            check_str(&format!("tags.{k}"), v)?;
+        }
+        if let Some(body) = &self.body {
+            check_value("body", body)?;
+        }
+        Ok(())
+    }
+
     /// `validate` with any model resolver (the CLI resolves through the server's catalog).
     pub fn validate_with(
         mut self,
@@ -132,6 +193,7 @@ impl JobInput {
         limits: InputLimits,
         now: DateTime<Utc>,
     ) -> Result<ValidJob, FieldError> {
+        self.check_storable()?;
         if let Some(m) = &self.method
             && m != "POST"
         {
@@ -167,17 +229,6 @@ impl JobInput {
                 "streaming is not supported for queued jobs",
             ));
         }
-        let max_tokens = match obj
-            .get("max_completion_tokens")
-            .or_else(|| obj.get("max_tokens"))
-        {
-            None | Some(Value::Null) => limits.default_max_tokens,
-            Some(v) => v
-                .as_u64()
-                .filter(|n| (1..=u32::MAX as u64).contains(n))
-                .map(|n| n as u32)
-                .ok_or_else(|| FieldError::new("body.max_tokens", "must be a positive integer"))?,
-        };
         let body_model = obj.get("model").and_then(Value::as_str).map(str::to_owned);
         let model = self.model.take().or(body_model).ok_or_else(|| {
             FieldError::new(
@@ -186,6 +237,7 @@ impl JobInput {
             )
         })?;
         let resolved = resolve(&model).map_err(|m| FieldError::new("model", m))?;
+        let max_tokens = output_tokens(obj, &resolved, limits)?;
         let size = serde_json::to_vec(&body)
             .map(|v| v.len())
             .unwrap_or(usize::MAX);
@@ -217,7 +269,7 @@ impl JobInput {
         let deadline = self
             .deadline
             .as_deref()
-            .map(|d| parse_deadline(d, now))
+            .map(|d| parse_deadline(d, now, limits.max_deadline_secs))
             .transpose()?;
         if let Some(url) = &self.webhook_url {
             match url::Url::parse(url) {
@@ -251,10 +303,16 @@ impl JobInput {
         let cache_ttl = self
             .cache_ttl
             .as_deref()
-            .map(|t| {
-                humantime::parse_duration(t).map_err(|_| {
-                    FieldError::new("cache_ttl", format!("`{t}` is not a duration like 1h"))
-                })
+            .map(|t| match humantime::parse_duration(t) {
+                Ok(d) if d <= MAX_CACHE_TTL => Ok(d),
+                Ok(_) => Err(FieldError::new(
+                    "cache_ttl",
+                    format!("`{t}` is longer than the most allowed, 365 days"),
+                )),
+                Err(_) => Err(FieldError::new(
+                    "cache_ttl",
+                    format!("`{t}` is not a duration like 1h"),
+                )),
             })
             .transpose()?;
         Ok(ValidJob {
@@ -273,6 +331,63 @@ impl JobInput {
             max_tokens,
         })
     }
+}
+
+/// The output tokens a request may use: the larger of `max_tokens` and
+/// `max_completion_tokens` (each bounded by the model's output limit where the catalog knows
+/// it, else by `limits.max_output_tokens`), times `n` (bounded by `limits.max_n`).
+fn output_tokens(
+    obj: &serde_json::Map<String, Value>,
+    resolved: &Resolved,
+    limits: InputLimits,
+) -> Result<u32, FieldError> {
+    let cap = resolved
+        .max_output_tokens
+        .and_then(|m| u32::try_from(m).ok())
+        .unwrap_or(limits.max_output_tokens)
+        .max(1);
+    let mut per_choice: Option<u32> = None;
+    for key in ["max_tokens", "max_completion_tokens"] {
+        let field = format!("body.{key}");
+        match obj.get(key) {
+            None | Some(Value::Null) => {}
+            Some(v) => {
+                let n = v
+                    .as_u64()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| FieldError::new(&field, "must be a positive integer"))?;
+                if n > u64::from(cap) {
+                    return Err(FieldError::new(
+                        &field,
+                        format!(
+                            "is {n}; the most this model can produce is {cap} tokens per choice"
+                        ),
+                    ));
+                }
+                let n = n as u32; // n <= cap, a u32
+                per_choice = Some(per_choice.map_or(n, |p| p.max(n)));
+            }
+        }
+    }
+    let per_choice = per_choice.unwrap_or(limits.default_max_tokens.min(cap));
+    let choices = match obj.get("n") {
+        None | Some(Value::Null) => 1,
+        Some(v) => v
+            .as_u64()
+            .filter(|n| (1..=u64::from(limits.max_n)).contains(n))
+            .ok_or_else(|| {
+                FieldError::new(
+                    "body.n",
+                    format!("must be an integer from 1 to {}", limits.max_n),
+                )
+            })? as u32,
+    };
+    per_choice.checked_mul(choices).ok_or_else(|| {
+        FieldError::new(
+            "body.n",
+            "asks for more output tokens in total than can be reserved; lower n or max_tokens",
+        )
+    })
 }
 
 fn check_messages(messages: Option<&Value>) -> Result<(), FieldError> {
@@ -314,14 +429,35 @@ fn check_tags(tags: &BTreeMap<String, String>) -> Result<(), FieldError> {
     Ok(())
 }
 
-/// Reads a deadline as an RFC 3339 time or as a duration from `now` (`90m`, `24h`, `2d`).
-pub fn parse_deadline(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, FieldError> {
+/// Reads a deadline as an RFC 3339 time or as a duration from `now` (`90m`, `24h`, `2d`),
+/// at most `max_secs` away. Checked throughout: no input can overflow the date arithmetic.
+pub fn parse_deadline(
+    text: &str,
+    now: DateTime<Utc>,
+    max_secs: u64,
+) -> Result<DateTime<Utc>, FieldError> {
+    let max_days = max_secs / 86_400;
+    let too_far = || {
+        FieldError::new(
+            "deadline",
+            format!("`{text}` is too far away: a deadline may be at most {max_days} days ahead"),
+        )
+    };
+    let latest = i64::try_from(max_secs)
+        .ok()
+        .and_then(chrono::Duration::try_seconds)
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
     let at = if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         t.with_timezone(&Utc)
     } else if let Ok(d) = humantime::parse_duration(text) {
-        let d = chrono::Duration::from_std(d)
-            .map_err(|_| FieldError::new("deadline", "is too far away"))?;
-        now + d
+        if d.as_secs() > max_secs {
+            return Err(too_far());
+        }
+        chrono::Duration::from_std(d)
+            .ok()
+            .and_then(|d| now.checked_add_signed(d))
+            .ok_or_else(too_far)?
     } else {
         return Err(FieldError::new(
             "deadline",
@@ -330,6 +466,9 @@ pub fn parse_deadline(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, F
     };
     if at <= now {
         return Err(FieldError::new("deadline", "is in the past"));
+    }
+    if at > latest {
+        return Err(too_far());
     }
     Ok(at)
 }

@@ -11,4 +11,5 @@ pub mod pricing;
 pub mod retry;
 pub mod routing;
 pub mod schema;
+pub mod text;
 pub mod tokens;
