@@ -122,6 +122,9 @@ pub struct ServerConfig {
     pub listen: String,
     /// Largest request body the API accepts, in bytes.
     pub max_body_bytes: usize,
+    /// Longest the API works on one request (reading its body included) before answering 408.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -129,6 +132,7 @@ impl Default for ServerConfig {
         Self {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 64 * 1024 * 1024,
+            request_timeout: Duration::from_secs(120),
         }
     }
 }

@@ -7,6 +7,7 @@ mod cancel;
 mod dead_letters;
 mod error;
 mod jobs;
+mod layers;
 mod models;
 
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use crate::app::Ctx;
 /// The API's routes over `ctx`.
 pub fn router(ctx: Arc<Ctx>) -> Router {
     let limit = ctx.config.server.max_body_bytes;
-    Router::new()
+    let router = Router::new()
         .route(
             "/healthz",
             get(|| async { axum::Json(json!({"status": "ok"})) }),
@@ -46,8 +47,8 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/v1/dead_letters/purge", post(dead_letters::purge))
         .route("/v1/batches/{id}/results", get(batches::results))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
-        .layer(DefaultBodyLimit::max(limit))
-        .with_state(ctx)
+        .layer(DefaultBodyLimit::max(limit));
+    layers::protect(router, limit, ctx.config.server.request_timeout).with_state(ctx)
 }
 
 async fn readyz(State(ctx): State<Arc<Ctx>>) -> impl IntoResponse {

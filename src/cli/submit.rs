@@ -272,7 +272,11 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             let n = problems.len();
             bail!(
                 "{name} has bad lines (listed above{}); nothing was enqueued. Fix them and submit again",
-                if n >= MAX_REPORTED { ", first ones only" } else { "" }
+                if n >= MAX_REPORTED {
+                    ", first ones only"
+                } else {
+                    ""
+                }
             );
         }
     };
@@ -289,8 +293,9 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         let next = lines.next_line()?;
         let done = next.is_none();
         if let Some((n, line)) = next {
-            let value = read_line(&args, limits, line)
-                .map_err(|e| anyhow::anyhow!("{name}:{n}: {e} (the file changed while submitting)"))?;
+            let value = read_line(&args, limits, line).map_err(|e| {
+                anyhow::anyhow!("{name}:{n}: {e} (the file changed while submitting)")
+            })?;
             if chunk.is_empty() {
                 first_line = n;
             }

@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod maintenance;
 pub mod prices;
 pub mod provider_batches;
+pub mod submission;
 pub mod tenants;
 
 use std::str::FromStr;

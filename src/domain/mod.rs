@@ -6,6 +6,7 @@ pub mod breaker;
 pub mod budget;
 pub mod cache;
 pub mod catalog;
+pub mod fit;
 pub mod job;
 pub mod pricing;
 pub mod retry;
