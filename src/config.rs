@@ -389,6 +389,7 @@ impl Config {
             None => Figment::from(Serialized::defaults(Config::default()))
                 .merge(Toml::string(DEFAULT_CONFIG)),
         };
+        check_env_names(std::env::vars().map(|(k, _)| k))?;
         Self::from_figment(base.merge(env_layer()))
     }
 
@@ -539,6 +540,48 @@ impl Config {
     }
 }
 
+/// `SLUICE_…` variables that are not settings of sluice's own (read elsewhere).
+const ENV_OTHERS: &[&str] = &[
+    "SLUICE_CONFIG",
+    "SLUICE_API_KEY",
+    "SLUICE_API_URL",
+    "SLUICE_LISTEN",
+    "SLUICE_LOG_JSON",
+    "SLUICE_FAILPOINT",
+];
+
+/// Refuses a `SLUICE_SECTION__KEY` variable whose section is unknown (a misspelt section
+/// would otherwise be ignored silently); unknown keys inside a known section are refused by
+/// the settings' `deny_unknown_fields` when the variables are read.
+fn check_env_names(names: impl Iterator<Item = String>) -> Result<(), ConfigError> {
+    for name in names {
+        let Some(rest) = name.strip_prefix("SLUICE_") else {
+            continue;
+        };
+        if ENV_OTHERS.contains(&name.as_str()) || name.starts_with("SLUICE_TEST_") {
+            continue;
+        }
+        let section = rest
+            .split("__")
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if !rest.contains("__") || !ENV_SECTIONS.contains(&section.as_str()) {
+            return Err(ConfigError::Invalid {
+                key: name.clone(),
+                message: format!(
+                    "environment variable `{name}` is not a sluice setting: settings are \
+                     SLUICE_<SECTION>__<KEY> with a section among {} (e.g. SLUICE_WORKER__CONCURRENCY), \
+                     or one of {}; fix or unset it",
+                    ENV_SECTIONS.join(", "),
+                    ENV_OTHERS.join(", ")
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// `SLUICE_SECTION__KEY` variables, plus `SLUICE_LISTEN`, `DATABASE_URL` and `AMQP_URL`.
 fn env_layer() -> Figment {
     Figment::new()
@@ -621,6 +664,32 @@ mod tests {
                 "{model}: {:?}",
                 catalog.resolve(model)
             );
+        }
+    }
+
+    #[test]
+    fn a_misspelt_environment_section_is_refused_with_its_name() {
+        let names = |v: &[&str]| {
+            v.iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .into_iter()
+        };
+        assert!(
+            check_env_names(names(&[
+                "SLUICE_WORKER__CONCURRENCY",
+                "SLUICE_API_KEY",
+                "PATH"
+            ]))
+            .is_ok()
+        );
+        for bad in [
+            "SLUICE_WORKR__CONCURRENCY",
+            "SLUICE_WORKER_CONCURRENCY",
+            "SLUICE_DATABSE__URL",
+        ] {
+            let err = check_env_names(names(&[bad])).unwrap_err().to_string();
+            assert!(err.contains(bad), "{err}");
         }
     }
 

@@ -143,6 +143,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up { mock, mock_port } => {
             let mut config = load()?;
+            crate::db::create_if_missing(&config.database).await?;
             if mock {
                 let m = crate::mock::start(
                     SocketAddr::from(([127, 0, 0, 1], mock_port)),
@@ -179,6 +180,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate => {
             let config = load()?;
+            crate::db::create_if_missing(&config.database).await?;
             admin_pool(&config).await?;
             eprintln!("migrations applied and prices seeded");
             Ok(())

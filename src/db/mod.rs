@@ -24,29 +24,49 @@ use crate::config::DatabaseConfig;
 /// A database failure.
 pub type DbError = sqlx::Error;
 
-/// Connects, creating the database first if it does not exist yet.
-pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
-    let options = PgConnectOptions::from_str(&config.url)
+fn options(config: &DatabaseConfig) -> anyhow::Result<PgConnectOptions> {
+    Ok(PgConnectOptions::from_str(&config.url)
         .map_err(|e| {
             anyhow::anyhow!(
                 "database.url `{}` is not a Postgres URL: {e}",
                 redact(&config.url)
             )
         })?
-        .disable_statement_logging();
-    ensure_database(&options).await?;
+        .disable_statement_logging())
+}
+
+/// Connects to an existing database. A missing one is an error that says how to create it:
+/// only the set-up commands (`sluice up`, `sluice migrate`) create a database, so a mistyped
+/// `DATABASE_URL` never starts a server on a new, empty one.
+pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
+    let options = options(config)?;
     let pool = PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(config.acquire_timeout)
         .connect_with(options)
         .await
         .map_err(|e| {
-            anyhow::anyhow!("cannot connect to Postgres at {}: {e}", redact(&config.url))
+            let missing = e
+                .as_database_error()
+                .and_then(|d| d.code())
+                .is_some_and(|c| c == "3D000");
+            if missing {
+                anyhow::anyhow!(
+                    "the database at {} does not exist: check DATABASE_URL (database.url) for a typo, \
+                     or create it with `sluice migrate`",
+                    redact(&config.url)
+                )
+            } else {
+                anyhow::anyhow!("cannot connect to Postgres at {}: {e}", redact(&config.url))
+            }
         })?;
     Ok(pool)
 }
 
-async fn ensure_database(options: &PgConnectOptions) -> anyhow::Result<()> {
+/// Creates the database named in `config` if it does not exist yet, saying so in one log
+/// line; for the set-up commands (`sluice up`, `sluice migrate`) and test harnesses.
+pub async fn create_if_missing(config: &DatabaseConfig) -> anyhow::Result<()> {
+    let options = options(config)?;
     let Some(name) = options.get_database().map(str::to_owned) else {
         return Ok(());
     };
@@ -70,6 +90,8 @@ async fn ensure_database(options: &PgConnectOptions) -> anyhow::Result<()> {
             if !duplicate {
                 return Err(e.into());
             }
+        } else {
+            tracing::info!(database = %name, url = %redact(&config.url), "created database `{name}`: it did not exist");
         }
     }
     admin.close().await?;

@@ -79,7 +79,11 @@ impl TestEnv {
         config.batch.lease = Duration::from_secs(1);
         config.point_providers_at(&mock.base_url());
         let pool = {
-            // Creating the database and migrating it happens in Ctx::connect; do it once here.
+            // The test's own database is created here (as `sluice migrate` would) and
+            // migrated by Ctx::connect.
+            sluice::db::create_if_missing(&config.database)
+                .await
+                .unwrap();
             let ctx = Ctx::connect(config.clone()).await.unwrap();
             ctx.pool.clone()
         };
