@@ -562,6 +562,7 @@ mod tests {
         InputLimits {
             max_request_bytes: 10_000,
             default_max_tokens: 500,
+            ..InputLimits::default()
         }
     }
 
@@ -648,15 +649,78 @@ mod tests {
         }
     }
 
+    const YEAR: u64 = 365 * 24 * 3600;
+
     #[test]
     fn deadlines_read_as_times_or_durations() {
         let now = Utc::now();
         assert_eq!(
-            parse_deadline("2h", now).unwrap(),
+            parse_deadline("2h", now, YEAR).unwrap(),
             now + chrono::Duration::hours(2)
         );
-        assert!(parse_deadline("2999-01-01T00:00:00Z", now).is_ok());
-        assert!(parse_deadline("2000-01-01T00:00:00Z", now).is_err());
+        let soon = (now + chrono::Duration::days(30)).to_rfc3339();
+        assert!(parse_deadline(&soon, now, YEAR).is_ok());
+        assert!(parse_deadline("2000-01-01T00:00:00Z", now, YEAR).is_err());
+    }
+
+    #[test]
+    fn huge_deadlines_are_refused_without_overflowing() {
+        let now = Utc::now();
+        for text in [
+            "99999999years",
+            "18446744073709551615s",
+            "2y",
+            "2999-01-01T00:00:00Z",
+            "+262142-12-31T23:59:59Z",
+        ] {
+            let err = parse_deadline(text, now, YEAR).unwrap_err();
+            assert_eq!(err.field, "deadline", "{text}");
+        }
+        for limit in [0, 1, u64::MAX] {
+            let _ = parse_deadline("99999999years", now, limit);
+            let _ = parse_deadline("2h", DateTime::<Utc>::MAX_UTC, limit);
+        }
+    }
+
+    #[test]
+    fn output_tokens_are_bounded_and_the_larger_of_the_two_times_n_is_reserved() {
+        let body = |extra: Value| {
+            let mut b = json!({"messages": [{"role": "user", "content": "x"}]});
+            b.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            json!({"model": "openai/gpt-4o-mini", "body": b})
+        };
+        let j = check(body(json!({"max_tokens": 300, "max_completion_tokens": 100, "n": 3}))).unwrap();
+        assert_eq!(j.max_tokens, 900);
+        let j = check(body(json!({"max_tokens": 10, "max_completion_tokens": 100}))).unwrap();
+        assert_eq!(j.max_tokens, 100);
+        for (extra, field) in [
+            (json!({"max_tokens": 4_000_000_000u64}), "body.max_tokens"),
+            (json!({"max_completion_tokens": 4_000_000_000u64}), "body.max_completion_tokens"),
+            (json!({"n": 0}), "body.n"),
+            (json!({"n": 1000}), "body.n"),
+            (json!({"n": "two"}), "body.n"),
+        ] {
+            let err = check(body(extra.clone())).unwrap_err();
+            assert_eq!(err.field, field, "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_nul_in_any_field_is_refused_naming_the_field() {
+        let base = json!({"model": "summarize", "body": {"messages": [{"role": "user", "content": "x"}]}});
+        for field in ["custom_id", "deadline", "idempotency_key", "route", "webhook_url"] {
+            let mut input = base.clone();
+            input[field] = json!("a\u{0}b");
+            assert_eq!(check(input).unwrap_err().field, field);
+        }
+        let mut input = base.clone();
+        input["body"]["messages"][0]["content"] = json!("hi\u{0}");
+        assert_eq!(check(input).unwrap_err().field, "body.messages[0].content");
+        let mut input = base;
+        input["tags"] = json!({"team": "a\u{0}"});
+        assert_eq!(check(input).unwrap_err().field, "tags.team");
     }
 
     #[test]
