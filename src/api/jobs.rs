@@ -317,6 +317,7 @@ pub async fn get(
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    crate::failpoint::panic_at("api.get_job");
     let row = crate::db::jobs::get(&ctx.pool, &tenant, &id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no job `{id}`")))?;

@@ -691,13 +691,22 @@ mod tests {
                 .extend(extra.as_object().unwrap().clone());
             json!({"model": "openai/gpt-4o-mini", "body": b})
         };
-        let j = check(body(json!({"max_tokens": 300, "max_completion_tokens": 100, "n": 3}))).unwrap();
+        let j = check(body(
+            json!({"max_tokens": 300, "max_completion_tokens": 100, "n": 3}),
+        ))
+        .unwrap();
         assert_eq!(j.max_tokens, 900);
-        let j = check(body(json!({"max_tokens": 10, "max_completion_tokens": 100}))).unwrap();
+        let j = check(body(
+            json!({"max_tokens": 10, "max_completion_tokens": 100}),
+        ))
+        .unwrap();
         assert_eq!(j.max_tokens, 100);
         for (extra, field) in [
             (json!({"max_tokens": 4_000_000_000u64}), "body.max_tokens"),
-            (json!({"max_completion_tokens": 4_000_000_000u64}), "body.max_completion_tokens"),
+            (
+                json!({"max_completion_tokens": 4_000_000_000u64}),
+                "body.max_completion_tokens",
+            ),
             (json!({"n": 0}), "body.n"),
             (json!({"n": 1000}), "body.n"),
             (json!({"n": "two"}), "body.n"),
@@ -709,8 +718,15 @@ mod tests {
 
     #[test]
     fn a_nul_in_any_field_is_refused_naming_the_field() {
-        let base = json!({"model": "summarize", "body": {"messages": [{"role": "user", "content": "x"}]}});
-        for field in ["custom_id", "deadline", "idempotency_key", "route", "webhook_url"] {
+        let base =
+            json!({"model": "summarize", "body": {"messages": [{"role": "user", "content": "x"}]}});
+        for field in [
+            "custom_id",
+            "deadline",
+            "idempotency_key",
+            "route",
+            "webhook_url",
+        ] {
             let mut input = base.clone();
             input[field] = json!("a\u{0}b");
             assert_eq!(check(input).unwrap_err().field, field);
