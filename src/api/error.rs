@@ -65,7 +65,6 @@ pub fn error_response(
         _ => "server_error",
     };
     let code = code.unwrap_or(match status.as_u16() {
-        400 => "invalid_request",
         401 => "invalid_api_key",
         404 => "not_found",
         405 => "method_not_allowed",

@@ -90,7 +90,7 @@ async fn submit_checks_the_whole_file_first_and_reports_every_bad_line() {
         writeln!(f, "{line}").unwrap();
     }
     drop(f);
-    let (ok, out, err) = run(&mut submit_cmd(&base, &key, &bad).arg("--chunk").arg("500"));
+    let (ok, out, err) = run(submit_cmd(&base, &key, &bad).arg("--chunk").arg("500"));
     assert!(!ok, "{err}");
     assert!(
         out.trim().is_empty(),
@@ -113,7 +113,7 @@ async fn submit_checks_the_whole_file_first_and_reports_every_bad_line() {
         .map(|i| job(&format!("ok {i}")).to_string())
         .collect();
     std::fs::write(&good, lines.join("\n")).unwrap();
-    let (ok, out, err) = run(&mut submit_cmd(&base, &key, &good).arg("--chunk").arg("500"));
+    let (ok, out, err) = run(submit_cmd(&base, &key, &good).arg("--chunk").arg("500"));
     assert!(ok, "{err}");
     let batch = out.trim();
     assert!(batch.starts_with("batch_"), "{out}");
