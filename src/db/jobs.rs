@@ -88,7 +88,8 @@ pub async fn lock_batch_for_adding(
     let row: Option<(bool, bool)> = sqlx::query_as(
         "SELECT b.cancelled_at IS NOT NULL,
                 EXISTS (SELECT 1 FROM jobs j WHERE j.batch_id = b.id)
-                  AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.batch_id = b.id AND j.finalized_at IS NULL)
+                  AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.batch_id = b.id
+                    AND j.status IN ('queued', 'running', 'retry_scheduled', 'in_provider_batch'))
          FROM batches b WHERE b.id = $1 AND b.tenant = $2 FOR UPDATE OF b",
     )
     .bind(batch_id)
