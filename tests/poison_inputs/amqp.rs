@@ -244,7 +244,8 @@ async fn credential_headers_in_any_casing_never_reach_the_rejected_queue() {
         assert!(!reason(d).is_empty());
     }
     assert!(
-        names_of(&got[0]).contains(&"sluice-schema".to_string()),
+        got.iter()
+            .any(|d| names_of(d).contains(&"sluice-schema".to_string())),
         "other headers are kept"
     );
     app.stop().await;

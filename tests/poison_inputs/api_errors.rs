@@ -38,7 +38,7 @@ async fn assert_json_error(resp: reqwest::Response, status: u16, what: &str) -> 
 async fn every_error_the_api_can_give_is_json_in_openais_shape() {
     let mut env = TestEnv::new().await;
     env.config.server.max_body_bytes = 64 * 1024;
-    env.config.server.request_timeout = Duration::from_millis(700);
+    env.config.server.request_timeout = Duration::from_secs(2);
     let app = env.up().await;
     let key = env.key("acme").await;
     let base = format!("http://{}", app.api_addr.unwrap());
@@ -105,10 +105,10 @@ async fn every_error_the_api_can_give_is_json_in_openais_shape() {
 
     // A body that arrives too slowly: the request is stopped with a JSON 408.
     let slow = futures::stream::unfold(0u8, |n| async move {
-        if n >= 3 {
+        if n >= 6 {
             return None;
         }
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
         Some((
             Ok::<_, std::io::Error>(bytes::Bytes::from_static(b" ")),
             n + 1,

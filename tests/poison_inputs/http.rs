@@ -218,7 +218,7 @@ async fn adding_to_a_batch_refuses_duplicate_custom_ids_and_closed_batches() {
     let c = Client::new(&app, &env.key("acme").await);
     let named = |id: &str| with(job(id), "custom_id", json!(id));
     let (status, first) = c
-        .post("/v1/jobs", &json!({"jobs": [named("a"), named("b")]}), None)
+        .post("/v1/jobs", &json!({"jobs": [named("a"), with(job("slow [[mock:sleep=3s]]"), "custom_id", json!("b"))]}), None)
         .await;
     assert_eq!(status, 200, "{first}");
     let batch = first["batch_id"].as_str().unwrap().to_string();
@@ -239,7 +239,7 @@ async fn adding_to_a_batch_refuses_duplicate_custom_ids_and_closed_batches() {
         )
         .await;
     assert_eq!(status, 422, "{answer}");
-    // Finished: every job reached a final state.
+    // (The slow job keeps the batch open until here.) Finished: every job reached a final state.
     for id in first["data"].as_array().unwrap() {
         c.wait_job(id["id"].as_str().unwrap(), T).await;
     }
