@@ -92,6 +92,22 @@ pub async fn create(
         ctx.config.worker.relay_grace,
     )
     .await?;
+    let replayed: Vec<&crate::db::jobs::NewJobRow> = rows
+        .iter()
+        .zip(&inserted)
+        .filter(|(_, i)| !i.created)
+        .map(|(r, _)| r)
+        .collect();
+    let conflicts = crate::db::jobs::idempotency_conflicts(&mut tx, &tenant, &replayed).await?;
+    if let Some(key) = conflicts.iter().next() {
+        tx.rollback().await?;
+        return Err(ApiError::Invalid(crate::domain::job::FieldError::new(
+            "idempotency_key",
+            format!(
+                "`{key}` was already used for a job with a different request; use a new key for a new job"
+            ),
+        )));
+    }
     let response = if many {
         list_response(&batch_id, &inserted)
     } else {

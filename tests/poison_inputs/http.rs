@@ -209,6 +209,27 @@ async fn unbounded_tokens_and_jobs_that_could_never_fit_a_budget_are_refused_at_
     env.cleanup().await;
 }
 
+/// Finding 12: a job-level `idempotency_key` reused with another request is a 422, like the
+/// `Idempotency-Key` header and the AMQP `message_id`; the same request again returns the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_idempotency_key_reused_with_another_request_is_a_422() {
+    let env = TestEnv::new().await;
+    let app = env.up().await;
+    let c = Client::new(&app, &env.key("acme").await);
+    let first = with(job("first"), "idempotency_key", json!("k-1"));
+    let (status, a) = c.post("/v1/jobs", &first, None).await;
+    assert_eq!(status, 200, "{a}");
+    let (status, b) = c.post("/v1/jobs", &first, None).await;
+    assert_eq!((status, &b["id"]), (200, &a["id"]), "{b}");
+    let other = with(job("another"), "idempotency_key", json!("k-1"));
+    let (status, answer) = c.post("/v1/jobs", &other, None).await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["error"]["param"], "idempotency_key");
+    assert_eq!(env.count("SELECT count(*) FROM jobs").await, 1);
+    app.stop().await;
+    env.cleanup().await;
+}
+
 /// Finding 12: adding to a batch refuses a custom_id the batch (or the request) already has,
 /// and a batch that was cancelled or has finished.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
