@@ -2,6 +2,7 @@
 //! costs, retry timing and error classes, routing, circuit breakers, structured-output checks.
 //! I/O modules call these; these call nothing.
 
+pub mod bounds;
 pub mod breaker;
 pub mod budget;
 pub mod cache;
