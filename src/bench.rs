@@ -107,6 +107,7 @@ pub async fn run(base: Config, command: BenchCommand) -> anyhow::Result<()> {
     config.database.url = db_url.clone();
     config.amqp.prefix = format!("bench{id}.");
     config.server.listen = "127.0.0.1:0".into();
+    crate::db::create_if_missing(&config.database).await?;
     let result = match command {
         BenchCommand::E2e {
             jobs,

@@ -140,6 +140,9 @@ pub struct ServerConfig {
     /// How long `POST /v1/chat/completions` waits for budget before answering 429.
     #[serde(with = "humantime_serde")]
     pub chat_budget_wait: Duration,
+    /// Longest the API works on one request (reading its body included) before answering 408.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -149,6 +152,7 @@ impl Default for ServerConfig {
             max_body_bytes: 64 * 1024 * 1024,
             max_upload_bytes: 512 * 1024 * 1024,
             chat_budget_wait: Duration::from_secs(20),
+            request_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -275,14 +279,26 @@ pub struct LimitsConfig {
     pub max_jobs_per_request: usize,
     /// `max_tokens` assumed for a request that sets none.
     pub default_max_tokens: u32,
+    /// Most output tokens (`max_tokens` / `max_completion_tokens`) one choice may ask for
+    /// when the price list knows no output limit for the model.
+    pub max_output_tokens: u32,
+    /// Most choices (`n`) one request may ask for.
+    pub max_n: u32,
+    /// Furthest deadline a job may set.
+    #[serde(with = "humantime_serde")]
+    pub max_deadline: Duration,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
+        let d = crate::domain::job::InputLimits::default();
         Self {
-            max_request_bytes: 1024 * 1024,
+            max_request_bytes: d.max_request_bytes,
             max_jobs_per_request: 10_000,
-            default_max_tokens: 1024,
+            default_max_tokens: d.default_max_tokens,
+            max_output_tokens: d.max_output_tokens,
+            max_n: d.max_n,
+            max_deadline: Duration::from_secs(d.max_deadline_secs),
         }
     }
 }
@@ -417,6 +433,7 @@ impl Config {
             None => Figment::from(Serialized::defaults(Config::default()))
                 .merge(Toml::string(DEFAULT_CONFIG)),
         };
+        check_env_names(std::env::vars().map(|(k, _)| k))?;
         Self::from_figment(base.merge(env_layer()))
     }
 
@@ -573,6 +590,48 @@ impl Config {
     }
 }
 
+/// `SLUICE_…` variables that are not settings of sluice's own (read elsewhere).
+const ENV_OTHERS: &[&str] = &[
+    "SLUICE_CONFIG",
+    "SLUICE_API_KEY",
+    "SLUICE_API_URL",
+    "SLUICE_LISTEN",
+    "SLUICE_LOG_JSON",
+    "SLUICE_FAILPOINT",
+];
+
+/// Refuses a `SLUICE_SECTION__KEY` variable whose section is unknown (a misspelt section
+/// would otherwise be ignored silently); unknown keys inside a known section are refused by
+/// the settings' `deny_unknown_fields` when the variables are read.
+fn check_env_names(names: impl Iterator<Item = String>) -> Result<(), ConfigError> {
+    for name in names {
+        let Some(rest) = name.strip_prefix("SLUICE_") else {
+            continue;
+        };
+        if ENV_OTHERS.contains(&name.as_str()) || name.starts_with("SLUICE_TEST_") {
+            continue;
+        }
+        let section = rest
+            .split("__")
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if !rest.contains("__") || !ENV_SECTIONS.contains(&section.as_str()) {
+            return Err(ConfigError::Invalid {
+                key: name.clone(),
+                message: format!(
+                    "environment variable `{name}` is not a sluice setting: settings are \
+                     SLUICE_<SECTION>__<KEY> with a section among {} (e.g. SLUICE_WORKER__CONCURRENCY), \
+                     or one of {}; fix or unset it",
+                    ENV_SECTIONS.join(", "),
+                    ENV_OTHERS.join(", ")
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// `SLUICE_SECTION__KEY` variables, plus `SLUICE_LISTEN`, `DATABASE_URL` and `AMQP_URL`.
 fn env_layer() -> Figment {
     Figment::new()
@@ -655,6 +714,32 @@ mod tests {
                 "{model}: {:?}",
                 catalog.resolve(model)
             );
+        }
+    }
+
+    #[test]
+    fn a_misspelt_environment_section_is_refused_with_its_name() {
+        let names = |v: &[&str]| {
+            v.iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .into_iter()
+        };
+        assert!(
+            check_env_names(names(&[
+                "SLUICE_WORKER__CONCURRENCY",
+                "SLUICE_API_KEY",
+                "PATH"
+            ]))
+            .is_ok()
+        );
+        for bad in [
+            "SLUICE_WORKR__CONCURRENCY",
+            "SLUICE_WORKER_CONCURRENCY",
+            "SLUICE_DATABSE__URL",
+        ] {
+            let err = check_env_names(names(&[bad])).unwrap_err().to_string();
+            assert!(err.contains(bad), "{err}");
         }
     }
 

@@ -15,3 +15,11 @@ pub fn hit(name: &str) {
         std::process::abort();
     }
 }
+
+/// Panics (instead of aborting) if `SLUICE_FAILPOINT` equals `name`: for proving that a panic
+/// is caught where it happens and the process lives on.
+pub fn panic_at(name: &str) {
+    if std::env::var("SLUICE_FAILPOINT").is_ok_and(|v| v == name) {
+        panic!("failpoint {name} hit: panicking");
+    }
+}

@@ -10,6 +10,7 @@ use crate::app::Ctx;
 use crate::config::Config;
 use crate::db::jobs::{Inserted, NewJobRow};
 use crate::domain::catalog::Catalog;
+use crate::domain::fit;
 use crate::domain::job::{FieldError, InputLimits, JobInput, ValidJob};
 use crate::domain::routing::{self, BatchTiming};
 use crate::ids::new_id;
@@ -23,6 +24,9 @@ pub fn limits(config: &Config) -> InputLimits {
     InputLimits {
         max_request_bytes: config.limits.max_request_bytes,
         default_max_tokens: config.limits.default_max_tokens,
+        max_output_tokens: config.limits.max_output_tokens,
+        max_n: config.limits.max_n,
+        max_deadline_secs: config.limits.max_deadline.as_secs(),
     }
 }
 
@@ -56,8 +60,7 @@ pub fn prepare_one(
     catalog: &Catalog,
     now: DateTime<Utc>,
 ) -> Result<NewJobRow, FieldError> {
-    let mut input: JobInput =
-        serde_json::from_value(raw).map_err(|e| FieldError::new("job", e.to_string()))?;
+    let mut input = JobInput::from_value(raw)?;
     apply_rules(&ctx.config, tenant, &mut input);
     let job = input.validate(catalog, limits(&ctx.config), now)?;
     to_row(&ctx.config, catalog, job, now)
@@ -158,6 +161,52 @@ pub fn to_row(
         premium: premium.map(|p| p.to_string()),
         cache_ttl_secs: cache_ttl.map(|d| i32::try_from(d.as_secs()).unwrap_or(i32::MAX)),
     })
+}
+
+/// For each row, why it could never run within its tenant's USD cap or its deployment's
+/// `batch_enqueued_tokens` (see `domain::fit`), or `None` when it can.
+pub async fn never_fitting(
+    ctx: &Ctx,
+    tenant: &str,
+    rows: &[NewJobRow],
+    now: DateTime<Utc>,
+) -> Result<Vec<Option<FieldError>>, sqlx::Error> {
+    let start = |r: &NewJobRow| {
+        usize::try_from(r.deployment_index)
+            .ok()
+            .and_then(|i| r.deployments.get(i))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let mut deployments: Vec<String> = rows.iter().map(start).collect();
+    deployments.sort();
+    deployments.dedup();
+    let (cap, batch_tokens) =
+        crate::db::submission::limits(&ctx.pool, tenant, &deployments).await?;
+    if cap.is_none() && batch_tokens.is_empty() {
+        return Ok(vec![None; rows.len()]);
+    }
+    let catalog = ctx.catalog();
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let deployment = start(r);
+            let batch = r.route == "batch";
+            let prompt = i64::from(r.est_prompt_tokens.max(0));
+            let output = i64::from(r.max_tokens.max(0));
+            let size = fit::JobSize {
+                worst_usd: catalog.worst_case_usd(&deployment, prompt, output, batch, now),
+                tokens: prompt.saturating_add(output),
+                batch,
+                deployment: deployment.clone(),
+            };
+            let limits = fit::Limits {
+                tenant_usd_cap: cap,
+                batch_enqueued_tokens: batch_tokens.get(&deployment).copied(),
+            };
+            fit::check(&size, &limits).err()
+        })
+        .collect())
 }
 
 /// Publishes work for newly created real-time jobs and marks them published. A failure is

@@ -378,7 +378,7 @@ async fn budgets_set_and_show_change_limits_at_run_time() {
         "--tenant",
         "acme",
         "--daily-usd",
-        "0.000001",
+        "0.000004",
         "--policy",
         "reject",
         "--weight",
@@ -398,7 +398,7 @@ async fn budgets_set_and_show_change_limits_at_run_time() {
     };
     assert_eq!(row("openai/gpt-4o-mini")["tpm"], 123456);
     assert_eq!(row("openai/gpt-4o-mini")["rpm"], 789);
-    assert_eq!(row("acme")["daily_usd"], "0.000001");
+    assert_eq!(row("acme")["daily_usd"], "0.000004");
     assert_eq!(row("acme")["usd_policy"], "reject");
     assert_eq!(
         env.count("SELECT weight::bigint FROM tenants WHERE name = 'acme'")
@@ -407,7 +407,11 @@ async fn budgets_set_and_show_change_limits_at_run_time() {
     );
 
     // The running workers read the new cap on their next claim: acme has spent more than it.
-    let (_, body) = c.post("/v1/jobs", &job("after the cap"), None).await;
+    // (The job's own worst case fits under the cap; one that did not would be refused at
+    // submission.)
+    let mut small = job("after the cap");
+    small["body"]["max_tokens"] = serde_json::json!(1);
+    let (_, body) = c.post("/v1/jobs", &small, None).await;
     let done = c.wait_job(body["id"].as_str().unwrap(), T).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["error"]["code"], "budget_exceeded", "{done}");

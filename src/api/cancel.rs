@@ -59,6 +59,8 @@ pub async fn batch(
             ))),
         };
     }
+    // Closed to new jobs first, so none slips in after the cancel.
+    crate::db::jobs::mark_batch_cancelled(&ctx.pool, &tenant, &id).await?;
     let report = crate::db::cancel::cancel_batch(&ctx.pool, &tenant, &id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no batch `{id}`")))?;

@@ -87,6 +87,14 @@ fn selection(
             "expected {{\"ids\": [...]}} or {{\"all\": true}}, optionally with \"model\" and \"code\": {e}"
         ))
     })?;
+    for (field, v) in [("model", &s.model), ("code", &s.code)] {
+        if let Some(v) = v {
+            crate::domain::text::check_str(field, v)?;
+        }
+    }
+    for (i, id) in s.ids.iter().flatten().enumerate() {
+        crate::domain::text::check_str(&format!("ids[{i}]"), id)?;
+    }
     let ids = match (s.ids, s.all) {
         (Some(_), true) => {
             return Err(ApiError::BadRequest {

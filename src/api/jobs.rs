@@ -61,14 +61,25 @@ pub async fn create(
     }
     let (inputs, batch_id, metadata, many) =
         split_submission(value, ctx.config.limits.max_jobs_per_request)?;
-    let rows = crate::submit::prepare(&ctx, &tenant, inputs, chrono::Utc::now())?;
+    let now = chrono::Utc::now();
+    let rows = crate::submit::prepare(&ctx, &tenant, inputs, now)?;
+    let unfit = crate::submit::never_fitting(&ctx, &tenant, &rows, now).await?;
+    if let Some((i, e)) = unfit
+        .into_iter()
+        .enumerate()
+        .find_map(|(i, e)| Some((i, e?)))
+    {
+        return Err(ApiError::Invalid(if many {
+            e.within(&format!("jobs[{i}]."))
+        } else {
+            e
+        }));
+    }
 
     let mut tx = ctx.pool.begin().await?;
     let batch_id = match (many, batch_id) {
         (_, Some(b)) => {
-            if !crate::db::jobs::batch_belongs_to(&mut tx, &tenant, &b).await? {
-                return Err(ApiError::NotFound(format!("no batch `{b}`")));
-            }
+            check_batch_open(&mut tx, &tenant, &b, &rows).await?;
             Some(b)
         }
         (true, None) => {
@@ -86,6 +97,22 @@ pub async fn create(
         ctx.config.worker.relay_grace,
     )
     .await?;
+    let replayed: Vec<&crate::db::jobs::NewJobRow> = rows
+        .iter()
+        .zip(&inserted)
+        .filter(|(_, i)| !i.created)
+        .map(|(r, _)| r)
+        .collect();
+    let conflicts = crate::db::jobs::idempotency_conflicts(&mut tx, &tenant, &replayed).await?;
+    if let Some(key) = conflicts.iter().next() {
+        tx.rollback().await?;
+        return Err(ApiError::Invalid(crate::domain::job::FieldError::new(
+            "idempotency_key",
+            format!(
+                "`{key}` was already used for a job with a different request; use a new key for a new job"
+            ),
+        )));
+    }
     let response = if many {
         list_response(&batch_id, &inserted)
     } else {
@@ -114,6 +141,47 @@ pub async fn create(
     tx.commit().await?;
     crate::submit::dispatch(&ctx, &tenant, &inserted).await;
     Ok((StatusCode::OK, Json(response)))
+}
+
+/// Refuses adding to a batch that is missing, cancelled or finished, or adding a `custom_id`
+/// the batch already has. Locks the batch row until the transaction ends.
+async fn check_batch_open(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    tenant: &str,
+    batch_id: &str,
+    rows: &[crate::db::jobs::NewJobRow],
+) -> Result<(), ApiError> {
+    use crate::db::jobs::BatchOpen;
+    match crate::db::jobs::lock_batch_for_adding(tx, tenant, batch_id).await? {
+        BatchOpen::Open => {}
+        BatchOpen::Missing => return Err(ApiError::NotFound(format!("no batch `{batch_id}`"))),
+        BatchOpen::Cancelled => {
+            return Err(ApiError::Conflict(format!(
+                "batch `{batch_id}` was cancelled and takes no more jobs; submit them as a new batch"
+            )));
+        }
+        BatchOpen::Finished => {
+            return Err(ApiError::Conflict(format!(
+                "batch `{batch_id}` has finished (every job in it reached a final state) and takes no more jobs; submit them as a new batch"
+            )));
+        }
+    }
+    let ids: Vec<&str> = rows.iter().filter_map(|r| r.custom_id.as_deref()).collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let taken = crate::db::jobs::custom_ids_in_batch(tx, batch_id, &ids).await?;
+    if !taken.is_empty() {
+        return Err(ApiError::Conflict(format!(
+            "batch `{batch_id}` already has jobs with custom_id {}; each custom_id must be unique within a batch",
+            taken
+                .iter()
+                .map(|c| format!("`{c}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(())
 }
 
 async fn replay(
@@ -172,10 +240,21 @@ fn split_submission(
             list.len()
         )));
     }
-    let batch_id = obj
-        .remove("batch_id")
-        .and_then(|v| v.as_str().map(str::to_owned));
+    let batch_id = match obj.remove("batch_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(b)) => {
+            crate::domain::text::check_str("batch_id", &b)?;
+            Some(b)
+        }
+        Some(_) => {
+            return Err(ApiError::BadRequest {
+                message: "`batch_id` must be a string".into(),
+                param: Some("batch_id".into()),
+            });
+        }
+    };
     let metadata = obj.remove("metadata").unwrap_or_else(|| json!({}));
+    crate::domain::text::check_value("metadata", &metadata)?;
     if let Some(k) = obj.keys().next() {
         return Err(ApiError::BadRequest {
             message: format!("unknown field `{k}` beside `jobs`"),
@@ -266,6 +345,7 @@ pub async fn get(
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    crate::failpoint::panic_at("api.get_job");
     let row = crate::db::jobs::get(&ctx.pool, &tenant, &id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no job `{id}`")))?;

@@ -8,6 +8,7 @@ mod dead_letters;
 mod error;
 mod jobs;
 mod metrics;
+mod layers;
 mod models;
 mod webhook_endpoints;
 pub mod openai;
@@ -33,7 +34,7 @@ pub fn router(ctx: Arc<Ctx>, worker_id: String) -> Router {
     let limit = ctx.config.server.max_body_bytes;
     let upload_limit = ctx.config.server.max_upload_bytes;
     crate::metrics::install();
-    Router::new()
+    let router = Router::new()
         .route(
             "/healthz",
             get(|| async { axum::Json(json!({"status": "ok"})) }),
@@ -41,6 +42,7 @@ pub fn router(ctx: Arc<Ctx>, worker_id: String) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::scrape))
         .route("/v1/models", get(models::list))
+        .route("/v1/limits", get(models::limits))
         .route("/v1/models/{*model}", get(models::get))
         .route("/v1/budgets", get(budgets::list))
         .route("/v1/jobs", post(jobs::create).get(jobs::list))
@@ -90,8 +92,15 @@ pub fn router(ctx: Arc<Ctx>, worker_id: String) -> Router {
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::Extension(openai::chat::ApiWorker(worker_id)))
-        .route_layer(axum::middleware::from_fn(metrics::track))
-        .with_state(ctx)
+        .route_layer(axum::middleware::from_fn(metrics::track));
+    // The hard cap is the upload limit; every other route keeps `max_body_bytes` through
+    // `DefaultBodyLimit`, which their extractors obey.
+    layers::protect(
+        router,
+        limit.max(upload_limit),
+        ctx.config.server.request_timeout,
+    )
+    .with_state(ctx)
 }
 
 /// Whether this process can serve: database, broker and every supervised role.

@@ -41,5 +41,16 @@ fn model_object(id: &str, r: &crate::domain::catalog::Resolved) -> Value {
         "created": 0,
         "owned_by": "sluice",
         "deployments": r.deployments.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "max_output_tokens": r.max_output_tokens,
     })
+}
+
+/// `GET /v1/limits`: the input limits jobs are checked against, so clients (`sluice submit`)
+/// can check a whole file with the server's own rules before uploading anything.
+pub async fn limits(State(ctx): State<Arc<Ctx>>, _t: Tenant) -> Json<Value> {
+    Json(json!({
+        "object": "limits",
+        "job": crate::submit::limits(&ctx.config),
+        "max_jobs_per_request": ctx.config.limits.max_jobs_per_request,
+    }))
 }

@@ -1,44 +1,16 @@
 //! Client commands: `submit`, `status`, `results`. They talk to a running sluice over HTTP, so
 //! they work from any machine that can reach the API.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::Args;
 use comfy_table::Table;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::ApiArgs;
-use crate::domain::catalog::{Deployment, Resolved};
-use crate::domain::job::{InputLimits, JobInput};
-
-/// Jobs sent per HTTP request.
-const CHUNK: usize = 1000;
-
-/// `sluice submit`
-#[derive(Debug, Args)]
-pub struct SubmitArgs {
-    /// JSONL file: one job per line, in OpenAI batch input format or sluice's job format.
-    pub file: PathBuf,
-    /// Model alias or model for every line (overrides the lines' own).
-    #[arg(long)]
-    pub model: Option<String>,
-    /// Route for every line: auto, cheap or batch.
-    #[arg(long)]
-    pub route: Option<String>,
-    /// Deadline for every line: a duration such as 24h, or an RFC 3339 time.
-    #[arg(long)]
-    pub deadline: Option<String>,
-    /// Follow the batch until every job has finished, then print a summary.
-    #[arg(long)]
-    pub wait: bool,
-    #[command(flatten)]
-    pub api: ApiArgs,
-}
 
 /// A client of a running sluice's HTTP API.
 pub(super) struct Api {
@@ -101,7 +73,26 @@ impl Api {
         Ok(Err((status, message)))
     }
 
-    async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
+    /// The API's base URL.
+    pub(super) fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// GETs JSON; an error answer comes back as its status and message.
+    pub(super) async fn try_get(
+        &self,
+        path: &str,
+    ) -> anyhow::Result<Result<Value, (reqwest::StatusCode, String)>> {
+        match self
+            .try_send(self.http.get(format!("{}{path}", self.base)))
+            .await?
+        {
+            Ok(resp) => Ok(Ok(resp.json().await?)),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    pub(super) async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
         Ok(self
             .send(self.http.get(format!("{}{path}", self.base)))
             .await?
@@ -143,163 +134,8 @@ impl Api {
     }
 }
 
-/// Reads and checks the whole file before anything is sent.
-fn read_jobs(args: &SubmitArgs) -> anyhow::Result<Vec<(usize, JobInput)>> {
-    let text = std::fs::read_to_string(&args.file)
-        .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let name = args.file.display();
-    let mut jobs = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let n = i + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let mut job: JobInput = serde_json::from_str(line)
-            .map_err(|e| anyhow::anyhow!("{name}:{n}: not a valid job line: {e}"))?;
-        if args.model.is_some() {
-            job.model = args.model.clone();
-        }
-        if args.route.is_some() {
-            job.route = args.route.clone();
-        }
-        if args.deadline.is_some() {
-            job.deadline = args.deadline.clone();
-        }
-        jobs.push((n, job));
-    }
-    if jobs.is_empty() {
-        bail!("{name} has no jobs: expected one JSON object per line");
-    }
-    Ok(jobs)
-}
-
-/// `sluice submit FILE`: check every line, upload in chunks, optionally follow to the end.
-pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let jobs = read_jobs(&args)?;
-    let api = Api::new(&args.api)?;
-    let name = args.file.display().to_string();
-
-    // Resolve each distinct model once through the server, so an unknown model is reported
-    // with its line number before anything is enqueued.
-    let models: BTreeSet<String> = jobs
-        .iter()
-        .filter_map(|(_, j)| j.model_name().map(str::to_owned))
-        .collect();
-    let mut known: BTreeMap<String, Result<Resolved, String>> = BTreeMap::new();
-    for m in models {
-        let req = api.http.get(format!("{}/v1/models/{m}", api.base));
-        let r = match api.try_send(req).await? {
-            Ok(resp) => {
-                let v: Value = resp.json().await?;
-                Ok(Resolved {
-                    alias: None,
-                    deployments: v["deployments"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|d| d.as_str().and_then(Deployment::parse))
-                        .collect(),
-                    max_attempts: None,
-                    premium: None,
-                    cache_ttl: None,
-                })
-            }
-            Err((reqwest::StatusCode::NOT_FOUND, message)) => Err(message),
-            Err((status, message)) => bail!("sluice answered {status}: {message}"),
-        };
-        known.insert(m, r);
-    }
-    let limits = InputLimits {
-        max_request_bytes: usize::MAX,
-        default_max_tokens: 1,
-    };
-    let mut seen = BTreeSet::new();
-    let mut values = Vec::with_capacity(jobs.len());
-    for (n, job) in jobs {
-        if let Some(c) = &job.custom_id
-            && !seen.insert(c.clone())
-        {
-            bail!("{name}:{n}: custom_id `{c}` appears more than once in the file");
-        }
-        let value = serde_json::to_value(&job)?;
-        job.validate_with(
-            |m| {
-                known
-                    .get(m)
-                    .cloned()
-                    .unwrap_or_else(|| Err(format!("unknown model `{m}`")))
-            },
-            limits,
-            chrono::Utc::now(),
-        )
-        .map_err(|e| anyhow::anyhow!("{name}:{n}: {e}"))?;
-        values.push(value);
-    }
-
-    let total = values.len() as u64;
-    let bar = progress(total, "uploading");
-    let submission = crate::ids::new_id("sub");
-    let mut batch_id: Option<String> = None;
-    for (i, chunk) in values.chunks(CHUNK).enumerate() {
-        let mut body = json!({"jobs": chunk, "metadata": {"source": "cli", "file": name}});
-        if let Some(b) = &batch_id {
-            body = json!({"jobs": chunk, "batch_id": b});
-        }
-        let resp = api
-            .post_json("/v1/jobs", &body, &format!("{submission}-{i}"))
-            .await
-            .with_context(|| {
-                format!(
-                    "uploading lines of chunk {} (jobs {}..{})",
-                    i + 1,
-                    i * CHUNK + 1,
-                    i * CHUNK + chunk.len()
-                )
-            })?;
-        if batch_id.is_none() {
-            batch_id = resp["batch_id"].as_str().map(str::to_owned);
-        }
-        bar.inc(chunk.len() as u64);
-    }
-    bar.finish_and_clear();
-    let batch_id = batch_id.context("the server returned no batch id")?;
-    eprintln!(
-        "submitted {total} jobs from {name} as batch {batch_id} in {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
-    println!("{batch_id}");
-    if !args.wait {
-        eprintln!(
-            "follow it with: sluice status {batch_id}   results: sluice results {batch_id} -o out.jsonl"
-        );
-        return Ok(());
-    }
-    let bar = progress(total, "running");
-    let summary = loop {
-        let s = api.get_json(&format!("/v1/batches/{batch_id}")).await?;
-        let counts = &s["counts"];
-        let finished: u64 = ["succeeded", "failed", "cancelled", "expired"]
-            .iter()
-            .map(|k| counts[*k].as_u64().unwrap_or(0))
-            .sum();
-        bar.set_position(finished);
-        if s["status"] == "completed" {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
-    bar.finish_and_clear();
-    let elapsed = started.elapsed().as_secs_f64();
-    print_summary(&summary);
-    eprintln!(
-        "{total} jobs in {elapsed:.2}s: {:.0} jobs/s end to end (upload, run, record)",
-        total as f64 / elapsed
-    );
-    Ok(())
-}
-
-fn progress(total: u64, what: &str) -> ProgressBar {
+/// A progress bar for `total` items.
+pub(super) fn progress(total: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(total);
     let style =
         ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")

@@ -81,9 +81,16 @@ impl FilterArgs {
         let since = self
             .since
             .map(|d| -> anyhow::Result<_> {
-                let d = chrono::Duration::from_std(d)
-                    .map_err(|_| anyhow::anyhow!("--since is too long"))?;
-                Ok(chrono::Utc::now() - d)
+                let too_long = || {
+                    anyhow::anyhow!(
+                        "--since {} reaches further back than dates go; use a duration like 30days",
+                        humantime::format_duration(d)
+                    )
+                };
+                let d = chrono::Duration::from_std(d).map_err(|_| too_long())?;
+                chrono::Utc::now()
+                    .checked_sub_signed(d)
+                    .ok_or_else(too_long)
             })
             .transpose()?;
         Ok(DeadLetterFilter {

@@ -8,6 +8,7 @@ mod dead_letters;
 mod webhooks;
 mod report;
 mod schedules;
+mod submit;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -110,7 +111,7 @@ pub enum Command {
         command: budgets::BudgetsCommand,
     },
     /// Enqueue a JSONL file (OpenAI batch input format or sluice's job format).
-    Submit(client::SubmitArgs),
+    Submit(submit::SubmitArgs),
     /// Show a batch's progress, tokens and cost.
     Status {
         batch_id: String,
@@ -176,6 +177,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up { mock, mock_port } => {
             let mut config = load()?;
+            crate::db::create_if_missing(&config.database).await?;
             if mock {
                 let m = crate::mock::start(
                     SocketAddr::from(([127, 0, 0, 1], mock_port)),
@@ -249,6 +251,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Report { command } => report::run(&load()?, command).await,
         Command::Migrate => {
             let config = load()?;
+            crate::db::create_if_missing(&config.database).await?;
             admin_pool(&config).await?;
             eprintln!("migrations applied and prices seeded");
             Ok(())
@@ -317,7 +320,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench { command } => crate::bench::run(load()?, command).await,
         Command::Budgets { command } => budgets::run(&load()?, command).await,
-        Command::Submit(args) => client::submit(args).await,
+        Command::Submit(args) => submit::submit(args).await,
         Command::Status { batch_id, api } => client::status(&api, &batch_id).await,
         Command::Results {
             batch_id,

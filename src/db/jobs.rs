@@ -66,17 +66,74 @@ pub async fn insert_batch(
     Ok(())
 }
 
-/// Whether `batch_id` exists and belongs to `tenant`.
-pub async fn batch_belongs_to(
+/// Whether a batch can take more jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchOpen {
+    /// Open: the batch's row is locked until the transaction ends.
+    Open,
+    /// No such batch of this tenant's.
+    Missing,
+    /// The batch was cancelled.
+    Cancelled,
+    /// Every job of the batch has finished.
+    Finished,
+}
+
+/// Locks a batch of `tenant`'s for adding jobs and says whether it can take them.
+pub async fn lock_batch_for_adding(
     tx: &mut Transaction<'_, Postgres>,
     tenant: &str,
     batch_id: &str,
+) -> Result<BatchOpen, DbError> {
+    let row: Option<(bool, bool)> = sqlx::query_as(
+        "SELECT b.cancelled_at IS NOT NULL,
+                EXISTS (SELECT 1 FROM jobs j WHERE j.batch_id = b.id)
+                  AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.batch_id = b.id
+                    AND j.status IN ('queued', 'running', 'retry_scheduled', 'in_provider_batch'))
+         FROM batches b WHERE b.id = $1 AND b.tenant = $2 FOR UPDATE OF b",
+    )
+    .bind(batch_id)
+    .bind(tenant)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(match row {
+        None => BatchOpen::Missing,
+        Some((true, _)) => BatchOpen::Cancelled,
+        Some((_, true)) => BatchOpen::Finished,
+        Some(_) => BatchOpen::Open,
+    })
+}
+
+/// The `custom_id`s among `ids` that jobs of `batch_id` already use.
+pub async fn custom_ids_in_batch(
+    tx: &mut Transaction<'_, Postgres>,
+    batch_id: &str,
+    ids: &[&str],
+) -> Result<Vec<String>, DbError> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT custom_id FROM jobs WHERE batch_id = $1 AND custom_id = ANY($2) ORDER BY 1 LIMIT 20",
+    )
+    .bind(batch_id)
+    .bind(ids)
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// Marks a batch of `tenant`'s cancelled, so it takes no more jobs; false if there is none.
+pub async fn mark_batch_cancelled(
+    pool: &PgPool,
+    tenant: &str,
+    batch_id: &str,
 ) -> Result<bool, DbError> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM batches WHERE id = $1 AND tenant = $2)")
-        .bind(batch_id)
-        .bind(tenant)
-        .fetch_one(&mut **tx)
-        .await
+    Ok(sqlx::query(
+        "UPDATE batches SET cancelled_at = COALESCE(cancelled_at, now()) WHERE id = $1 AND tenant = $2",
+    )
+    .bind(batch_id)
+    .bind(tenant)
+    .execute(pool)
+    .await?
+    .rows_affected()
+        == 1)
 }
 
 /// Inserts jobs in one statement. A job whose idempotency key was seen before is not inserted
@@ -156,6 +213,47 @@ pub async fn insert_jobs(
             }
         })
         .collect())
+}
+
+/// The idempotency keys among `rows` (each already taken by an earlier job of `tenant`) whose
+/// earlier job asked for something else: another model, request or tags. Such a reuse of a key
+/// is refused rather than answered with the earlier job.
+pub async fn idempotency_conflicts(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant: &str,
+    rows: &[&NewJobRow],
+) -> Result<std::collections::HashSet<String>, DbError> {
+    if rows.is_empty() {
+        return Ok(Default::default());
+    }
+    let keyed: Vec<(&str, &NewJobRow)> = rows
+        .iter()
+        .filter_map(|r| Some((r.idempotency_key.as_deref()?, *r)))
+        .collect();
+    let keys: Vec<&str> = keyed.iter().map(|(k, _)| *k).collect();
+    let models: Vec<&str> = keyed.iter().map(|(_, r)| r.model.as_str()).collect();
+    let requests: Vec<sqlx::types::Json<&Value>> = keyed
+        .iter()
+        .map(|(_, r)| sqlx::types::Json(&r.request))
+        .collect();
+    let tags: Vec<sqlx::types::Json<&Value>> = keyed
+        .iter()
+        .map(|(_, r)| sqlx::types::Json(&r.tags))
+        .collect();
+    let differ: Vec<String> = sqlx::query_scalar(
+        "SELECT x.key FROM unnest($2::text[], $3::text[], $4::jsonb[], $5::jsonb[])
+             AS x(key, model, request, tags)
+         JOIN jobs j ON j.tenant = $1 AND j.idempotency_key = x.key
+         WHERE j.model <> x.model OR j.request <> x.request OR j.tags <> x.tags",
+    )
+    .bind(tenant)
+    .bind(&keys)
+    .bind(&models)
+    .bind(&requests)
+    .bind(&tags)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(differ.into_iter().collect())
 }
 
 /// Notes that these jobs' work messages are in the broker, so the relay leaves them alone.

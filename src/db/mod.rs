@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod prices;
 pub mod provider_batches;
 pub mod schedules;
+pub mod submission;
 pub mod tenants;
 pub mod webhooks;
 
@@ -32,23 +33,22 @@ use crate::config::DatabaseConfig;
 /// A database failure.
 pub type DbError = sqlx::Error;
 
-/// Connects, creating the database first if it does not exist yet. Every connection carries
+/// Connects to an existing database. A missing one is an error that says how to create it:
+/// only the set-up commands (`sluice up`, `sluice migrate`) create a database, so a mistyped
+/// `DATABASE_URL` never starts a server on a new, empty one. Every connection carries
 /// `statement_timeout` and `lock_timeout`, so no statement can hang a loop.
 pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
-    let options = connect_options(config)?;
-    ensure_database(&options).await?;
-    pool(config, options, config.max_connections).await
+    pool(config, options(config)?, config.max_connections).await
 }
 
 /// The small pool for heartbeats and lease renewals (`database.heartbeat_connections`): kept
 /// apart from the main pool, so a main pool saturated by a stall cannot delay a heartbeat long
 /// enough to get a live worker declared dead and its calls made twice.
 pub async fn connect_heartbeat(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
-    let options = connect_options(config)?;
-    pool(config, options, config.heartbeat_connections.max(1)).await
+    pool(config, options(config)?, config.heartbeat_connections.max(1)).await
 }
 
-fn connect_options(config: &DatabaseConfig) -> anyhow::Result<PgConnectOptions> {
+fn options(config: &DatabaseConfig) -> anyhow::Result<PgConnectOptions> {
     let ms = |d: std::time::Duration| format!("{}ms", d.as_millis());
     Ok(PgConnectOptions::from_str(&config.url)
         .map_err(|e| {
@@ -74,10 +74,27 @@ async fn pool(
         .acquire_timeout(config.acquire_timeout)
         .connect_with(options)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to Postgres at {}: {e}", redact(&config.url)))
+        .map_err(|e| {
+            let missing = e
+                .as_database_error()
+                .and_then(|d| d.code())
+                .is_some_and(|c| c == "3D000");
+            if missing {
+                anyhow::anyhow!(
+                    "the database at {} does not exist: check DATABASE_URL (database.url) for a typo, \
+                     or create it with `sluice migrate`",
+                    redact(&config.url)
+                )
+            } else {
+                anyhow::anyhow!("cannot connect to Postgres at {}: {e}", redact(&config.url))
+            }
+        })
 }
 
-async fn ensure_database(options: &PgConnectOptions) -> anyhow::Result<()> {
+/// Creates the database named in `config` if it does not exist yet, saying so in one log
+/// line; for the set-up commands (`sluice up`, `sluice migrate`) and test harnesses.
+pub async fn create_if_missing(config: &DatabaseConfig) -> anyhow::Result<()> {
+    let options = options(config)?;
     let Some(name) = options.get_database().map(str::to_owned) else {
         return Ok(());
     };
@@ -101,6 +118,8 @@ async fn ensure_database(options: &PgConnectOptions) -> anyhow::Result<()> {
             if !duplicate {
                 return Err(e.into());
             }
+        } else {
+            tracing::info!(database = %name, url = %redact(&config.url), "created database `{name}`: it did not exist");
         }
     }
     admin.close().await?;

@@ -47,6 +47,9 @@ pub struct Resolved {
     pub premium: Option<Deployment>,
     /// Response cache lifetime, when the alias opts in.
     pub cache_ttl: Option<std::time::Duration>,
+    /// The most output tokens one choice can ask for: the largest limit among the
+    /// deployments, or `None` when the price list does not know every one.
+    pub max_output_tokens: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +89,7 @@ impl Catalog {
                         max_attempts: a.max_attempts,
                         premium: a.premium.as_deref().and_then(Deployment::parse),
                         cache_ttl: a.cache_ttl,
+                        max_output_tokens: None,
                     },
                 )
             })
@@ -233,6 +237,7 @@ impl Catalog {
             max_attempts: None,
             premium: None,
             cache_ttl: None,
+            max_output_tokens: None,
         })
         .map_err(|e| {
             format!(
@@ -242,7 +247,16 @@ impl Catalog {
         })
     }
 
-    fn check_priced(&self, r: Resolved) -> Result<Resolved, String> {
+    fn check_priced(&self, mut r: Resolved) -> Result<Resolved, String> {
+        let limits: Option<Vec<i64>> = r
+            .deployments
+            .iter()
+            .map(|d| {
+                self.price_of(d, chrono::DateTime::<Utc>::MAX_UTC)
+                    .and_then(|p| p.max_output_tokens)
+            })
+            .collect();
+        r.max_output_tokens = limits.and_then(|l| l.into_iter().max());
         for d in &r.deployments {
             if !self
                 .prices

@@ -7,6 +7,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use super::bounds::{InputLimits, parse_deadline};
+use super::bounds::{MAX_CACHE_TTL, output_tokens};
 use super::catalog::{Catalog, Resolved};
 
 /// A job in the form producers send it: sluice's own fields, or an OpenAI batch input line
@@ -46,13 +48,6 @@ pub struct JobInput {
     pub cache_ttl: Option<String>,
 }
 
-/// Limits a job is checked against.
-#[derive(Debug, Clone, Copy)]
-pub struct InputLimits {
-    pub max_request_bytes: usize,
-    pub default_max_tokens: u32,
-}
-
 /// A job that passed validation and is ready to be recorded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidJob {
@@ -68,7 +63,8 @@ pub struct ValidJob {
     pub idempotency_key: Option<String>,
     pub priority: i16,
     pub max_attempts: Option<i32>,
-    /// Completion tokens the request may use (its own `max_tokens` or the default).
+    /// Output tokens the request may use across all its choices: the larger of `max_tokens`
+    /// and `max_completion_tokens` (or the default), times `n`. Budgets reserve this much.
     pub max_tokens: u32,
     /// The job's own cache choice (`Some(ZERO)` opts out), else the alias decides.
     pub cache_ttl: Option<std::time::Duration>,
@@ -125,6 +121,42 @@ impl JobInput {
             .or_else(|| self.body.as_ref()?.get("model")?.as_str())
     }
 
+    /// Reads a job from JSON, naming the field at fault: unstorable text first (with its
+    /// path, e.g. `body.messages[0].content`), then the shape (`job`).
+    pub fn from_value(value: Value) -> Result<JobInput, FieldError> {
+        super::text::check_value("", &value)?;
+        serde_json::from_value(value).map_err(|e| FieldError::new("job", e.to_string()))
+    }
+
+    /// Refuses text Postgres cannot store in any field, naming the field.
+    fn check_storable(&self) -> Result<(), FieldError> {
+        use super::text::{check_str, check_value};
+        let fields = [
+            ("custom_id", &self.custom_id),
+            ("method", &self.method),
+            ("url", &self.url),
+            ("model", &self.model),
+            ("route", &self.route),
+            ("deadline", &self.deadline),
+            ("webhook_url", &self.webhook_url),
+            ("idempotency_key", &self.idempotency_key),
+            ("cache_ttl", &self.cache_ttl),
+        ];
+        for (field, value) in fields {
+            if let Some(v) = value {
+                check_str(field, v)?;
+            }
+        }
+        for (k, v) in &self.tags {
+            check_str("tags (a key)", k)?;
+            check_str(&format!("tags.{k}"), v)?;
+        }
+        if let Some(body) = &self.body {
+            check_value("body", body)?;
+        }
+        Ok(())
+    }
+
     /// `validate` with any model resolver (the CLI resolves through the server's catalog).
     pub fn validate_with(
         mut self,
@@ -132,6 +164,7 @@ impl JobInput {
         limits: InputLimits,
         now: DateTime<Utc>,
     ) -> Result<ValidJob, FieldError> {
+        self.check_storable()?;
         if let Some(m) = &self.method
             && m != "POST"
         {
@@ -167,17 +200,6 @@ impl JobInput {
                 "streaming is not supported for queued jobs",
             ));
         }
-        let max_tokens = match obj
-            .get("max_completion_tokens")
-            .or_else(|| obj.get("max_tokens"))
-        {
-            None | Some(Value::Null) => limits.default_max_tokens,
-            Some(v) => v
-                .as_u64()
-                .filter(|n| (1..=u32::MAX as u64).contains(n))
-                .map(|n| n as u32)
-                .ok_or_else(|| FieldError::new("body.max_tokens", "must be a positive integer"))?,
-        };
         let body_model = obj.get("model").and_then(Value::as_str).map(str::to_owned);
         let model = self.model.take().or(body_model).ok_or_else(|| {
             FieldError::new(
@@ -186,6 +208,7 @@ impl JobInput {
             )
         })?;
         let resolved = resolve(&model).map_err(|m| FieldError::new("model", m))?;
+        let max_tokens = output_tokens(obj, &resolved, limits)?;
         let size = serde_json::to_vec(&body)
             .map(|v| v.len())
             .unwrap_or(usize::MAX);
@@ -217,7 +240,7 @@ impl JobInput {
         let deadline = self
             .deadline
             .as_deref()
-            .map(|d| parse_deadline(d, now))
+            .map(|d| parse_deadline(d, now, limits.max_deadline_secs))
             .transpose()?;
         if let Some(url) = &self.webhook_url {
             match url::Url::parse(url) {
@@ -251,10 +274,16 @@ impl JobInput {
         let cache_ttl = self
             .cache_ttl
             .as_deref()
-            .map(|t| {
-                humantime::parse_duration(t).map_err(|_| {
-                    FieldError::new("cache_ttl", format!("`{t}` is not a duration like 1h"))
-                })
+            .map(|t| match humantime::parse_duration(t) {
+                Ok(d) if d <= MAX_CACHE_TTL => Ok(d),
+                Ok(_) => Err(FieldError::new(
+                    "cache_ttl",
+                    format!("`{t}` is longer than the most allowed, 365 days"),
+                )),
+                Err(_) => Err(FieldError::new(
+                    "cache_ttl",
+                    format!("`{t}` is not a duration like 1h"),
+                )),
             })
             .transpose()?;
         Ok(ValidJob {
@@ -312,26 +341,6 @@ fn check_tags(tags: &BTreeMap<String, String>) -> Result<(), FieldError> {
         }
     }
     Ok(())
-}
-
-/// Reads a deadline as an RFC 3339 time or as a duration from `now` (`90m`, `24h`, `2d`).
-pub fn parse_deadline(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, FieldError> {
-    let at = if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        t.with_timezone(&Utc)
-    } else if let Ok(d) = humantime::parse_duration(text) {
-        let d = chrono::Duration::from_std(d)
-            .map_err(|_| FieldError::new("deadline", "is too far away"))?;
-        now + d
-    } else {
-        return Err(FieldError::new(
-            "deadline",
-            format!("`{text}` is neither an RFC 3339 time nor a duration like 24h"),
-        ));
-    };
-    if at <= now {
-        return Err(FieldError::new("deadline", "is in the past"));
-    }
-    Ok(at)
 }
 
 /// The route a producer asked for.
@@ -410,7 +419,7 @@ impl JobStatus {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::Config;
     use serde_json::json;
@@ -423,6 +432,7 @@ mod tests {
         InputLimits {
             max_request_bytes: 10_000,
             default_max_tokens: 500,
+            ..InputLimits::default()
         }
     }
 
@@ -430,7 +440,7 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
-    fn check(v: Value) -> Result<ValidJob, FieldError> {
+    pub(crate) fn check(v: Value) -> Result<ValidJob, FieldError> {
         line(v).validate(&catalog(), limits(), Utc::now())
     }
 
@@ -510,14 +520,26 @@ mod tests {
     }
 
     #[test]
-    fn deadlines_read_as_times_or_durations() {
-        let now = Utc::now();
-        assert_eq!(
-            parse_deadline("2h", now).unwrap(),
-            now + chrono::Duration::hours(2)
-        );
-        assert!(parse_deadline("2999-01-01T00:00:00Z", now).is_ok());
-        assert!(parse_deadline("2000-01-01T00:00:00Z", now).is_err());
+    fn a_nul_in_any_field_is_refused_naming_the_field() {
+        let base =
+            json!({"model": "summarize", "body": {"messages": [{"role": "user", "content": "x"}]}});
+        for field in [
+            "custom_id",
+            "deadline",
+            "idempotency_key",
+            "route",
+            "webhook_url",
+        ] {
+            let mut input = base.clone();
+            input[field] = json!("a\u{0}b");
+            assert_eq!(check(input).unwrap_err().field, field);
+        }
+        let mut input = base.clone();
+        input["body"]["messages"][0]["content"] = json!("hi\u{0}");
+        assert_eq!(check(input).unwrap_err().field, "body.messages[0].content");
+        let mut input = base;
+        input["tags"] = json!({"team": "a\u{0}"});
+        assert_eq!(check(input).unwrap_err().field, "tags.team");
     }
 
     #[test]

@@ -2,11 +2,13 @@
 //! costs, retry timing and error classes, routing, circuit breakers, structured-output checks.
 //! I/O modules call these; these call nothing.
 
+pub mod bounds;
 pub mod breaker;
 pub mod budget;
 pub mod cache;
 pub mod catalog;
 pub mod cron;
+pub mod fit;
 pub mod job;
 pub mod openai_batch;
 pub mod pricing;

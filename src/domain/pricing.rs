@@ -118,19 +118,35 @@ impl PriceBook {
     /// The built-in list plus config rows: what the `prices` table is seeded with.
     pub fn seed_rows(config_prices: &[PriceConfig]) -> Vec<Price> {
         let mut rows = parse_price_csv(BUILTIN_PRICES_CSV);
-        rows.extend(config_prices.iter().map(|c| Price {
-            provider: c.provider.clone(),
-            model: c.model.clone(),
-            effective_from: c.effective_from.unwrap_or_default(),
-            input: c.input_usd_per_mtok,
-            output: c.output_usd_per_mtok,
-            cached_input: c.cached_input_usd_per_mtok,
-            batch_input: c.batch_input_usd_per_mtok,
-            batch_output: c.batch_output_usd_per_mtok,
-            max_input_tokens: None,
-            max_output_tokens: None,
-            batch_api: c.batch_input_usd_per_mtok.is_some(),
-        }));
+        let configured: Vec<Price> = config_prices
+            .iter()
+            .map(|c| {
+                // An override without `effective_from` applies now: it takes the time of the
+                // latest built-in price of the model, so it replaces that price (and keeps its
+                // context window); a model the built-in list lacks is priced from the epoch.
+                let builtin = rows
+                    .iter()
+                    .filter(|p| p.provider == c.provider && p.model == c.model)
+                    .max_by_key(|p| p.effective_from);
+                Price {
+                    provider: c.provider.clone(),
+                    model: c.model.clone(),
+                    effective_from: c
+                        .effective_from
+                        .or(builtin.map(|p| p.effective_from))
+                        .unwrap_or_default(),
+                    input: c.input_usd_per_mtok,
+                    output: c.output_usd_per_mtok,
+                    cached_input: c.cached_input_usd_per_mtok,
+                    batch_input: c.batch_input_usd_per_mtok,
+                    batch_output: c.batch_output_usd_per_mtok,
+                    max_input_tokens: builtin.and_then(|p| p.max_input_tokens),
+                    max_output_tokens: builtin.and_then(|p| p.max_output_tokens),
+                    batch_api: c.batch_input_usd_per_mtok.is_some(),
+                }
+            })
+            .collect();
+        rows.extend(configured);
         // One row per (provider, model, effective_from): a later row (config) wins.
         let mut seen = std::collections::HashSet::new();
         let mut unique: Vec<Price> = rows
@@ -277,6 +293,24 @@ mod tests {
             )
             .is_none()
         );
+    }
+
+    #[test]
+    fn an_override_of_a_built_in_model_without_effective_from_applies_now() {
+        let config = crate::config::PriceConfig {
+            provider: "openai".into(),
+            model: "gpt-4o-mini".into(),
+            input_usd_per_mtok: d("7"),
+            output_usd_per_mtok: d("8"),
+            cached_input_usd_per_mtok: None,
+            batch_input_usd_per_mtok: None,
+            batch_output_usd_per_mtok: None,
+            effective_from: None,
+        };
+        let book = PriceBook::new(PriceBook::seed_rows(&[config]));
+        let now = Utc::now();
+        let p = book.at("openai", "gpt-4o-mini", now).unwrap();
+        assert_eq!((p.input, p.output), (d("7"), d("8")));
     }
 
     #[test]

@@ -1,10 +1,15 @@
-//! Text Postgres can store. `jsonb` and `text` refuse U+0000 (NUL); a provider's answer may
-//! still contain one. Such text is stored transformed, never refused: each NUL becomes U+FFFD
-//! (the replacement character), so the answer is recorded and billed and nothing else changes.
+//! Text Postgres can store. `text` and `jsonb` refuse U+0000 (NUL). Input is checked up front
+//! ([`check_str`], [`check_value`]): a NUL anywhere in a job is refused naming the field, so a
+//! bad input never reaches the database. A provider's answer may still contain one: such text is
+//! stored transformed, never refused ([`storable`]): each NUL becomes U+FFFD, so the answer is
+//! recorded and billed and nothing else changes. (Rust strings are valid UTF-8, so NUL is the
+//! only character left that the database refuses.)
 
 use std::borrow::Cow;
 
 use serde_json::Value;
+
+use super::job::FieldError;
 
 /// What a NUL becomes in stored text.
 pub const NUL_REPLACEMENT: char = '\u{FFFD}';
@@ -32,6 +37,50 @@ pub fn storable(v: Value) -> Value {
     }
 }
 
+use super::job::FieldError;
+
+/// Whether Postgres can store `s` as `text` or inside `jsonb`.
+pub fn is_storable(s: &str) -> bool {
+    !s.contains('\0')
+}
+
+/// Refuses `s` if it holds a character Postgres cannot store, naming `field`.
+pub fn check_str(field: &str, s: &str) -> Result<(), FieldError> {
+    if is_storable(s) {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            field,
+            "contains a NUL character (\\u0000), which cannot be stored; remove it",
+        ))
+    }
+}
+
+/// Walks a JSON value (keys and strings) and names the first place holding unstorable text,
+/// as a path such as `body.messages[0].content` under `prefix` (empty for the top level).
+pub fn check_value(prefix: &str, value: &Value) -> Result<(), FieldError> {
+    match value {
+        Value::String(s) => check_str(prefix, s),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, v)| check_value(&format!("{prefix}[{i}]"), v)),
+        Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+            let path = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            if is_storable(k) {
+                check_value(&path, v)
+            } else {
+                check_str(&format!("{prefix} (a key)"), k)
+            }
+        }),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,5 +102,23 @@ mod tests {
         }
         assert!(matches!(storable_str("no nul"), Cow::Borrowed(_)));
         assert_eq!(storable_str("\u{0}"), "\u{FFFD}");
+    }
+}
+
+#[cfg(test)]
+mod checks {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_nul_anywhere_is_found_and_named_by_its_path() {
+        let v = json!({"custom_id": "ok", "body": {"messages": [{"role": "user", "content": "a\u{0}b"}]}});
+        assert_eq!(
+            check_value("", &v).unwrap_err().field,
+            "body.messages[0].content"
+        );
+        let v = json!({"tags": {"k\u{0}": "v"}});
+        assert!(check_value("", &v).unwrap_err().field.starts_with("tags"));
+        assert!(check_value("", &json!({"a": ["x", 1, null, {"b": "ok"}]})).is_ok());
     }
 }

@@ -3,7 +3,7 @@
 //! A message that cannot be accepted goes to `sluice.jobs.rejected` with the reason in a
 //! header; nothing is dropped silently.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,37 +84,120 @@ async fn handle(ctx: &Arc<Ctx>, deliveries: Vec<Delivery>) {
             }
         }
     }
+    let mut transient = false;
     for (tenant, items) in groups {
-        let (deliveries, rows): (Vec<Delivery>, Vec<NewJobRow>) = items.into_iter().unzip();
-        match record(ctx, &tenant, &rows).await {
-            Ok(inserted) => {
-                crate::submit::dispatch(ctx, &tenant, &inserted).await;
-                for d in deliveries {
-                    crate::queue::ack(&d.acker).await;
+        let rows: Vec<NewJobRow> = items.iter().map(|(_, r)| r.clone()).collect();
+        let unfit = match crate::submit::never_fitting(ctx, &tenant, &rows, Utc::now()).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(error = %e, tenant = %tenant, "could not read budgets; the messages will be redelivered");
+                for (d, _) in items {
+                    crate::queue::requeue(&d.acker).await;
+                }
+                transient = true;
+                continue;
+            }
+        };
+        let mut fitting = Vec::with_capacity(items.len());
+        for ((d, row), unfit) in items.into_iter().zip(unfit) {
+            match unfit {
+                Some(e) => reject(ctx, d, &e.to_string()).await,
+                None => fitting.push((d, row)),
+            }
+        }
+        transient |= record_group(ctx, &tenant, fitting).await;
+    }
+    if transient {
+        // The database is not answering: give it a moment before the redeliveries arrive.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Records one tenant's accepted messages and acknowledges them. A deterministic database
+/// error (a data or constraint error) is isolated by splitting the group in halves until the
+/// offending message stands alone; it goes to the rejected queue and the rest are recorded.
+/// Only a transient error (connection, timeout, serialization) hands messages back. Returns
+/// whether that happened.
+async fn record_group(ctx: &Arc<Ctx>, tenant: &str, items: Vec<(Delivery, NewJobRow)>) -> bool {
+    let mut transient = false;
+    let mut work = vec![items];
+    while let Some(items) = work.pop() {
+        if items.is_empty() {
+            continue;
+        }
+        let rows: Vec<NewJobRow> = items.iter().map(|(_, r)| r.clone()).collect();
+        match record(ctx, tenant, &rows).await {
+            Ok((inserted, conflicting)) => {
+                crate::submit::dispatch(ctx, tenant, &inserted).await;
+                for (d, row) in items {
+                    match row
+                        .idempotency_key
+                        .as_ref()
+                        .filter(|k| conflicting.contains(*k))
+                    {
+                        Some(key) => {
+                            let reason = format!(
+                                "message_id `{key}` was already used for a job with a different body; \
+                                 publish a new job with a new message_id"
+                            );
+                            reject(ctx, d, &reason).await;
+                        }
+                        None => crate::queue::ack(&d.acker).await,
+                    }
+                }
+            }
+            Err(e) if is_data_error(&e) && items.len() > 1 => {
+                let mut items = items;
+                let second = items.split_off(items.len() / 2);
+                work.push(second);
+                work.push(items);
+            }
+            Err(e) if is_data_error(&e) => {
+                for (d, _) in items {
+                    let reason = format!("the database cannot store this job: {e}");
+                    reject(ctx, d, &reason).await;
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, tenant = %tenant, "could not record ingested jobs; they will be redelivered");
-                for d in deliveries {
+                for (d, _) in items {
                     crate::queue::requeue(&d.acker).await;
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                transient = true;
             }
         }
     }
+    transient
 }
 
+/// A deterministic database error: the same input fails the same way every time (SQLSTATE
+/// class 22, data exception, or 23, integrity constraint violation).
+fn is_data_error(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c.starts_with("22") || c.starts_with("23"))
+}
+
+/// Inserts the rows; returns what was inserted and the idempotency keys (message ids) that
+/// were already used by a job with a different request.
 async fn record(
     ctx: &Ctx,
     tenant: &str,
     rows: &[NewJobRow],
-) -> Result<Vec<crate::db::jobs::Inserted>, sqlx::Error> {
+) -> Result<(Vec<crate::db::jobs::Inserted>, HashSet<String>), sqlx::Error> {
     let mut tx = ctx.pool.begin().await?;
     let inserted =
         crate::db::jobs::insert_jobs(&mut tx, tenant, None, rows, ctx.config.worker.relay_grace)
             .await?;
+    let replayed: Vec<&NewJobRow> = rows
+        .iter()
+        .zip(&inserted)
+        .filter(|(_, i)| !i.created)
+        .map(|(r, _)| r)
+        .collect();
+    let conflicting = crate::db::jobs::idempotency_conflicts(&mut tx, tenant, &replayed).await?;
     tx.commit().await?;
-    Ok(inserted)
+    Ok((inserted, conflicting))
 }
 
 async fn check(ctx: &Ctx, d: &Delivery) -> Verdict {
@@ -181,10 +264,10 @@ async fn reject(ctx: &Ctx, d: Delivery, reason: &str) {
         "sluice-original-routing-key".into(),
         AMQPValue::LongString(LongString::from(d.routing_key.to_string())),
     );
-    // Never forward the key itself.
+    // Never forward a credential: the rejected queue is read by every tenant's operators.
     let mut clean = FieldTable::default();
     for (k, v) in headers.inner() {
-        if k.as_str() != API_KEY_HEADER {
+        if !super::is_credential_header(k.as_str()) {
             clean.insert(k.clone(), v.clone());
         }
     }

@@ -487,9 +487,34 @@ pub async fn reconnecting<F, Fut>(
     }
 }
 
-/// Reads a text header.
+/// Whether a header may carry a secret (an API key, a bearer token, a password), whatever its
+/// case: such headers are stripped before a message is set aside where others can read it.
+pub fn is_credential_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase().replace('_', "-");
+    [
+        "api-key",
+        "apikey",
+        "authorization",
+        "token",
+        "secret",
+        "password",
+        "credential",
+        "cookie",
+        "signature",
+    ]
+    .iter()
+    .any(|p| n.contains(p))
+}
+
+/// Reads a text header; the name matches whatever its case (`Sluice-Api-Key` too).
 pub fn header_text(headers: &Option<FieldTable>, name: &str) -> Option<String> {
-    let value = headers.as_ref()?.inner().get(name)?;
+    let table = headers.as_ref()?.inner();
+    let value = table.get(name).or_else(|| {
+        table
+            .iter()
+            .find(|(k, _)| k.as_str().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    })?;
     match value {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         AMQPValue::ShortString(s) => Some(s.to_string()),
@@ -507,6 +532,26 @@ pub fn header_text(headers: &Option<FieldTable>, name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credential_headers_are_recognised_in_any_case() {
+        for h in [
+            "sluice-api-key",
+            "Sluice-Api-Key",
+            "SLUICE-API-KEY",
+            "authorization",
+            "Authorization",
+            "x-api-key",
+            "X_Api_Key",
+            "x-auth-token",
+            "client-secret",
+        ] {
+            assert!(is_credential_header(h), "{h}");
+        }
+        for h in ["sluice-schema", "sluice-reject-reason", "content-type"] {
+            assert!(!is_credential_header(h), "{h}");
+        }
+    }
 
     #[test]
     fn a_heartbeat_is_asked_for_unless_the_url_sets_one() {

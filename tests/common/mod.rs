@@ -81,7 +81,11 @@ impl TestEnv {
         // No schedules unless a test writes some: the repository's own jobs/ must not fire here.
         config.scheduler.dir = std::env::temp_dir().join(format!("sluice_{name}_jobs"));
         let pool = {
-            // Creating the database and migrating it happens in Ctx::connect; do it once here.
+            // The test's own database is created here (as `sluice migrate` would) and
+            // migrated by Ctx::connect.
+            sluice::db::create_if_missing(&config.database)
+                .await
+                .unwrap();
             let ctx = Ctx::connect(config.clone()).await.unwrap();
             ctx.pool.clone()
         };
