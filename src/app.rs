@@ -42,7 +42,7 @@ impl Ctx {
         let broker = Broker::new(&config.amqp.url, Topology::new(&config.amqp.prefix));
         let providers = Providers::from_config(&config)?;
         Ok(Arc::new(Ctx {
-            keys: KeyCache::new(pool.clone()),
+            keys: KeyCache::with_admin(pool.clone(), config.admin.key_hash()),
             health: Health::default(),
             catalog: RwLock::new(Arc::new(catalog)),
             config,

@@ -25,6 +25,7 @@ const ENV_SECTIONS: &[&str] = &[
     "routing",
     "providers",
     "aliases",
+    "admin",
 ];
 
 /// Everything sluice can be configured with.
@@ -47,6 +48,8 @@ pub struct Config {
     pub budgets: BudgetsConfig,
     /// The provider batch path.
     pub batch: BatchConfig,
+    /// Where the operator's admin key comes from.
+    pub admin: crate::auth::AdminConfig,
 }
 
 /// How batch-route jobs are packed into provider batches and followed.

@@ -129,12 +129,13 @@ fn skipped(filter: &DeadLetterFilter, done: &[String]) -> Vec<String> {
 /// Sends the selected dead letters round again.
 pub async fn requeue(
     State(ctx): State<Arc<Ctx>>,
-    Tenant(tenant): Tenant,
+    super::admin::Caller { tenant, actor }: super::admin::Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let by = format!("tenant {tenant} over the API");
     let filter = selection(tenant, body)?;
     let done = dead_letters::requeue(&ctx.pool, &filter, &by).await?;
+    super::admin::audit_jobs(&ctx.pool, &actor, "dead_letters.requeue", &done).await?;
     Ok(Json(json!({
         "object": "dead_letters.requeue",
         "count": done.len(),
@@ -146,11 +147,12 @@ pub async fn requeue(
 /// Takes the selected dead letters off the list; the jobs and their history stay.
 pub async fn purge(
     State(ctx): State<Arc<Ctx>>,
-    Tenant(tenant): Tenant,
+    super::admin::Caller { tenant, actor }: super::admin::Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let filter = selection(tenant, body)?;
     let done = dead_letters::purge(&ctx.pool, &filter).await?;
+    super::admin::audit_jobs(&ctx.pool, &actor, "dead_letters.purge", &done).await?;
     Ok(Json(json!({
         "object": "dead_letters.purge",
         "count": done.len(),

@@ -106,7 +106,8 @@ pub async fn run(config: &Config, command: BudgetsCommand) -> anyhow::Result<()>
                 policy: a.policy,
                 weight: a.weight,
             };
-            crate::db::budgets::set(&pool, &scope, &settings, "cli").await?;
+            crate::db::audit::set_budget(&pool, &scope, &settings, &crate::db::audit::cli_actor())
+                .await?;
             let (s, k) = scope.parts();
             eprintln!("updated {s} {k}");
             let rows = crate::db::budgets::report(&pool, None).await?;

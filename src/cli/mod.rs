@@ -1,10 +1,13 @@
 //! The `sluice` command line: server roles, admin commands that talk to Postgres directly, and
 //! client commands that talk to a running sluice over its HTTP API.
 
+mod audit;
 mod budgets;
 mod cancel;
 mod client;
 mod dead_letters;
+mod keys;
+mod table;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -68,7 +71,24 @@ pub enum Command {
     /// Manage API keys (talks to Postgres directly).
     Keys {
         #[command(subcommand)]
-        command: KeysCommand,
+        command: keys::KeysCommand,
+    },
+    /// Manage tenants (talks to Postgres directly).
+    Tenants {
+        #[command(subcommand)]
+        command: keys::TenantsCommand,
+    },
+    /// Show the audit log of admin actions (talks to Postgres directly).
+    Audit {
+        /// How far back, e.g. 7d.
+        #[arg(long, default_value = "7d", value_parser = parse_duration)]
+        since: Duration,
+        /// Output format.
+        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+        format: String,
+        /// Show at most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
     },
     /// Benchmarks (see BENCHMARKS.md); each uses its own database and queues.
     Bench {
@@ -107,16 +127,6 @@ pub enum Command {
     DeadLetters {
         #[command(subcommand)]
         command: dead_letters::DeadLettersCommand,
-    },
-}
-
-/// `sluice keys …`
-#[derive(Debug, Subcommand)]
-pub enum KeysCommand {
-    /// Create an API key for a tenant (creating the tenant if new). Prints the key once.
-    Create {
-        #[arg(long)]
-        tenant: String,
     },
 }
 
@@ -214,27 +224,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             app::wait_for_signal().await;
             Ok(())
         }
-        Command::Keys {
-            command: KeysCommand::Create { tenant },
-        } => {
-            if !crate::db::tenants::valid_tenant_name(&tenant) {
-                anyhow::bail!(
-                    "tenant `{tenant}` is not a valid name: use lowercase letters, digits, '-', '_' or '.', starting with a letter or digit"
-                );
-            }
-            let config = load()?;
-            let pool = admin_pool(&config).await?;
-            let created = crate::db::tenants::create_key(&pool, &tenant).await?;
-            if created.tenant_created {
-                eprintln!("created tenant `{}`", created.tenant);
-            }
-            eprintln!(
-                "API key for tenant `{}` (shown once; store it now):",
-                created.tenant
-            );
-            println!("{}", created.key);
-            Ok(())
-        }
+        Command::Keys { command } => keys::run_keys(&load()?, command).await,
+        Command::Tenants { command } => keys::run_tenants(&load()?, command).await,
+        Command::Audit {
+            since,
+            format,
+            limit,
+        } => audit::run(&load()?, since, &format, limit).await,
         Command::Bench { command } => crate::bench::run(load()?, command).await,
         Command::Budgets { command } => budgets::run(&load()?, command).await,
         Command::Submit(args) => client::submit(args).await,

@@ -1,6 +1,7 @@
 //! All SQL lives under this module. Writes that happen per job are batched: one statement
 //! covers many jobs (`jsonb_to_recordset`), so throughput is bounded by Postgres, not round trips.
 
+pub mod audit;
 pub mod breakers;
 pub mod budgets;
 pub mod cache;
@@ -8,6 +9,7 @@ pub mod cancel;
 pub mod dead_letters;
 pub mod expiry;
 pub mod jobs;
+pub mod keys;
 pub mod maintenance;
 pub mod prices;
 pub mod provider_batches;
