@@ -26,6 +26,8 @@ const ENV_SECTIONS: &[&str] = &[
     "providers",
     "aliases",
     "admin",
+    "redaction",
+    "retention",
 ];
 
 /// Everything sluice can be configured with.
@@ -50,6 +52,10 @@ pub struct Config {
     pub batch: BatchConfig,
     /// Where the operator's admin key comes from.
     pub admin: crate::auth::AdminConfig,
+    /// PII redaction policies.
+    pub redaction: crate::governance::RedactionConfig,
+    /// How long bodies are kept, and which tenants keep only prompt hashes.
+    pub retention: crate::governance::RetentionConfig,
 }
 
 /// How batch-route jobs are packed into provider batches and followed.
@@ -405,6 +411,12 @@ impl Config {
                     self.server.listen
                 ),
             );
+        }
+        if let Err((key, message)) = self.redaction.validate() {
+            return invalid(key, message);
+        }
+        if self.retention.interval.is_zero() {
+            return invalid("retention.interval".into(), "must be more than 0s".into());
         }
         if self.worker.concurrency == 0 {
             return invalid("worker.concurrency".into(), "must be at least 1".into());

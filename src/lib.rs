@@ -20,6 +20,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod failpoint;
+pub mod governance;
 pub mod ids;
 pub mod mock;
 pub mod providers;

@@ -59,8 +59,14 @@ pub fn prepare_one(
     let mut input: JobInput =
         serde_json::from_value(raw).map_err(|e| FieldError::new("job", e.to_string()))?;
     apply_rules(&ctx.config, tenant, &mut input);
-    let job = input.validate(catalog, limits(&ctx.config), now)?;
-    to_row(&ctx.config, catalog, job, now)
+    let mut job = input.validate(catalog, limits(&ctx.config), now)?;
+    let redactions = ctx
+        .config
+        .redaction
+        .apply(tenant, &job.model, &mut job.request)?;
+    let mut row = to_row(&ctx.config, catalog, job, now)?;
+    row.redactions = redactions;
+    Ok(row)
 }
 
 /// Validates and routes a list of raw job values; the first error names its index.
@@ -157,6 +163,7 @@ pub fn to_row(
         max_attempts,
         premium: premium.map(|p| p.to_string()),
         cache_ttl_secs: cache_ttl.map(|d| i32::try_from(d.as_secs()).unwrap_or(i32::MAX)),
+        redactions: Value::Object(Default::default()),
     })
 }
 

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod catalog;
 pub mod job;
 pub mod pricing;
+pub mod redact;
 pub mod retry;
 pub mod routing;
 pub mod schema;

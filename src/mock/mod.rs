@@ -19,6 +19,7 @@ pub mod anthropic;
 mod batches;
 pub mod limits;
 pub mod openai_batch;
+pub mod requests;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -81,6 +82,8 @@ struct Shared {
     batches: Mutex<batches::Store>,
     /// The mock's own TPM/RPM limits and its per-second log.
     limiter: Mutex<limits::Limiter>,
+    /// Every request body received (`GET /mock/requests`).
+    requests: requests::Log,
 }
 
 /// A running mock provider.
@@ -100,6 +103,11 @@ impl MockHandle {
     pub fn stats(&self) -> MockStats {
         self.shared.snapshot()
     }
+
+    /// Every request the mock received, oldest first (what `GET /mock/requests` serves).
+    pub fn requests(&self) -> Vec<requests::Received> {
+        self.shared.requests.all()
+    }
 }
 
 /// Starts the mock on `addr` (port 0 picks one) and serves until the runtime stops.
@@ -115,12 +123,18 @@ pub async fn start(addr: SocketAddr, settings: MockSettings) -> std::io::Result<
         stats: Mutex::default(),
         batches: Mutex::default(),
         limiter: Mutex::new(limiter),
+        requests: requests::Log::default(),
     });
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/mock/stats", get(stats))
+        .route("/mock/requests", get(requests::list))
         .merge(openai_batch::routes())
         .merge(anthropic::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            requests::record,
+        ))
         .with_state(shared.clone());
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
