@@ -8,6 +8,8 @@ mod common;
 mod admin;
 #[path = "governance/keys.rs"]
 mod keys;
+#[path = "governance/redaction.rs"]
+mod redaction;
 
 use std::time::Duration;
 
