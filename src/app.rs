@@ -230,6 +230,10 @@ pub async fn start(ctx: Arc<Ctx>, roles: Roles) -> anyhow::Result<Running> {
         spawn_supervised(&tracker, &ctx, "batch", &shutdown, move || {
             crate::batch::run(c.clone(), id.clone(), stop.clone())
         });
+        let (c, stop) = (ctx.clone(), shutdown.clone());
+        spawn_supervised(&tracker, &ctx, "retention", &shutdown, move || {
+            crate::retention::run(c.clone(), stop.clone())
+        });
     }
     let (c, stop) = (ctx.clone(), shutdown.clone());
     spawn_supervised(&tracker, &ctx, "prices", &shutdown, move || {

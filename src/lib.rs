@@ -25,6 +25,7 @@ pub mod ids;
 pub mod mock;
 pub mod providers;
 pub mod queue;
+pub mod retention;
 pub mod submit;
 pub mod supervisor;
 pub mod worker;

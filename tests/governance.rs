@@ -10,6 +10,8 @@ mod admin;
 mod keys;
 #[path = "governance/redaction.rs"]
 mod redaction;
+#[path = "governance/retention.rs"]
+mod retention;
 
 use std::time::Duration;
 

@@ -13,6 +13,7 @@ pub mod keys;
 pub mod maintenance;
 pub mod prices;
 pub mod provider_batches;
+pub mod retention;
 pub mod tenants;
 
 use std::str::FromStr;

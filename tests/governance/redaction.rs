@@ -51,7 +51,11 @@ async fn masked_pii_never_reaches_the_provider_on_the_real_time_or_batch_path() 
     let app = env.up().await;
     let c = Client::new(&app, &env.key("acme").await);
     let (s, body) = c
-        .post("/v1/jobs", &json!({"jobs": [job(&prompt()), batch_job(&prompt())]}), None)
+        .post(
+            "/v1/jobs",
+            &json!({"jobs": [job(&prompt()), batch_job(&prompt())]}),
+            None,
+        )
         .await;
     assert_eq!(s, 200, "{body}");
     let ids: Vec<String> = body["data"]
@@ -109,7 +113,10 @@ async fn a_blocking_policy_refuses_the_job_naming_the_detector_not_the_value() {
     let (s, body) = c.post("/v1/jobs", &job(&prompt()), None).await;
     assert_eq!(s, 422, "{body}");
     let message = body["error"]["message"].as_str().unwrap();
-    assert!(message.contains("policy_violation") && message.contains("card"), "{body}");
+    assert!(
+        message.contains("policy_violation") && message.contains("card"),
+        "{body}"
+    );
     clean("the error", &body.to_string());
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
         .fetch_one(&env.pool)
@@ -117,7 +124,9 @@ async fn a_blocking_policy_refuses_the_job_naming_the_detector_not_the_value() {
         .unwrap();
     assert_eq!(n, 0, "nothing was recorded");
     // Email alone is not what this alias blocks.
-    let (s, body) = c.post("/v1/jobs", &job(&format!("mail {EMAIL}")), None).await;
+    let (s, body) = c
+        .post("/v1/jobs", &job(&format!("mail {EMAIL}")), None)
+        .await;
     assert_eq!(s, 200, "{body}");
     env.cleanup().await;
 }
@@ -199,7 +208,11 @@ async fn canary_pii_and_keys_never_appear_in_debug_logs_or_metrics_of_the_real_b
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let metrics = http.get(format!("http://{addr}/metrics")).send().await.unwrap();
+    let metrics = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap();
     if metrics.status().is_success() {
         clean("/metrics", &metrics.text().await.unwrap());
     }
@@ -213,8 +226,14 @@ async fn canary_pii_and_keys_never_appear_in_debug_logs_or_metrics_of_the_real_b
         let line = line.unwrap();
         lines += 1;
         clean("the debug log", &line);
-        assert!(!line.contains(&key), "the debug log contains the API key: {line}");
+        assert!(
+            !line.contains(&key),
+            "the debug log contains the API key: {line}"
+        );
     }
-    assert!(lines > 10, "the process logged at debug level ({lines} lines)");
+    assert!(
+        lines > 10,
+        "the process logged at debug level ({lines} lines)"
+    );
     env.cleanup().await;
 }
