@@ -6,6 +6,8 @@ mod common;
 
 #[path = "governance/admin.rs"]
 mod admin;
+#[path = "governance/cli.rs"]
+mod cli;
 #[path = "governance/keys.rs"]
 mod keys;
 #[path = "governance/redaction.rs"]

@@ -52,6 +52,9 @@ pub enum Command {
     MockProvider {
         #[arg(long, default_value_t = 9090)]
         port: u16,
+        /// Address to listen on; 0.0.0.0 exposes it to the network.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
         /// Latency added to every answer, e.g. 50ms.
         #[arg(long, default_value = "0ms", value_parser = parse_duration)]
         latency: Duration,
@@ -194,6 +197,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::MockProvider {
             port,
+            host,
             latency,
             error_rate,
             tpm,
@@ -204,7 +208,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("--error-rate must be between 0 and 1, got {error_rate}");
             }
             let m = crate::mock::start(
-                SocketAddr::from(([0, 0, 0, 0], port)),
+                SocketAddr::new(host, port),
                 crate::mock::MockSettings {
                     latency,
                     error_rate,
@@ -217,9 +221,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on port {port}; pick another with --port"))?;
             eprintln!(
-                "mock provider listening on http://{} (OpenAI base URL http://127.0.0.1:{}/v1)",
-                m.addr,
-                m.addr.port()
+                "mock provider listening on http://{} (OpenAI base URL http://{}/v1)",
+                m.addr, m.addr
             );
             app::wait_for_signal().await;
             Ok(())
@@ -243,6 +246,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cancel { id, api } => cancel::cancel(&api, &id).await,
         Command::DeadLetters { command } => dead_letters::run(&load()?, command).await,
     }
+}
+
+/// Makes a closed standard output (`sluice results … | head`) end the program quietly with
+/// status 0 instead of a panic message: `println!` panics on a broken pipe, and this hook
+/// recognises that panic and exits.
+pub fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
+/// Whether `e` is a write to a closed pipe.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// A migrated, seeded pool for admin commands (no broker, no providers).
