@@ -71,9 +71,7 @@ pub async fn authenticate(keys: &KeyCache, parts: &Parts) -> Result<Principal, A
     })?;
     let Some(principal) = principal else {
         return Err(AuthError::Unauthorized(
-            "invalid API key: it is unknown, revoked or expired, or its tenant is disabled \
-             (create one with `sluice keys create --tenant NAME`)"
-                .into(),
+            "invalid API key: it is unknown, revoked or expired, or its tenant is disabled".into(),
         ));
     };
     let needs = scope::required(parts.method.as_str(), parts.uri.path());

@@ -101,7 +101,7 @@ impl Api {
         Ok(Err((status, message)))
     }
 
-    async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
+    pub(super) async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
         Ok(self
             .send(self.http.get(format!("{}{path}", self.base)))
             .await?

@@ -6,6 +6,7 @@ mod budgets;
 mod cancel;
 mod client;
 mod dead_letters;
+mod jobs;
 mod keys;
 mod table;
 
@@ -81,6 +82,11 @@ pub enum Command {
         #[command(subcommand)]
         command: keys::TenantsCommand,
     },
+    /// A tenant's jobs over the API.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
     /// Show the audit log of admin actions (talks to Postgres directly).
     Audit {
         /// How far back, e.g. 7d.
@@ -105,7 +111,7 @@ pub enum Command {
     },
     /// Enqueue a JSONL file (OpenAI batch input format or sluice's job format).
     Submit(client::SubmitArgs),
-    /// Show a batch's progress, tokens and cost.
+    /// Show a batch's progress, tokens and cost (`batch_…`), or one job's state (`job_…`).
     Status {
         batch_id: String,
         #[command(flatten)]
@@ -131,6 +137,13 @@ pub enum Command {
         #[command(subcommand)]
         command: dead_letters::DeadLettersCommand,
     },
+}
+
+/// `sluice jobs …`
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// List jobs, newest first, with filters.
+    List(jobs::ListArgs),
 }
 
 /// Where the API is and how to authenticate.
@@ -237,7 +250,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench { command } => crate::bench::run(load()?, command).await,
         Command::Budgets { command } => budgets::run(&load()?, command).await,
         Command::Submit(args) => client::submit(args).await,
+        Command::Status { batch_id, api } if batch_id.starts_with("job_") => {
+            jobs::status(&api, &batch_id).await
+        }
         Command::Status { batch_id, api } => client::status(&api, &batch_id).await,
+        Command::Jobs {
+            command: JobsCommand::List(args),
+        } => jobs::list(&args).await,
         Command::Results {
             batch_id,
             output,

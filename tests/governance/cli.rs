@@ -111,3 +111,67 @@ async fn budgets_refuse_unknown_tenants_and_deployments_and_negative_caps_and_sa
     );
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_takes_a_job_id_jobs_list_filters_and_a_wrong_key_prints_its_hint_once() {
+    let env = TestEnv::new().await;
+    let app = env.up().await;
+    let key = env.key("acme").await;
+    let c = crate::common::Client::new(&app, &key);
+    let ok_id = c
+        .post("/v1/jobs", &crate::common::job("fine"), None)
+        .await
+        .1["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut bad = crate::common::job("bad [[mock:status=400]]");
+    bad["model"] = serde_json::json!("openai/gpt-4o-mini");
+    bad["max_attempts"] = serde_json::json!(1);
+    let bad_id = c.post("/v1/jobs", &bad, None).await.1["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    c.wait_job(&ok_id, super::T).await;
+    c.wait_job(&bad_id, super::T).await;
+    let url = format!("http://{}", app.api_addr.unwrap());
+    let run = |args: &[&str], key: &str| {
+        sluice_cmd()
+            .env("RUST_LOG", "warn")
+            .env("SLUICE_API_URL", &url)
+            .env("SLUICE_API_KEY", key)
+            .env("COLUMNS", "100")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let shown = ok(&run(&["status", &ok_id], &key));
+    assert!(
+        shown.contains("succeeded") && shown.contains(&ok_id),
+        "{shown}"
+    );
+    let failed = ok(&run(
+        &["jobs", "list", "--status", "failed", "--since", "1h"],
+        &key,
+    ));
+    assert!(
+        failed.contains(&bad_id) && !failed.contains(&ok_id),
+        "{failed}"
+    );
+    assert!(
+        failed.lines().all(|l| l.chars().count() <= 100),
+        "fits 100 columns:\n{failed}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&ok(&run(
+        &["jobs", "list", "--limit", "1", "--format", "json"],
+        &key,
+    )))
+    .unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 1);
+
+    let wrong = run(&["status", &ok_id], "sk-sluice-wrongwrongwrong");
+    assert!(!wrong.status.success());
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert_eq!(err.matches("sluice keys create").count(), 1, "{err}");
+    env.cleanup().await;
+}

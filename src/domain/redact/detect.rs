@@ -1,9 +1,12 @@
 //! The built-in detectors: patterns, and the checks that keep their false positives down
 //! (Luhn for cards, mod-97 for IBANs, the never-issued areas for SSNs).
 
+/// A check of a match that a pattern alone cannot do (a checksum, a forbidden range).
+pub(super) type Check = Option<fn(&str) -> bool>;
+
 /// `(name, regex, check)` of each built-in detector found by a regex, in priority order.
 /// Cards are found by [`cards`] instead: separators may fall anywhere between digits.
-pub(super) fn builtin() -> Vec<(&'static str, &'static str, Option<fn(&str) -> bool>)> {
+pub(super) fn builtin() -> Vec<(&'static str, &'static str, Check)> {
     vec![
         (
             "secret",
@@ -81,7 +84,7 @@ pub fn luhn_valid(s: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// The ISO 13616 mod-97 check of an IBAN (spaces ignored).
