@@ -150,17 +150,25 @@ async fn status_takes_a_job_id_jobs_list_filters_and_a_wrong_key_prints_its_hint
         shown.contains("succeeded") && shown.contains(&ok_id),
         "{shown}"
     );
-    let failed = ok(&run(
-        &["jobs", "list", "--status", "failed", "--since", "1h"],
+    let failed: serde_json::Value = serde_json::from_str(&ok(&run(
+        &[
+            "jobs", "list", "--status", "failed", "--since", "1h", "--format", "json",
+        ],
         &key,
-    ));
+    )))
+    .unwrap();
+    let ids: Vec<&str> = failed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [bad_id.as_str()]);
+    let table = ok(&run(&["jobs", "list", "--status", "failed"], &key));
+    assert!(table.contains("http_400"), "{table}");
     assert!(
-        failed.contains(&bad_id) && !failed.contains(&ok_id),
-        "{failed}"
-    );
-    assert!(
-        failed.lines().all(|l| l.chars().count() <= 100),
-        "fits 100 columns:\n{failed}"
+        table.lines().all(|l| l.chars().count() <= 100),
+        "fits 100 columns:\n{table}"
     );
     let json: serde_json::Value = serde_json::from_str(&ok(&run(
         &["jobs", "list", "--limit", "1", "--format", "json"],
