@@ -2,7 +2,7 @@
 -- time that may lie in the future (the grace period of a rotated key). Tenants can be disabled.
 ALTER TABLE api_keys
     ADD COLUMN name         text NOT NULL DEFAULT '',
-    ADD COLUMN scopes       text[] NOT NULL DEFAULT '{submit,read}'
+    ADD COLUMN scopes       text[] NOT NULL DEFAULT '{submit,read,admin}'
         CHECK (scopes <@ ARRAY['submit', 'read', 'admin']::text[]),
     ADD COLUMN expires_at   timestamptz,
     ADD COLUMN last_used_at timestamptz,

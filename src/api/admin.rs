@@ -185,7 +185,11 @@ async fn create_key(
 ) -> Result<Json<Value>, ApiError> {
     valid_tenant(&body.tenant)?;
     let scopes = match &body.scopes {
-        None => vec!["submit".to_string(), "read".to_string()],
+        None => vec![
+            "submit".to_string(),
+            "read".to_string(),
+            "admin".to_string(),
+        ],
         Some(list) => {
             let parsed = Scope::parse_list(&list.join(",")).map_err(|m| ApiError::BadRequest {
                 message: m,

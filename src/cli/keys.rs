@@ -23,7 +23,7 @@ pub enum KeysCommand {
         #[arg(long, default_value = "")]
         name: String,
         /// What the key may do: submit (create and cancel work, read it), read, admin.
-        #[arg(long, default_value = "submit,read")]
+        #[arg(long, default_value = "submit,read,admin")]
         scopes: String,
         /// Stop working after this long, e.g. 90d.
         #[arg(long, value_parser = super::parse_duration)]

@@ -25,12 +25,12 @@ pub struct NewKey {
 }
 
 impl NewKey {
-    /// A key for `tenant` with the default scopes and no expiry.
+    /// A key for `tenant` with every scope (what keys could always do) and no expiry.
     pub fn for_tenant(tenant: &str) -> Self {
         Self {
             tenant: tenant.into(),
             name: String::new(),
-            scopes: vec!["submit".into(), "read".into()],
+            scopes: vec!["submit".into(), "read".into(), "admin".into()],
             expires_in: None,
         }
     }

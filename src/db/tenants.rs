@@ -31,7 +31,7 @@ pub fn valid_tenant_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
 }
 
-/// Creates a key for `tenant` with the default scopes (`submit`, `read`), creating the tenant
+/// Creates a key for `tenant` with every scope (`submit`, `read`, `admin`), creating the tenant
 /// if it does not exist.
 pub async fn create_key(pool: &PgPool, tenant: &str) -> Result<CreatedKey, DbError> {
     super::keys::create(pool, &super::keys::NewKey::for_tenant(tenant), "system").await
