@@ -45,7 +45,7 @@ impl Ctx {
         let broker = Broker::new(&config.amqp.url, Topology::new(&config.amqp.prefix));
         let providers = Providers::from_config(&config)?;
         Ok(Arc::new(Ctx {
-            keys: KeyCache::new(pool.clone()),
+            keys: KeyCache::with_admin(pool.clone(), config.admin.key_hash()),
             health: Health::default(),
             catalog: RwLock::new(Arc::new(catalog)),
             config,
@@ -270,6 +270,12 @@ pub async fn start(ctx: Arc<Ctx>, roles: Roles) -> anyhow::Result<Running> {
         let (c, stop) = (ctx.clone(), shutdown.clone());
         spawn_supervised(&tracker, &ctx, "scheduler", &shutdown, move || {
             crate::scheduler::run(c.clone(), stop.clone())
+        });
+    }
+    if roles.maintenance {
+        let (c, stop) = (ctx.clone(), shutdown.clone());
+        spawn_supervised(&tracker, &ctx, "retention", &shutdown, move || {
+            crate::retention::run(c.clone(), stop.clone())
         });
     }
     let (c, stop) = (ctx.clone(), shutdown.clone());

@@ -28,6 +28,9 @@ const ENV_SECTIONS: &[&str] = &[
     "webhooks",
     "scheduler",
     "metrics",
+    "admin",
+    "redaction",
+    "retention",
 ];
 
 /// Everything sluice can be configured with.
@@ -56,6 +59,12 @@ pub struct Config {
     pub scheduler: crate::scheduler::SchedulerConfig,
     /// `/metrics` and spend alerts.
     pub metrics: crate::metrics::MetricsConfig,
+    /// Where the operator's admin key comes from.
+    pub admin: crate::auth::AdminConfig,
+    /// PII redaction policies.
+    pub redaction: crate::governance::RedactionConfig,
+    /// How long bodies are kept, and which tenants keep only prompt hashes.
+    pub retention: crate::governance::RetentionConfig,
 }
 
 /// How batch-route jobs are packed into provider batches and followed.
@@ -463,6 +472,12 @@ impl Config {
                     self.server.listen
                 ),
             );
+        }
+        if let Err((key, message)) = self.redaction.validate() {
+            return invalid(key, message);
+        }
+        if self.retention.interval.is_zero() {
+            return invalid("retention.interval".into(), "must be more than 0s".into());
         }
         if self.worker.concurrency == 0 {
             return invalid("worker.concurrency".into(), "must be at least 1".into());

@@ -22,6 +22,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod failpoint;
+pub mod governance;
 pub mod ids;
 pub mod metrics;
 pub mod mock;
@@ -29,6 +30,7 @@ pub mod openai_batches;
 pub mod providers;
 pub mod queue;
 pub mod realtime;
+pub mod retention;
 pub mod scheduler;
 pub mod submit;
 pub mod supervisor;
@@ -43,7 +45,9 @@ pub fn init_tracing() {
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: a log file or pipe gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if std::env::var("SLUICE_LOG_JSON").is_ok_and(|v| v == "1") {
         builder.json().init();
     } else {

@@ -62,8 +62,14 @@ pub fn prepare_one(
 ) -> Result<NewJobRow, FieldError> {
     let mut input = JobInput::from_value(raw)?;
     apply_rules(&ctx.config, tenant, &mut input);
-    let job = input.validate(catalog, limits(&ctx.config), now)?;
-    to_row(&ctx.config, catalog, job, now)
+    let mut job = input.validate(catalog, limits(&ctx.config), now)?;
+    let redactions = ctx
+        .config
+        .redaction
+        .apply(tenant, &job.model, &mut job.request)?;
+    let mut row = to_row(&ctx.config, catalog, job, now)?;
+    row.redactions = redactions;
+    Ok(row)
 }
 
 /// Validates and routes a list of raw job values; the first error names its index.
@@ -160,6 +166,7 @@ pub fn to_row(
         max_attempts,
         premium: premium.map(|p| p.to_string()),
         cache_ttl_secs: cache_ttl.map(|d| i32::try_from(d.as_secs()).unwrap_or(i32::MAX)),
+        redactions: Value::Object(Default::default()),
     })
 }
 

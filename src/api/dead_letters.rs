@@ -141,12 +141,13 @@ fn skipped(filter: &DeadLetterFilter, done: &[String]) -> Vec<String> {
     responses((status = 200, body = Object), (status = 400, body = super::ErrorBody)), security(("bearer" = [])))]
 pub async fn requeue(
     State(ctx): State<Arc<Ctx>>,
-    Tenant(tenant): Tenant,
+    super::admin::Caller { tenant, actor }: super::admin::Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let by = format!("tenant {tenant} over the API");
     let filter = selection(tenant, body)?;
     let done = dead_letters::requeue(&ctx.pool, &filter, &by).await?;
+    super::admin::audit_jobs(&ctx.pool, &actor, "dead_letters.requeue", &done).await?;
     Ok(Json(json!({
         "object": "dead_letters.requeue",
         "count": done.len(),
@@ -160,11 +161,12 @@ pub async fn requeue(
     responses((status = 200, body = Object), (status = 400, body = super::ErrorBody)), security(("bearer" = [])))]
 pub async fn purge(
     State(ctx): State<Arc<Ctx>>,
-    Tenant(tenant): Tenant,
+    super::admin::Caller { tenant, actor }: super::admin::Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let filter = selection(tenant, body)?;
     let done = dead_letters::purge(&ctx.pool, &filter).await?;
+    super::admin::audit_jobs(&ctx.pool, &actor, "dead_letters.purge", &done).await?;
     Ok(Json(json!({
         "object": "dead_letters.purge",
         "count": done.len(),

@@ -1,25 +1,26 @@
 //! The HTTP API (axum). Handlers are thin: parse, call, map. Every route under `/v1` needs a
 //! tenant API key, and every query is scoped to that tenant.
 
+mod admin;
 mod batches;
 mod budgets;
 mod cancel;
 mod dead_letters;
 mod error;
 mod jobs;
-mod metrics;
 mod layers;
+mod metrics;
 mod models;
-mod webhook_endpoints;
 pub mod openai;
 pub mod openapi;
+mod webhook_endpoints;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
+use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use serde_json::json;
@@ -89,6 +90,7 @@ pub fn router(ctx: Arc<Ctx>, worker_id: String) -> Router {
             post(openai::batches::create).get(openai::batches::list),
         )
         .route("/v1/chat/completions", post(openai::chat::create))
+        .merge(admin::routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::Extension(openai::chat::ApiWorker(worker_id)))
@@ -126,28 +128,16 @@ async fn readyz(State(ctx): State<Arc<Ctx>>) -> impl IntoResponse {
 pub struct Tenant(pub String);
 
 impl FromRequestParts<Arc<Ctx>> for Tenant {
-    type Rejection = ApiError;
+    type Rejection = crate::auth::http::AuthError;
 
     async fn from_request_parts(
         parts: &mut Parts,
         ctx: &Arc<Ctx>,
     ) -> Result<Self, Self::Rejection> {
-        let value = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| {
-                ApiError::Unauthorized(
-                    "missing Authorization header: send `Authorization: Bearer sk-sluice-…`".into(),
-                )
-            })?;
-        let key = value.strip_prefix("Bearer ").ok_or_else(|| {
-            ApiError::Unauthorized("Authorization must be `Bearer <api key>`".into())
-        })?;
-        match ctx.keys.tenant(key.trim()).await? {
-            Some(t) => Ok(Tenant(t)),
-            None => Err(ApiError::Unauthorized(
-                "invalid API key (create one with `sluice keys create --tenant NAME`)".into(),
+        match crate::auth::http::authenticate(&ctx.keys, parts).await? {
+            crate::auth::Principal::Key { tenant, .. } => Ok(Tenant(tenant)),
+            crate::auth::Principal::Admin => Err(crate::auth::http::AuthError::Forbidden(
+                "the admin key manages sluice under /v1/admin/…; use a tenant key for this".into(),
             )),
         }
     }

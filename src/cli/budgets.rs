@@ -67,17 +67,41 @@ pub async fn run(config: &Config, command: BudgetsCommand) -> anyhow::Result<()>
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 print_table(&rows);
+                if rows.is_empty() {
+                    eprintln!(
+                        "no budgets are set; set one with `sluice budgets set --tenant NAME --daily-usd 10` or `sluice budgets set --deployment openai/gpt-4o-mini --tpm 100000`"
+                    );
+                }
             }
         }
         BudgetsCommand::Set(a) => {
             let scope = match (&a.deployment, &a.tenant) {
                 (Some(d), _) => {
-                    if crate::domain::catalog::Deployment::parse(d).is_none() {
+                    let Some(parsed) = crate::domain::catalog::Deployment::parse(d) else {
                         anyhow::bail!("--deployment `{d}` is not `provider/model`");
+                    };
+                    if !config.providers.contains_key(&parsed.provider) {
+                        anyhow::bail!(
+                            "--deployment `{d}`: no provider `{}` is configured (known: {})",
+                            parsed.provider,
+                            config
+                                .providers
+                                .keys()
+                                .cloned()
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        );
                     }
                     Scope::Deployment(d.clone())
                 }
-                (None, Some(t)) => Scope::Tenant(t.clone()),
+                (None, Some(t)) => {
+                    if !crate::db::tenants::exists(&pool, t).await? {
+                        anyhow::bail!(
+                            "no tenant `{t}`: create it with `sluice tenants create {t}` (see `sluice tenants list`)"
+                        );
+                    }
+                    Scope::Tenant(t.clone())
+                }
                 (None, None) => anyhow::bail!("name a --deployment or a --tenant"),
             };
             if matches!(scope, Scope::Deployment(_))
@@ -87,6 +111,14 @@ pub async fn run(config: &Config, command: BudgetsCommand) -> anyhow::Result<()>
                     || a.weight.is_some())
             {
                 anyhow::bail!("USD caps, --policy and --weight apply to tenants; use --tenant");
+            }
+            for (name, v) in [
+                ("--daily-usd", a.daily_usd),
+                ("--monthly-usd", a.monthly_usd),
+            ] {
+                if v.is_some_and(|v| v.is_sign_negative()) {
+                    anyhow::bail!("{name} must not be negative (0 stops all spending)");
+                }
             }
             for (name, v) in [
                 ("--tpm", a.tpm),
@@ -106,7 +138,8 @@ pub async fn run(config: &Config, command: BudgetsCommand) -> anyhow::Result<()>
                 policy: a.policy,
                 weight: a.weight,
             };
-            crate::db::budgets::set(&pool, &scope, &settings, "cli").await?;
+            crate::db::audit::set_budget(&pool, &scope, &settings, &crate::db::audit::cli_actor())
+                .await?;
             let (s, k) = scope.parts();
             eprintln!("updated {s} {k}");
             let rows = crate::db::budgets::report(&pool, None).await?;

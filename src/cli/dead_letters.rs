@@ -143,6 +143,7 @@ pub async fn run(config: &Config, command: DeadLettersCommand) -> anyhow::Result
                 std::env::var("USER").unwrap_or_else(|_| "an operator".into())
             );
             let done = dead_letters::requeue(&pool, &a.filter.filter(ids)?, &by).await?;
+            audit_ids(&pool, "dead_letters.requeue", &done).await?;
             eprintln!(
                 "requeued {} dead letter(s); workers pick them up within a second",
                 done.len()
@@ -154,18 +155,38 @@ pub async fn run(config: &Config, command: DeadLettersCommand) -> anyhow::Result
         DeadLettersCommand::Purge { filter, yes } => {
             let filter = filter.filter(None)?;
             if !yes {
+                // A dry run is a normal answer, not an error: exit 0.
                 let n = dead_letters::count(&pool, &filter).await?;
-                anyhow::bail!(
-                    "{n} dead letter(s) match; run again with --yes to purge them (the jobs and their history stay)"
+                eprintln!(
+                    "dry run: {n} dead letter(s) match; run again with --yes to purge them (the jobs and their history stay)"
                 );
+                return Ok(());
             }
             let done = dead_letters::purge(&pool, &filter).await?;
+            audit_ids(&pool, "dead_letters.purge", &done).await?;
             eprintln!(
                 "purged {} dead letter(s) from the list; the jobs and their history stay in `jobs`",
                 done.len()
             );
         }
     }
+    Ok(())
+}
+
+/// Records a dead-letter action on `ids` (skipped when none matched).
+async fn audit_ids(pool: &sqlx::PgPool, action: &str, ids: &[String]) -> anyhow::Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let actor = crate::db::audit::cli_actor();
+    let entry = crate::db::audit::Entry {
+        actor: &actor,
+        action,
+        target: &format!("{} job(s)", ids.len()),
+        before: None,
+        after: Some(json!({"jobs": ids})),
+    };
+    crate::db::audit::record_alone(pool, &entry).await?;
     Ok(())
 }
 

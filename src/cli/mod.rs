@@ -1,14 +1,18 @@
 //! The `sluice` command line: server roles, admin commands that talk to Postgres directly, and
 //! client commands that talk to a running sluice over its HTTP API.
 
+mod audit;
 mod budgets;
 mod cancel;
 mod client;
 mod dead_letters;
-mod webhooks;
+mod jobs;
+mod keys;
 mod report;
 mod schedules;
 mod submit;
+mod table;
+mod webhooks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -72,6 +76,9 @@ pub enum Command {
     MockProvider {
         #[arg(long, default_value_t = 9090)]
         port: u16,
+        /// Address to listen on; 0.0.0.0 exposes it to the network.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
         /// Latency added to every answer, e.g. 50ms.
         #[arg(long, default_value = "0ms", value_parser = parse_duration)]
         latency: Duration,
@@ -98,7 +105,29 @@ pub enum Command {
     /// Manage API keys (talks to Postgres directly).
     Keys {
         #[command(subcommand)]
-        command: KeysCommand,
+        command: keys::KeysCommand,
+    },
+    /// Manage tenants (talks to Postgres directly).
+    Tenants {
+        #[command(subcommand)]
+        command: keys::TenantsCommand,
+    },
+    /// A tenant's jobs over the API.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+    /// Show the audit log of admin actions (talks to Postgres directly).
+    Audit {
+        /// How far back, e.g. 7d.
+        #[arg(long, default_value = "7d", value_parser = parse_duration)]
+        since: Duration,
+        /// Output format.
+        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+        format: String,
+        /// Show at most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
     },
     /// Benchmarks (see BENCHMARKS.md); each uses its own database and queues.
     Bench {
@@ -112,7 +141,7 @@ pub enum Command {
     },
     /// Enqueue a JSONL file (OpenAI batch input format or sluice's job format).
     Submit(submit::SubmitArgs),
-    /// Show a batch's progress, tokens and cost.
+    /// Show a batch's progress, tokens and cost (`batch_…`), or one job's state (`job_…`).
     Status {
         batch_id: String,
         #[command(flatten)]
@@ -145,14 +174,11 @@ pub enum Command {
     },
 }
 
-/// `sluice keys …`
+/// `sluice jobs …`
 #[derive(Debug, Subcommand)]
-pub enum KeysCommand {
-    /// Create an API key for a tenant (creating the tenant if new). Prints the key once.
-    Create {
-        #[arg(long)]
-        tenant: String,
-    },
+pub enum JobsCommand {
+    /// List jobs, newest first, with filters.
+    List(jobs::ListArgs),
 }
 
 /// Where the API is and how to authenticate.
@@ -258,6 +284,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::MockProvider {
             port,
+            host,
             latency,
             error_rate,
             seed,
@@ -275,7 +302,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("--usage-skew must be a factor between 0 and 100, e.g. 1.3, got {k}");
             }
             let m = crate::mock::start(
-                SocketAddr::from(([0, 0, 0, 0], port)),
+                SocketAddr::new(host, port),
                 crate::mock::MockSettings {
                     latency,
                     error_rate,
@@ -290,38 +317,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on port {port}; pick another with --port"))?;
             eprintln!(
-                "mock provider listening on http://{} (OpenAI base URL http://127.0.0.1:{}/v1)",
-                m.addr,
-                m.addr.port()
+                "mock provider listening on http://{} (OpenAI base URL http://{}/v1)",
+                m.addr, m.addr
             );
             app::wait_for_signal().await;
             Ok(())
         }
-        Command::Keys {
-            command: KeysCommand::Create { tenant },
-        } => {
-            if !crate::db::tenants::valid_tenant_name(&tenant) {
-                anyhow::bail!(
-                    "tenant `{tenant}` is not a valid name: use lowercase letters, digits, '-', '_' or '.', starting with a letter or digit"
-                );
-            }
-            let config = load()?;
-            let pool = admin_pool(&config).await?;
-            let created = crate::db::tenants::create_key(&pool, &tenant).await?;
-            if created.tenant_created {
-                eprintln!("created tenant `{}`", created.tenant);
-            }
-            eprintln!(
-                "API key for tenant `{}` (shown once; store it now):",
-                created.tenant
-            );
-            println!("{}", created.key);
-            Ok(())
-        }
+        Command::Keys { command } => keys::run_keys(&load()?, command).await,
+        Command::Tenants { command } => keys::run_tenants(&load()?, command).await,
+        Command::Audit {
+            since,
+            format,
+            limit,
+        } => audit::run(&load()?, since, &format, limit).await,
         Command::Bench { command } => crate::bench::run(load()?, command).await,
         Command::Budgets { command } => budgets::run(&load()?, command).await,
         Command::Submit(args) => submit::submit(args).await,
+        Command::Status { batch_id, api } if batch_id.starts_with("job_") => {
+            jobs::status(&api, &batch_id).await
+        }
         Command::Status { batch_id, api } => client::status(&api, &batch_id).await,
+        Command::Jobs {
+            command: JobsCommand::List(args),
+        } => jobs::list(&args).await,
         Command::Results {
             batch_id,
             output,
@@ -331,6 +349,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::DeadLetters { command } => dead_letters::run(&load()?, command).await,
         Command::Webhooks { command } => webhooks::run(&load()?, command).await,
     }
+}
+
+/// Makes a closed standard output (`sluice results … | head`) end the program quietly with
+/// status 0 instead of a panic message: `println!` panics on a broken pipe, and this hook
+/// recognises that panic and exits.
+pub fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
+/// Whether `e` is a write to a closed pipe.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// A migrated, seeded pool for admin commands (no broker, no providers).

@@ -34,6 +34,8 @@ pub struct NewJobRow {
     pub est_prompt_tokens: i32,
     pub premium: Option<String>,
     pub cache_ttl_secs: Option<i32>,
+    /// Matches per PII detector (never the values), e.g. `{"card": 2}`.
+    pub redactions: Value,
 }
 
 /// What happened to one submitted job.
@@ -149,17 +151,18 @@ pub async fn insert_jobs(
     let created: Vec<String> = sqlx::query_scalar(
         "INSERT INTO jobs (id, tenant, batch_id, custom_id, idempotency_key, model, deployments, deployment_index,
             request, tags, route_requested, route, route_reason, deadline, webhook_url, priority, max_tokens,
-            max_attempts, est_prompt_tokens, premium, cache_ttl_secs, deployment, publish_after)
+            max_attempts, est_prompt_tokens, premium, cache_ttl_secs, deployment, publish_after, redactions)
          SELECT x.id, $1, $2, x.custom_id, x.idempotency_key, x.model, x.deployments, x.deployment_index,
             x.request, x.tags, x.route_requested, x.route, x.route_reason, x.deadline, x.webhook_url, x.priority,
             x.max_tokens, x.max_attempts, x.est_prompt_tokens, x.premium, x.cache_ttl_secs,
             x.deployments->>x.deployment_index,
-            CASE WHEN x.route = 'batch' THEN NULL ELSE now() + make_interval(secs => $4) END
+            CASE WHEN x.route = 'batch' THEN NULL ELSE now() + make_interval(secs => $4) END,
+            COALESCE(x.redactions, '{}')
          FROM jsonb_to_recordset($3) AS x(id text, custom_id text, idempotency_key text, model text,
             deployments jsonb, deployment_index integer, request jsonb, tags jsonb, route_requested text,
             route text, route_reason text, deadline timestamptz, webhook_url text, priority smallint,
             max_tokens integer, max_attempts integer, est_prompt_tokens integer, premium text,
-            cache_ttl_secs integer)
+            cache_ttl_secs integer, redactions jsonb)
          ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
          RETURNING id",
     )

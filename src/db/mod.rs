@@ -1,8 +1,9 @@
 //! All SQL lives under this module. Writes that happen per job are batched: one statement
 //! covers many jobs (`jsonb_to_recordset`), so throughput is bounded by Postgres, not round trips.
 
-pub mod batch_results;
 pub mod alerts;
+pub mod audit;
+pub mod batch_results;
 pub mod breakers;
 pub mod budgets;
 pub mod cache;
@@ -13,11 +14,13 @@ pub mod errors;
 pub mod expiry;
 pub mod files;
 pub mod jobs;
+pub mod keys;
 pub mod maintenance;
-pub mod openai_batches;
 pub mod metrics;
+pub mod openai_batches;
 pub mod prices;
 pub mod provider_batches;
+pub mod retention;
 pub mod schedules;
 pub mod submission;
 pub mod tenants;
@@ -45,7 +48,12 @@ pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
 /// apart from the main pool, so a main pool saturated by a stall cannot delay a heartbeat long
 /// enough to get a live worker declared dead and its calls made twice.
 pub async fn connect_heartbeat(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
-    pool(config, options(config)?, config.heartbeat_connections.max(1)).await
+    pool(
+        config,
+        options(config)?,
+        config.heartbeat_connections.max(1),
+    )
+    .await
 }
 
 fn options(config: &DatabaseConfig) -> anyhow::Result<PgConnectOptions> {

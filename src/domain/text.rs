@@ -37,7 +37,6 @@ pub fn storable(v: Value) -> Value {
     }
 }
 
-
 /// Whether Postgres can store `s` as `text` or inside `jsonb`.
 pub fn is_storable(s: &str) -> bool {
     !s.contains('\0')

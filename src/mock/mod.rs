@@ -27,6 +27,7 @@ pub mod anthropic;
 mod batches;
 pub mod limits;
 pub mod openai_batch;
+pub mod requests;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -97,6 +98,8 @@ struct Shared {
     batches: Mutex<batches::Store>,
     /// The mock's own TPM/RPM limits and its per-second log.
     limiter: Mutex<limits::Limiter>,
+    /// Every request body received (`GET /mock/requests`).
+    requests: requests::Log,
 }
 
 /// A running mock provider.
@@ -123,6 +126,11 @@ impl MockHandle {
         store.openai.clear();
         store.anthropic.clear();
     }
+
+    /// Every request the mock received, oldest first (what `GET /mock/requests` serves).
+    pub fn requests(&self) -> Vec<requests::Received> {
+        self.shared.requests.all()
+    }
 }
 
 /// Starts the mock on `addr` (port 0 picks one) and serves until the runtime stops.
@@ -138,13 +146,19 @@ pub async fn start(addr: SocketAddr, settings: MockSettings) -> std::io::Result<
         stats: Mutex::default(),
         batches: Mutex::default(),
         limiter: Mutex::new(limiter),
+        requests: requests::Log::default(),
     });
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/mock/stats", get(stats))
         .route("/mock/redirected", post(redirected))
+        .route("/mock/requests", get(requests::list))
         .merge(openai_batch::routes())
         .merge(anthropic::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            requests::record,
+        ))
         .with_state(shared.clone());
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

@@ -1,0 +1,305 @@
+//! The operator's admin API under `/v1/admin/…`, open only to the admin key (`SLUICE_ADMIN_KEY`):
+//! tenants (list, create, disable), keys (create, list, revoke, rotate) and budgets (get, set).
+//! Every change is recorded in the audit log with the actor `admin-key`.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::ApiError;
+use crate::app::Ctx;
+use crate::auth::http::{AuthError, authenticate};
+use crate::auth::{Principal, Scope};
+use crate::db::{audit, keys, tenants};
+use crate::domain::budget::Scope as BudgetScope;
+
+/// The routes of the admin API.
+pub fn routes() -> Router<Arc<Ctx>> {
+    Router::new()
+        .route("/v1/admin/tenants", get(list_tenants).post(create_tenant))
+        .route("/v1/admin/tenants/{name}/disable", post(disable_tenant))
+        .route("/v1/admin/keys", get(list_keys).post(create_key))
+        .route("/v1/admin/keys/{id}/revoke", post(revoke_key))
+        .route("/v1/admin/keys/{id}/rotate", post(rotate_key))
+        .route("/v1/admin/budgets", get(list_budgets).post(set_budget))
+}
+
+/// A request made with the admin key.
+#[derive(Debug)]
+pub struct AdminCaller(pub String);
+
+impl FromRequestParts<Arc<Ctx>> for AdminCaller {
+    type Rejection = AuthError;
+
+    async fn from_request_parts(parts: &mut Parts, ctx: &Arc<Ctx>) -> Result<Self, AuthError> {
+        match authenticate(&ctx.keys, parts).await? {
+            p @ Principal::Admin => Ok(AdminCaller(p.actor())),
+            Principal::Key { .. } => Err(AuthError::Forbidden(
+                "this route needs the admin key (SLUICE_ADMIN_KEY)".into(),
+            )),
+        }
+    }
+}
+
+/// A tenant-key request, with the key id that the audit log records as the actor.
+#[derive(Debug)]
+pub struct Caller {
+    pub tenant: String,
+    pub actor: String,
+}
+
+impl FromRequestParts<Arc<Ctx>> for Caller {
+    type Rejection = AuthError;
+
+    async fn from_request_parts(parts: &mut Parts, ctx: &Arc<Ctx>) -> Result<Self, AuthError> {
+        match authenticate(&ctx.keys, parts).await? {
+            Principal::Key { id, tenant, .. } => Ok(Caller { tenant, actor: id }),
+            Principal::Admin => Err(AuthError::Forbidden(
+                "the admin key manages sluice under /v1/admin/…; use a tenant key for this".into(),
+            )),
+        }
+    }
+}
+
+/// Records an action a tenant's admin took on some of its jobs (none: nothing recorded).
+pub async fn audit_jobs(
+    pool: &sqlx::PgPool,
+    actor: &str,
+    action: &str,
+    ids: &[String],
+) -> Result<(), ApiError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let entry = audit::Entry {
+        actor,
+        action,
+        target: &format!("{} job(s)", ids.len()),
+        before: None,
+        after: Some(json!({"jobs": ids})),
+    };
+    audit::record_alone(pool, &entry).await?;
+    Ok(())
+}
+
+fn valid_tenant(name: &str) -> Result<(), ApiError> {
+    if tenants::valid_tenant_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest {
+            message: format!(
+                "tenant `{name}` is not a valid name: use lowercase letters, digits, '-', '_' or '.'"
+            ),
+            param: Some("name".into()),
+        })
+    }
+}
+
+async fn list_tenants(
+    State(ctx): State<Arc<Ctx>>,
+    _a: AdminCaller,
+) -> Result<Json<Value>, ApiError> {
+    let rows = tenants::list(&ctx.pool).await?;
+    Ok(Json(json!({"object": "list", "data": rows})))
+}
+
+#[derive(Deserialize)]
+struct NewTenant {
+    name: String,
+}
+
+async fn create_tenant(
+    State(ctx): State<Arc<Ctx>>,
+    AdminCaller(actor): AdminCaller,
+    Json(body): Json<NewTenant>,
+) -> Result<Json<Value>, ApiError> {
+    valid_tenant(&body.name)?;
+    if !tenants::create(&ctx.pool, &body.name, &actor).await? {
+        return Err(ApiError::Conflict(format!(
+            "tenant `{}` already exists",
+            body.name
+        )));
+    }
+    Ok(Json(json!({"name": body.name, "created": true})))
+}
+
+async fn disable_tenant(
+    State(ctx): State<Arc<Ctx>>,
+    AdminCaller(actor): AdminCaller,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    match tenants::disable(&ctx.pool, &name, &actor).await? {
+        tenants::Disabled::NoSuchTenant => {
+            Err(ApiError::NotFound(format!("no tenant named `{name}`")))
+        }
+        d => Ok(Json(
+            json!({"name": name, "disabled": true, "changed": d == tenants::Disabled::Now}),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+struct KeyFilter {
+    tenant: Option<String>,
+}
+
+async fn list_keys(
+    State(ctx): State<Arc<Ctx>>,
+    _a: AdminCaller,
+    Query(f): Query<KeyFilter>,
+) -> Result<Json<Value>, ApiError> {
+    let rows = keys::list(&ctx.pool, f.tenant.as_deref()).await?;
+    Ok(Json(json!({"object": "list", "data": rows})))
+}
+
+#[derive(Deserialize)]
+struct NewKeyBody {
+    tenant: String,
+    #[serde(default)]
+    name: String,
+    scopes: Option<Vec<String>>,
+    /// e.g. `90d`.
+    expires_in: Option<String>,
+}
+
+/// Parses a duration such as `90d` or `24h`, naming the field on failure.
+pub fn parse_span(field: &str, s: &str) -> Result<chrono::Duration, ApiError> {
+    humantime::parse_duration(s)
+        .ok()
+        .and_then(|d| chrono::Duration::from_std(d).ok())
+        .ok_or_else(|| ApiError::BadRequest {
+            message: format!("`{s}` is not a duration like 90d or 24h"),
+            param: Some(field.into()),
+        })
+}
+
+async fn create_key(
+    State(ctx): State<Arc<Ctx>>,
+    AdminCaller(actor): AdminCaller,
+    Json(body): Json<NewKeyBody>,
+) -> Result<Json<Value>, ApiError> {
+    valid_tenant(&body.tenant)?;
+    let scopes = match &body.scopes {
+        None => vec![
+            "submit".to_string(),
+            "read".to_string(),
+            "admin".to_string(),
+        ],
+        Some(list) => {
+            let parsed = Scope::parse_list(&list.join(",")).map_err(|m| ApiError::BadRequest {
+                message: m,
+                param: Some("scopes".into()),
+            })?;
+            parsed.iter().map(|s| s.as_str().to_string()).collect()
+        }
+    };
+    let expires_in = match &body.expires_in {
+        Some(s) => Some(parse_span("expires_in", s)?),
+        None => None,
+    };
+    let new = keys::NewKey {
+        tenant: body.tenant,
+        name: body.name,
+        scopes,
+        expires_in,
+    };
+    let created = keys::create(&ctx.pool, &new, &actor).await?;
+    Ok(Json(
+        json!({"id": created.id, "tenant": created.tenant, "key": created.key,
+        "scopes": new.scopes, "tenant_created": created.tenant_created}),
+    ))
+}
+
+async fn revoke_key(
+    State(ctx): State<Arc<Ctx>>,
+    AdminCaller(actor): AdminCaller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    match keys::revoke(&ctx.pool, &id, &actor).await? {
+        Some(row) => Ok(Json(json!(row))),
+        None => Err(ApiError::NotFound(format!("no key `{id}`"))),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct RotateBody {
+    grace: Option<String>,
+}
+
+async fn rotate_key(
+    State(ctx): State<Arc<Ctx>>,
+    AdminCaller(actor): AdminCaller,
+    Path(id): Path<String>,
+    body: Option<Json<RotateBody>>,
+) -> Result<Json<Value>, ApiError> {
+    let grace = match body.and_then(|Json(b)| b.grace) {
+        Some(g) => parse_span("grace", &g)?,
+        None => chrono::Duration::hours(24),
+    };
+    match keys::rotate(&ctx.pool, &id, grace, &actor).await {
+        Ok((new, old)) => Ok(Json(
+            json!({"id": new.id, "key": new.key, "tenant": new.tenant,
+            "old_key_id": old.id, "old_key_valid_until": old.revoked_at}),
+        )),
+        Err(keys::RotateError::NotFound) => Err(ApiError::NotFound(format!("no key `{id}`"))),
+        Err(keys::RotateError::Db(e)) => Err(e.into()),
+        Err(e) => Err(ApiError::bad(e.to_string())),
+    }
+}
+
+async fn list_budgets(
+    State(ctx): State<Arc<Ctx>>,
+    _a: AdminCaller,
+) -> Result<Json<Value>, ApiError> {
+    let rows = crate::db::budgets::report(&ctx.pool, None).await?;
+    Ok(Json(json!({"object": "list", "data": rows})))
+}
+
+#[derive(Deserialize)]
+struct BudgetBody {
+    tenant: Option<String>,
+    deployment: Option<String>,
+    #[serde(flatten)]
+    settings: crate::config::BudgetSettings,
+}
+
+async fn set_budget(
+    State(ctx): State<Arc<Ctx>>,
+    AdminCaller(actor): AdminCaller,
+    Json(body): Json<BudgetBody>,
+) -> Result<Json<Value>, ApiError> {
+    let scope = match (body.tenant, body.deployment) {
+        (Some(t), None) => {
+            if !tenants::exists(&ctx.pool, &t).await? {
+                return Err(ApiError::NotFound(format!("no tenant named `{t}`")));
+            }
+            BudgetScope::Tenant(t)
+        }
+        (None, Some(d)) => BudgetScope::Deployment(d),
+        _ => {
+            return Err(ApiError::bad(
+                "name exactly one of `tenant` or `deployment`",
+            ));
+        }
+    };
+    let s = &body.settings;
+    let negative_int = [s.tpm, s.rpm, s.batch_enqueued_tokens]
+        .iter()
+        .any(|v| v.is_some_and(|v| v <= 0));
+    let negative_usd = [s.daily_usd, s.monthly_usd]
+        .iter()
+        .any(|v| v.is_some_and(|v| v.is_sign_negative()));
+    if negative_int || negative_usd {
+        return Err(ApiError::bad(
+            "limits must be positive numbers (USD caps may be 0)",
+        ));
+    }
+    audit::set_budget(&ctx.pool, &scope, s, &actor).await?;
+    let (sc, key) = scope.parts();
+    Ok(Json(json!({"scope": sc, "key": key, "updated": true})))
+}

@@ -1,0 +1,62 @@
+//! End-to-end tests of governance against real Postgres and RabbitMQ: keys with scopes, expiry,
+//! revocation and rotation across app instances; the admin API; the audit log; PII redaction.
+//! One file per concern under `tests/governance/`.
+
+mod common;
+
+#[path = "governance/admin.rs"]
+mod admin;
+#[path = "governance/cli.rs"]
+mod cli;
+#[path = "governance/keys.rs"]
+mod keys;
+#[path = "governance/redaction.rs"]
+mod redaction;
+#[path = "governance/retention.rs"]
+mod retention;
+
+use std::time::Duration;
+
+use sluice::app::Roles;
+
+/// Time limit of every wait.
+const T: Duration = Duration::from_secs(30);
+
+/// The API alone: jobs are recorded and published, but no worker runs them.
+fn api_only() -> Roles {
+    Roles {
+        api: true,
+        ..Default::default()
+    }
+}
+
+/// The admin key the tests configure (by its hash, as `[admin] key_sha256`).
+const ADMIN_KEY: &str = "admin-canary-0123456789abcdef";
+
+/// Configures [`ADMIN_KEY`] as the admin key of `env`.
+fn with_admin_key(env: &mut common::TestEnv) {
+    use sha2::Digest;
+    env.config.admin.key_sha256 = Some(hex::encode(sha2::Sha256::digest(ADMIN_KEY.as_bytes())));
+}
+
+/// The real binary with `env`'s config, its output captured.
+fn sluice(cfg: &std::path::Path, args: &[&str]) -> std::process::Output {
+    common::sluice_cmd()
+        .env("RUST_LOG", "warn")
+        .arg("--config")
+        .arg(cfg)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Standard output of a run that must succeed.
+fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
