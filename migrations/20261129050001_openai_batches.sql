@@ -17,7 +17,7 @@ ALTER TABLE batches
     ADD COLUMN failed_at          timestamptz,
     ADD COLUMN expired_at         timestamptz,
     ADD COLUMN cancelling_at      timestamptz,
-    ADD COLUMN cancelled_at       timestamptz;
+    ADD COLUMN IF NOT EXISTS cancelled_at timestamptz;
 -- The front door's loop looks for batches to validate or finalize.
 CREATE INDEX batches_openai_open ON batches (status, id)
     WHERE status IN ('validating', 'in_progress', 'finalizing', 'cancelling');

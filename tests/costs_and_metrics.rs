@@ -237,7 +237,10 @@ async fn spend_alerts_fire_once_per_threshold_and_on_an_hourly_spike() {
          INSERT INTO tenant_spend (tenant, day, usd) VALUES
              ('acme', (now() AT TIME ZONE 'UTC')::date, 0.85),
              ('whale', (now() AT TIME ZONE 'UTC')::date, 1e30)
-         ON CONFLICT (tenant, day) DO UPDATE SET usd = EXCLUDED.usd;",
+         ON CONFLICT (tenant, day) DO UPDATE SET usd = EXCLUDED.usd;
+         INSERT INTO webhook_endpoints (id, tenant, url, event_types, secret)
+         VALUES ('we_alerts', 'acme', 'http://127.0.0.1:9/hooks',
+                 ARRAY['budget.threshold', 'spend.spike'], 'whsec_dGVzdA==');",
     )
     .execute(&env.pool)
     .await
@@ -279,5 +282,20 @@ async fn spend_alerts_fire_once_per_threshold_and_on_an_hourly_spike() {
     assert_eq!(spike["tenant"], "acme");
     assert_eq!(spike["spent_usd"], "10");
     assert_eq!(sluice::metrics::check_alerts(&ctx).await, 0);
+    // Every alert of acme's is also a webhook event for its subscribed endpoint, once.
+    let events: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT e.type, count(m.id) FROM webhook_events e JOIN webhook_messages m ON m.event_id = e.id
+         WHERE e.tenant = 'acme' GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        events,
+        [
+            ("budget.threshold".to_string(), 3),
+            ("spend.spike".to_string(), 1)
+        ]
+    );
     env.cleanup().await;
 }

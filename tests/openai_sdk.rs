@@ -1,6 +1,7 @@
 //! The official OpenAI Python SDK against a live sluice (tests/sdk/openai_sdk.py): files, batches
 //! (create, poll, list pages, output and error files, cancel) and chat completions, whole and
-//! streamed, with only `base_url` and `api_key` changed.
+//! streamed, and webhook endpoints (create, a `batch.completed` delivery verified with
+//! `client.webhooks.unwrap`, rotate_secret), with only `base_url` and `api_key` changed.
 
 mod common;
 
@@ -27,7 +28,9 @@ async fn the_official_openai_sdk_runs_files_batches_and_chat_completions_unchang
         eprintln!("skipping outside CI: {how}");
         return;
     }
-    let env = TestEnv::new().await;
+    let mut env = TestEnv::new().await;
+    // The script's webhook receiver listens on loopback.
+    env.config.webhooks.allow_private_networks = vec!["127.0.0.0/8".parse().unwrap()];
     let running = env.up().await;
     let key = env.key("sdk").await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_sdk.py");

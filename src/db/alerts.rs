@@ -76,7 +76,17 @@ pub async fn check(
     .bind(i32::try_from(window_hours.max(1)).unwrap_or(24))
     .fetch_all(&mut *tx)
     .await?;
-    tx.commit().await?;
     raised.extend(spikes);
+    // Each alert is also a webhook event to the tenant's endpoints subscribed to its type,
+    // written in the transaction that raises it (so exactly once).
+    for a in &raised {
+        sqlx::query("SELECT webhooks_emit($1, $2, NULL, NULL, $3, NULL)::text")
+            .bind(&a.tenant)
+            .bind(&a.kind)
+            .bind(&a.payload)
+            .fetch_all(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
     Ok(raised)
 }

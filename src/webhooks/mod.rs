@@ -32,6 +32,8 @@ pub const EVENT_TYPES: &[&str] = &[
     "batch.failed",
     "batch.cancelled",
     "batch.expired",
+    "budget.threshold",
+    "spend.spike",
 ];
 
 /// Sent to a tenant's other endpoints when one is disabled for failing too long.

@@ -4,10 +4,12 @@ Run by tests/openai_sdk.rs with SLUICE_BASE_URL (".../v1") and SLUICE_API_KEY se
 (an assertion or an SDK error) on the first thing that is not as OpenAI's API would answer.
 """
 
+import http.server
 import io
 import json
 import os
 import sys
+import threading
 import time
 
 from openai import OpenAI
@@ -33,6 +35,32 @@ def wait_batch(batch_id, done):
         assert time.monotonic() < DEADLINE, f"batch {batch_id} stuck in {batch.status}"
         time.sleep(0.2)
 
+
+# Webhooks: a local receiver, and an endpoint subscribed to batch.completed.
+received = []
+
+
+class Receiver(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        received.append((body, {k.lower(): v for k, v in self.headers.items()}))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+threading.Thread(target=receiver.serve_forever, daemon=True).start()
+endpoint = client.webhooks.create(
+    url=f"http://127.0.0.1:{receiver.server_address[1]}/hooks",
+    event_types=["batch.completed"],
+    name="sdk receiver",
+)
+assert endpoint.signing_secret.startswith("whsec_"), endpoint
+assert endpoint.id in [e.id for e in client.webhooks.list()], "listed"
+secret = endpoint.signing_secret
 
 # Files: upload a batch input with one request the upstream refuses (HTTP 400).
 jsonl = "\n".join([
@@ -113,5 +141,26 @@ assert usage is not None and usage.total_tokens > 0, usage
 
 # Delete.
 assert client.files.delete(uploaded.id).deleted
+# The batch's batch.completed event reached the receiver, and the SDK verifies and parses it.
+while not any(json.loads(b).get("data", {}).get("id") == batch.id for b, _ in received):
+    assert time.monotonic() < DEADLINE, f"no batch.completed for {batch.id}; got {len(received)} deliveries"
+    time.sleep(0.2)
+body, headers = next((b, h) for b, h in received if json.loads(b)["data"]["id"] == batch.id)
+event = client.webhooks.unwrap(body.decode(), headers, secret=secret)
+assert event.type == "batch.completed" and event.data.id == batch.id, event
+try:
+    client.webhooks.unwrap(body.decode(), headers, secret="whsec_" + "A" * 32)
+    raise AssertionError("a wrong secret must not verify")
+except AssertionError:
+    raise
+except Exception:
+    pass
+
+# Rotating the secret returns a new one, shown once.
+rotated = client.webhooks.rotate_secret(endpoint.id)
+assert rotated.signing_secret.startswith("whsec_") and rotated.signing_secret != secret, rotated
+assert client.webhooks.retrieve(endpoint.id).id == endpoint.id
+receiver.shutdown()
+
 print("openai sdk: all checks passed")
 sys.exit(0)
