@@ -25,6 +25,8 @@ const INGEST_BATCH: usize = 500;
 
 /// Consumes producer messages until `shutdown`, reconnecting as needed.
 pub async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+    // For the supervision tests: a role that dies every time it starts.
+    crate::failpoint::panic_at("ingest.start");
     super::reconnecting("ingest", &shutdown, || session(&ctx, &shutdown)).await;
 }
 
