@@ -207,6 +207,34 @@ pub async fn start(ctx: Arc<Ctx>, roles: Roles) -> anyhow::Result<Running> {
         });
     }
     // The API registers too: it claims the jobs of synchronous chat completions.
+    if !roles.api
+        && let Some(addr) = ctx.config.metrics.listen.clone()
+    {
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for metrics.listen: {e}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /readyz");
+        let listener = Arc::new(listener.into_std()?);
+        let router = crate::api::ops_router(ctx.clone());
+        let token = shutdown.clone();
+        spawn_supervised(&tracker, &ctx, "metrics", &shutdown, move || {
+            let (listener, router, token) = (listener.clone(), router.clone(), token.clone());
+            async move {
+                let listener = match listener.try_clone().and_then(TcpListener::from_std) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot reuse the metrics listener");
+                        return;
+                    }
+                };
+                let serve = axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { token.cancelled().await });
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "metrics server stopped with an error");
+                }
+            }
+        });
+    }
     if roles.worker || roles.maintenance || roles.api {
         crate::db::maintenance::register_worker(
             &ctx.beat_pool,

@@ -17,6 +17,10 @@ pub struct MetricsConfig {
     pub spike_multiple: Decimal,
     /// Hours the trailing average of `spend.spike` covers.
     pub spike_window_hours: u32,
+    /// Where a process without the API role (`sluice worker`, `scheduler`, `deliver`) serves
+    /// `GET /metrics`, `/readyz` and `/healthz`, e.g. `"0.0.0.0:9100"`; unset, it serves none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
 }
 
 impl Default for MetricsConfig {
@@ -25,6 +29,7 @@ impl Default for MetricsConfig {
             refresh: Duration::from_secs(15),
             spike_multiple: Decimal::from(3),
             spike_window_hours: 24,
+            listen: None,
         }
     }
 }

@@ -118,6 +118,59 @@ async fn metrics_parse_as_prometheus_text_and_change_as_jobs_run() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_process_serves_its_own_metrics_on_metrics_listen() {
+    let env = TestEnv::new().await;
+    let key = env.key("acme").await;
+    let api = env
+        .start(sluice::app::Roles {
+            api: true,
+            ..Default::default()
+        })
+        .await;
+    let client = Client::new(&api, &key);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let _worker = env.spawn_worker(dir.path(), &[("SLUICE_METRICS__LISTEN", listen.as_str())]);
+    let jobs: Vec<Value> = (0..3)
+        .map(|i| common::job(&format!("worker metric {i}")))
+        .collect();
+    let (status, body) = client.post("/v1/jobs", &json!({"jobs": jobs}), None).await;
+    assert_eq!(status, 200, "{body}");
+    env.wait_all_finished(T).await;
+    // The worker's own counters: the attempts it made, parseable Prometheus text.
+    let http = reqwest::Client::new();
+    let text = http
+        .get(format!("http://{listen}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let samples = parse_prometheus(&text);
+    let succeeded = "sluice_attempts_total{outcome=\"succeeded\",error_class=\"none\"}";
+    assert!(
+        samples.get(succeeded).copied().unwrap_or(0.0) >= 3.0,
+        "the worker counted its attempts: {samples:?}"
+    );
+    let ready = http
+        .get(format!("http://{listen}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["roles"]["worker"]["up"], true, "{ready}");
+    api.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cost_views_and_the_report_agree_with_the_ledger_in_every_format() {
     let env = TestEnv::new().await;
     let key = env.key("acme").await;

@@ -30,6 +30,21 @@ pub use openai::ErrorBody;
 
 use crate::app::Ctx;
 
+/// The operations routes alone (`/healthz`, `/readyz`, `/metrics`), for processes that run no
+/// API: served on `[metrics] listen`.
+pub fn ops_router(ctx: Arc<Ctx>) -> Router {
+    crate::metrics::install();
+    let router = Router::new()
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(json!({"status": "ok"})) }),
+        )
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::scrape))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) });
+    layers::protect(router, 1024, ctx.config.server.request_timeout).with_state(ctx)
+}
+
 /// The API's routes over `ctx`; synchronous chat completions are claimed as `worker_id`.
 pub fn router(ctx: Arc<Ctx>, worker_id: String) -> Router {
     let limit = ctx.config.server.max_body_bytes;

@@ -86,6 +86,12 @@ pub async fn record_results(
             Ok(n) => {
                 done.moved += n;
                 ended |= finish.is_some();
+                // The batch path's attempts, by outcome (the real-time path counts its own in
+                // the worker as `sluice_attempts_total`).
+                for o in part {
+                    metrics::counter!("sluice_batch_items_total", "outcome" => o.attempt_status)
+                        .increment(1);
+                }
             }
             Err(e) if is_transient(&e) => return Err(e),
             Err(e) if part.len() > 1 => {

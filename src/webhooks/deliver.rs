@@ -191,6 +191,9 @@ impl Deliverer {
             // The lease runs out and the message is tried again: at least once, same id.
             Err(e) => tracing::warn!(error = %e, "could not record a webhook attempt"),
         }
+        // One count per attempt by what became of the message: delivered, pending (to be
+        // retried) or failed.
+        metrics::counter!("sluice_webhook_deliveries_total", "outcome" => new_status).increment(1);
         if new_status == "failed" {
             metrics::counter!("sluice_webhook_messages_failed_total").increment(1);
         }
