@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use common::TestEnv;
 use sluice::scheduler::DatabaseSource;
 use sluice::scheduler::def::{self, Schedule};
@@ -465,5 +465,74 @@ async fn poison_schedules_fail_alone_are_retried_next_tick_and_the_loop_keeps_ru
     let role = health.get("scheduler").unwrap();
     assert!(role.up && role.restarts == 0, "{role:?}");
     running.stop().await;
+    env.cleanup().await;
+}
+
+/// Three real `sluice scheduler` processes on one database; one is killed (SIGKILL) at the fire
+/// time. The tick fires exactly once: one run, one batch, one job per source row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_scheduler_processes_with_one_killed_at_the_fire_time_fire_the_tick_once() {
+    let mut env = env_with_source().await;
+    env.config.scheduler.tick = Duration::from_millis(200);
+    env.key("acme").await;
+    tickets_table(&env).await;
+    let rows = env
+        .count("SELECT count(*) FROM tickets WHERE status <> 'spam'")
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let jobs_dir = dir.path().join("jobs");
+    std::fs::create_dir(&jobs_dir).unwrap();
+    write_schedule(&jobs_dir, "minutely", "");
+    let config = env.write_config(dir.path());
+    let spawn = || {
+        common::ChildGuard(
+            common::sluice_cmd()
+                .arg("--config")
+                .arg(&config)
+                .arg("scheduler")
+                .arg("--dir")
+                .arg(&jobs_dir)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut procs = [spawn(), spawn(), spawn()];
+    // The next minute at least 5 s away, so all three are running before it.
+    let now = Utc::now();
+    let mut fire = now
+        .with_second(0)
+        .and_then(|t| t.with_nanosecond(0))
+        .unwrap()
+        + chrono::Duration::minutes(1);
+    if fire - now < chrono::Duration::seconds(5) {
+        fire += chrono::Duration::minutes(1);
+    }
+    tokio::time::sleep((fire - Utc::now()).to_std().unwrap_or_default()).await;
+    procs[0].0.kill().unwrap();
+    let _ = procs[0].0.wait();
+    let sql = format!(
+        "SELECT count(*) FROM schedule_runs WHERE fire_time = '{}' AND batch_id IS NOT NULL",
+        fire.to_rfc3339()
+    );
+    common::wait_until(T, "the tick fires", || {
+        let env = &env;
+        let sql = sql.clone();
+        async move { env.count(&sql).await >= 1 }
+    })
+    .await;
+    // Five more ticks of the survivors (200 ms each): none may take the tick again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(rows > 0);
+    assert_eq!(env.count(&sql).await, 1, "one run for the tick");
+    let jobs = env
+        .count(&format!(
+            "SELECT count(*) FROM jobs WHERE batch_id IN (SELECT batch_id FROM schedule_runs WHERE fire_time = '{}')",
+            fire.to_rfc3339()
+        ))
+        .await;
+    assert_eq!(jobs, rows, "one job per source row, none twice");
+    drop(procs);
     env.cleanup().await;
 }
