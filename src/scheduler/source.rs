@@ -218,7 +218,8 @@ pub async fn read_sql(
         .await
         .map_err(failed)?;
     let _ = tx.rollback().await;
-    let rows = trim_split_watermark(rows, limit, src.watermark.is_some());
+    let rows = trim_split_watermark(rows, limit, src.watermark.is_some())
+        .map_err(|e| SourceError(format!("database `{}`: {e}", src.database)))?;
     let mut out = Collected {
         watermark: watermark.map(str::to_owned),
         ..Default::default()
@@ -297,24 +298,32 @@ fn build_query(src: &SqlSource, watermark: Option<&str>, limit: usize, max_row: 
 }
 
 /// Keeps at most `limit` rows; when more came, drops the trailing rows that share the last
-/// watermark value, so the next run (taking rows strictly past it) does not lose them.
+/// watermark value, so the next run (taking rows strictly past it) does not lose them. When
+/// every row of a full page shares one watermark value, no page can be taken without losing
+/// some of them: that is an error naming the value (the run fails with it and is tried again
+/// on the next tick; raise `max_rows` or use a finer watermark column).
 fn trim_split_watermark<T>(
     mut rows: Vec<(T, Option<String>, Option<String>)>,
     limit: usize,
     has_watermark: bool,
-) -> Vec<(T, Option<String>, Option<String>)> {
+) -> Result<Vec<(T, Option<String>, Option<String>)>, String> {
     if rows.len() <= limit {
-        return rows;
+        return Ok(rows);
     }
     let next = rows.get(limit).and_then(|r| r.2.clone());
     rows.truncate(limit);
     if has_watermark && next.is_some() {
         let keep = rows.iter().rposition(|r| r.2 != next).map_or(0, |i| i + 1);
-        if keep > 0 {
-            rows.truncate(keep);
+        if keep == 0 {
+            return Err(format!(
+                "more than {limit} rows share the watermark value {}; taking a page of them \
+                 would lose the rest: raise max_rows or use a finer watermark column",
+                next.unwrap_or_default()
+            ));
         }
+        rows.truncate(keep);
     }
-    rows
+    Ok(rows)
 }
 
 fn quote_ident(c: &str) -> String {
@@ -398,10 +407,17 @@ mod tests {
     fn a_full_page_does_not_split_rows_that_share_a_watermark() {
         let r = |m: &str| ((), Some("k".to_string()), Some(m.to_string()));
         let rows = vec![r("1"), r("2"), r("2"), r("2")];
-        let kept = trim_split_watermark(rows, 3, true);
+        let kept = trim_split_watermark(rows, 3, true).unwrap();
         assert_eq!(kept.len(), 1);
         let rows = vec![r("1"), r("2"), r("3")];
-        assert_eq!(trim_split_watermark(rows, 3, true).len(), 3);
+        assert_eq!(trim_split_watermark(rows, 3, true).unwrap().len(), 3);
+        // A full page of one value cannot be split without losing rows: an error, not a loss.
+        let rows = vec![r("2"), r("2"), r("2"), r("2")];
+        let e = trim_split_watermark(rows, 3, true).unwrap_err();
+        assert!(
+            e.contains("more than 3 rows share the watermark value 2"),
+            "{e}"
+        );
     }
 
     #[test]
