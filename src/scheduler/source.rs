@@ -297,16 +297,19 @@ fn build_query(src: &SqlSource, watermark: Option<&str>, limit: usize, max_row: 
     )
 }
 
+/// A source row: its payload, key and watermark value.
+type SourceRow<T> = (T, Option<String>, Option<String>);
+
 /// Keeps at most `limit` rows; when more came, drops the trailing rows that share the last
 /// watermark value, so the next run (taking rows strictly past it) does not lose them. When
 /// every row of a full page shares one watermark value, no page can be taken without losing
 /// some of them: that is an error naming the value (the run fails with it and is tried again
 /// on the next tick; raise `max_rows` or use a finer watermark column).
 fn trim_split_watermark<T>(
-    mut rows: Vec<(T, Option<String>, Option<String>)>,
+    mut rows: Vec<SourceRow<T>>,
     limit: usize,
     has_watermark: bool,
-) -> Result<Vec<(T, Option<String>, Option<String>)>, String> {
+) -> Result<Vec<SourceRow<T>>, String> {
     if rows.len() <= limit {
         return Ok(rows);
     }
