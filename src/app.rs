@@ -182,31 +182,9 @@ pub async fn start(ctx: Arc<Ctx>, roles: Roles) -> anyhow::Result<Running> {
                 )
             })?;
         api_addr = Some(listener.local_addr()?);
-        // Kept as a std listener so a restarted server can listen on the same socket.
-        let listener = Arc::new(listener.into_std()?);
         let router = crate::api::router(ctx.clone(), worker_id.clone());
-        let token = shutdown.clone();
-        spawn_supervised(&tracker, &ctx, "api", &shutdown, move || {
-            let listener = listener.clone();
-            let router = router.clone();
-            let token = token.clone();
-            async move {
-                let listener = match listener.try_clone().and_then(TcpListener::from_std) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot reuse the API listener");
-                        return;
-                    }
-                };
-                let serve = axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { token.cancelled().await });
-                if let Err(e) = serve.await {
-                    tracing::error!(error = %e, "API server stopped with an error");
-                }
-            }
-        });
+        serve_supervised(&tracker, &ctx, "api", &shutdown, listener, router)?;
     }
-    // The API registers too: it claims the jobs of synchronous chat completions.
     if !roles.api
         && let Some(addr) = ctx.config.metrics.listen.clone()
     {
@@ -214,27 +192,10 @@ pub async fn start(ctx: Arc<Ctx>, roles: Roles) -> anyhow::Result<Running> {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for metrics.listen: {e}"))?;
         tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /readyz");
-        let listener = Arc::new(listener.into_std()?);
         let router = crate::api::ops_router(ctx.clone());
-        let token = shutdown.clone();
-        spawn_supervised(&tracker, &ctx, "metrics", &shutdown, move || {
-            let (listener, router, token) = (listener.clone(), router.clone(), token.clone());
-            async move {
-                let listener = match listener.try_clone().and_then(TcpListener::from_std) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot reuse the metrics listener");
-                        return;
-                    }
-                };
-                let serve = axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { token.cancelled().await });
-                if let Err(e) = serve.await {
-                    tracing::error!(error = %e, "metrics server stopped with an error");
-                }
-            }
-        });
+        serve_supervised(&tracker, &ctx, "metrics", &shutdown, listener, router)?;
     }
+    // The API registers too: it claims the jobs of synchronous chat completions.
     if roles.worker || roles.maintenance || roles.api {
         crate::db::maintenance::register_worker(
             &ctx.beat_pool,
@@ -319,6 +280,38 @@ pub async fn start(ctx: Arc<Ctx>, roles: Roles) -> anyhow::Result<Running> {
         heartbeat_stop,
         heartbeat,
     })
+}
+
+/// Serves `router` on `listener` as the supervised role `name` until `shutdown`. The socket is
+/// kept as a std listener so a restarted server listens on the same one.
+fn serve_supervised(
+    tracker: &TaskTracker,
+    ctx: &Ctx,
+    name: &'static str,
+    shutdown: &CancellationToken,
+    listener: TcpListener,
+    router: axum::Router,
+) -> anyhow::Result<()> {
+    let listener = Arc::new(listener.into_std()?);
+    let token = shutdown.clone();
+    spawn_supervised(tracker, ctx, name, shutdown, move || {
+        let (listener, router, token) = (listener.clone(), router.clone(), token.clone());
+        async move {
+            let listener = match listener.try_clone().and_then(TcpListener::from_std) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(role = name, error = %e, "cannot reuse the listener");
+                    return;
+                }
+            };
+            let serve = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { token.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::error!(role = name, error = %e, "server stopped with an error");
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Starts `make`'s task under the supervisor, tracked so `stop` waits for it.
