@@ -17,6 +17,5 @@ pub mod retry;
 pub mod routing;
 pub mod schema;
 pub mod state;
-pub mod storable;
 pub mod text;
 pub mod tokens;

@@ -24,16 +24,42 @@ pub fn storable_str(s: &str) -> Cow<'_, str> {
 }
 
 /// `v` with every NUL in its strings and object keys replaced by U+FFFD.
-pub fn storable(v: Value) -> Value {
+pub fn storable(mut v: Value) -> Value {
+    make_storable(&mut v);
+    v
+}
+
+/// Replaces every NUL in `s` with U+FFFD; returns whether anything changed.
+pub fn make_storable_str(s: &mut String) -> bool {
+    if !s.contains('\0') {
+        return false;
+    }
+    *s = s.replace('\0', "\u{FFFD}");
+    true
+}
+
+/// Replaces every NUL in every string and key of `v` with U+FFFD; returns whether
+/// anything changed.
+pub fn make_storable(v: &mut Value) -> bool {
     match v {
-        Value::String(s) if s.contains('\0') => Value::String(s.replace('\0', "\u{FFFD}")),
-        Value::Array(items) => Value::Array(items.into_iter().map(storable).collect()),
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .map(|(k, v)| (storable_str(&k).into_owned(), storable(v)))
-                .collect(),
-        ),
-        other => other,
+        Value::String(s) => make_storable_str(s),
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |changed, i| make_storable(i) | changed),
+        Value::Object(map) => {
+            let mut changed = false;
+            if map.keys().any(|k| k.contains('\0')) {
+                let old = std::mem::take(map);
+                for (mut k, val) in old {
+                    make_storable_str(&mut k);
+                    map.insert(k, val);
+                }
+                changed = true;
+            }
+            map.values_mut()
+                .fold(changed, |c, val| make_storable(val) | c)
+        }
+        _ => false,
     }
 }
 
@@ -118,5 +144,40 @@ mod checks {
         let v = json!({"tags": {"k\u{0}": "v"}});
         assert!(check_value("", &v).unwrap_err().field.starts_with("tags"));
         assert!(check_value("", &json!({"a": ["x", 1, null, {"b": "ok"}]})).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod in_place {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn nul_characters_become_replacement_characters_everywhere() {
+        let cases = [
+            (json!("a\u{0}b"), json!("a\u{FFFD}b"), true),
+            (
+                json!({"k\u{0}": ["x\u{0}", 1]}),
+                json!({"k\u{FFFD}": ["x\u{FFFD}", 1]}),
+                true,
+            ),
+            (
+                json!({"k": "plain", "n": null}),
+                json!({"k": "plain", "n": null}),
+                false,
+            ),
+            (json!(42), json!(42), false),
+        ];
+        for (mut input, expected, changed) in cases {
+            assert_eq!(make_storable(&mut input), changed);
+            assert_eq!(input, expected);
+        }
+    }
+
+    #[test]
+    fn a_storable_value_serializes_without_nul_escapes() {
+        let mut v = json!({"content": "before\u{0}after"});
+        make_storable(&mut v);
+        assert!(!v.to_string().contains("\\u0000"));
     }
 }

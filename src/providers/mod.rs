@@ -313,7 +313,7 @@ pub(crate) fn redirect_error(status: u16, headers: &HeaderMap) -> Option<Provide
         .and_then(|v| v.to_str().ok())
         .unwrap_or("(no location)");
     let mut location: String = location.chars().take(200).collect();
-    crate::domain::storable::text(&mut location);
+    crate::domain::text::make_storable_str(&mut location);
     Some(ProviderError {
         http_status: Some(status),
         ..ProviderError::new(

@@ -5,7 +5,7 @@
 //! value) splits the batch until the offending outcome stands alone (`db::errors::isolate`);
 //! the rest commit. The offending outcome is then:
 //! 1. made storable: every NUL in its answer and error text becomes U+FFFD
-//!    (`domain::storable`), and recorded as it was (billed, and succeeded if it succeeded);
+//!    (`domain::text`), and recorded as it was (billed, and succeeded if it succeeded);
 //! 2. failing that, quarantined: its job fails with the error code `unstorable_result`, the
 //!    answer is dropped, and its ledger row is still booked with the call's usage and cost.
 //!
@@ -15,7 +15,7 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use crate::db::jobs::Outcome;
-use crate::domain::storable;
+use crate::domain::text;
 
 /// The error code of a job whose outcome Postgres refused to store.
 pub const UNSTORABLE: &str = "unstorable_result";
@@ -74,10 +74,10 @@ async fn record_one(pool: &PgPool, worker: &str, o: &Outcome) -> Result<Vec<Stri
 pub fn make_storable(o: &mut Outcome) -> bool {
     let mut changed = false;
     if let Some(v) = o.response.as_mut() {
-        changed |= storable::json(v);
+        changed |= text::make_storable(v);
     }
     if let Some(v) = o.error.as_mut() {
-        changed |= storable::json(v);
+        changed |= text::make_storable(v);
     }
     for s in [
         o.repair_note.as_mut(),
@@ -87,7 +87,7 @@ pub fn make_storable(o: &mut Outcome) -> bool {
     .into_iter()
     .flatten()
     {
-        changed |= storable::text(s);
+        changed |= text::make_storable_str(s);
     }
     changed
 }
@@ -96,7 +96,7 @@ pub fn make_storable(o: &mut Outcome) -> bool {
 pub fn quarantine(o: &mut Outcome, error: &sqlx::Error) {
     let mut message =
         format!("the outcome of this attempt could not be stored and was dropped: {error}");
-    storable::text(&mut message);
+    text::make_storable_str(&mut message);
     o.status = "failed";
     o.run_after = None;
     o.response = None;
