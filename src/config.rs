@@ -255,6 +255,10 @@ pub struct WorkerConfig {
     /// message may have been lost with a purged or deleted queue).
     #[serde(with = "humantime_serde")]
     pub republish_after: Duration,
+    /// As `republish_after`, but for a tenant whose work queue holds no ready message at all
+    /// (nothing in it will ever deliver the job): the job is published again this soon.
+    #[serde(with = "humantime_serde")]
+    pub republish_idle_after: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -274,6 +278,7 @@ impl Default for WorkerConfig {
             breaker_window: Duration::from_secs(30),
             breaker_cooldown: Duration::from_secs(30),
             republish_after: Duration::from_secs(300),
+            republish_idle_after: Duration::from_secs(20),
         }
     }
 }

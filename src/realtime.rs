@@ -116,25 +116,26 @@ pub async fn run(
     }
 }
 
-/// Records one outcome, retrying a failed write a few times (the call is paid for).
+/// Records one outcome, retrying a transient failure five times over a few seconds (the call
+/// is paid for); a deterministic one fails at once.
 async fn record(
     ctx: &Ctx,
     worker_id: &str,
     outcome: &crate::db::jobs::Outcome,
 ) -> anyhow::Result<()> {
-    let mut delay = Duration::from_millis(100);
-    for _ in 0..5 {
-        match crate::db::jobs::record(&ctx.pool, worker_id, std::slice::from_ref(outcome)).await {
-            Ok(_) => return Ok(()),
-            Err(e) if crate::openai_batches::is_transient(&e) => {
-                tracing::warn!(error = %e, "recording the outcome failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    anyhow::bail!("could not record the outcome of job {}", outcome.job_id)
+    use backon::Retryable;
+    let pauses = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(2))
+        .with_jitter()
+        .with_max_times(5);
+    (|| crate::db::jobs::record(&ctx.pool, worker_id, std::slice::from_ref(outcome)))
+        .retry(pauses)
+        .when(crate::db::errors::is_transient)
+        .notify(|e, _| tracing::warn!(error = %e, "recording the outcome failed; retrying"))
+        .await
+        .map_err(|e| anyhow::anyhow!("could not record the outcome of job {}: {e}", outcome.job_id))?;
+    Ok(())
 }
 
 async fn finished_or_not(ctx: &Ctx, tenant: &str, id: &str) -> anyhow::Result<JobRow> {

@@ -79,6 +79,72 @@ async fn queued_jobs_whose_work_messages_were_purged_are_published_again_and_run
     env.cleanup().await;
 }
 
+/// Submits `n` jobs; returns their ids.
+async fn submit_n(c: &Client, n: usize, tag: &str) -> Vec<String> {
+    let jobs: Vec<_> = (0..n).map(|i| job(&format!("{tag} {i}"))).collect();
+    let (s, body) = c.post("/v1/jobs", &json!({ "jobs": jobs }), None).await;
+    assert_eq!(s, 200, "{body}");
+    body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// With `republish_after` at an hour, a tenant whose work queue was purged (it now holds no
+/// ready message) gets its queued jobs published again after `republish_idle_after`, while
+/// another tenant's jobs whose messages still wait in its queue are not published twice.
+#[tokio::test]
+async fn an_emptied_work_queue_gets_its_jobs_back_soon_and_a_waiting_backlog_is_not_duplicated() {
+    let mut env = TestEnv::new().await;
+    env.config.worker.republish_after = Duration::from_secs(3600);
+    env.config.worker.republish_idle_after = Duration::from_secs(1);
+    let api = env
+        .start(Roles {
+            api: true,
+            ..Default::default()
+        })
+        .await;
+    let acme = Client::new(&api, &env.key("acme").await);
+    let globex = Client::new(&api, &env.key("globex").await);
+    let lost = submit_n(&acme, 3, "lost").await;
+    submit_n(&globex, 4, "waiting").await;
+    wait_until(T, "the work messages are in the broker", || async {
+        env.work_queue_depth("acme").await.0 == 3 && env.work_queue_depth("globex").await.0 == 4
+    })
+    .await;
+    assert_eq!(purge_work_queue(&env, "acme").await, 3);
+    // Step the maintenance loop by hand (no worker consumes meanwhile) until the jobs have
+    // been unclaimed for `republish_idle_after`: acme's come back to its queue.
+    let ctx = api.ctx.clone();
+    wait_until(T, "acme's lost messages are published again", || async {
+        sluice::worker::maintenance::tick(&ctx).await.unwrap();
+        env.work_queue_depth("acme").await.0 == 3
+    })
+    .await;
+    // More rounds: nothing is sent twice, and globex's waiting messages are left alone.
+    for _ in 0..5 {
+        sluice::worker::maintenance::tick(&ctx).await.unwrap();
+    }
+    assert_eq!(env.work_queue_depth("globex").await.0, 4, "no duplicates of a waiting backlog");
+    assert_eq!(env.work_queue_depth("acme").await.0, 3, "each lost job republished once");
+    let workers = env
+        .start(Roles {
+            worker: true,
+            ..Default::default()
+        })
+        .await;
+    for id in &lost {
+        let done = acme.wait_job(id, T).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+    }
+    env.check_invariants().await;
+    workers.stop().await;
+    api.stop().await;
+    env.cleanup().await;
+}
+
 /// Every connection of a worker's main pool is taken (a stall) while one of its calls runs.
 /// The heartbeat has its own pool, so it keeps beating; another process's rescuer sees a live
 /// worker and rescues nothing; the call finishes once, billed once.

@@ -107,30 +107,45 @@ impl Api {
         body: &Value,
         idempotency_key: &str,
     ) -> anyhow::Result<Value> {
-        let mut delay = Duration::from_millis(200);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
+        use backon::Retryable;
+        /// A failure worth another try (the network, a 5xx) or not.
+        enum Failure {
+            Again(anyhow::Error),
+            Final(anyhow::Error),
+        }
+        let send = || async {
             let req = self
                 .http
                 .post(format!("{}{path}", self.base))
                 .header("idempotency-key", idempotency_key)
                 .json(body);
-            let outcome = self.try_send(req).await;
-            let retry = match &outcome {
-                Ok(Ok(_)) => false,
-                Ok(Err((status, _))) => status.is_server_error(),
-                Err(_) => true,
-            };
-            if !retry || attempt >= 6 {
-                return match outcome? {
-                    Ok(resp) => Ok(resp.json().await?),
-                    Err((status, message)) => bail!("sluice answered {status}: {message}"),
-                };
+            match self.try_send(req).await {
+                Ok(Ok(resp)) => resp
+                    .json::<Value>()
+                    .await
+                    .map_err(|e| Failure::Final(e.into())),
+                Ok(Err((status, message))) => {
+                    let e = anyhow::anyhow!("sluice answered {status}: {message}");
+                    Err(if status.is_server_error() {
+                        Failure::Again(e)
+                    } else {
+                        Failure::Final(e)
+                    })
+                }
+                Err(e) => Err(Failure::Again(e)),
             }
-            tokio::time::sleep(delay).await;
-            delay *= 2;
-        }
+        };
+        // Six tries over about six seconds.
+        let pauses = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_jitter()
+            .with_max_times(5);
+        send.retry(pauses)
+            .when(|f| matches!(f, Failure::Again(_)))
+            .await
+            .map_err(|f| match f {
+                Failure::Again(e) | Failure::Final(e) => e,
+            })
     }
 }
 

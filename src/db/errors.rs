@@ -60,6 +60,18 @@ pub struct Isolated<R> {
     pub rejected: Vec<(usize, sqlx::Error)>,
 }
 
+/// The pauses between tries of a write that failed transiently: exponential from 100 ms to
+/// 5 s with jitter, for as long as the database stays away (the items are held in memory).
+fn retry_delays() -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 /// Writes `items` with `write` (one statement for many items), isolating the items that cannot
 /// be written. A transient error retries the same slice with backoff (capped at 5 s); a
 /// deterministic one splits the slice in halves and writes each, down to single items, which
@@ -79,7 +91,7 @@ where
         if lo >= hi {
             continue;
         }
-        let mut delay = Duration::from_millis(100);
+        let mut delays = retry_delays();
         loop {
             match write(&items[lo..hi]).await {
                 Ok(r) => {
@@ -88,8 +100,7 @@ where
                 }
                 Err(e) if is_transient(&e) => {
                     tracing::warn!(error = %e, items = hi - lo, "database write failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
                 }
                 Err(e) if hi - lo == 1 => {
                     out.rejected.push((lo, e));

@@ -132,24 +132,49 @@ pub async fn stage_due_retries(pool: &PgPool) -> Result<u64, DbError> {
     Ok(done.rows_affected())
 }
 
+/// Tenants holding a real-time job that is `queued`, published (no publish mark) and untouched
+/// for `idle`: the ones whose work queue the sweeper looks at (one index probe per tenant).
+pub async fn tenants_with_unclaimed(pool: &PgPool, idle: Duration) -> Result<Vec<String>, DbError> {
+    sqlx::query_scalar(&format!(
+        "SELECT t.name FROM tenants t WHERE EXISTS (
+            SELECT 1 FROM jobs j
+            WHERE j.tenant = t.name AND j.status = '{QUEUED}' AND j.publish_after IS NULL
+              AND j.route IS DISTINCT FROM 'batch' AND j.updated_at < now() - make_interval(secs => $1))
+         ORDER BY t.name"
+    ))
+    .bind(idle.as_secs_f64())
+    .fetch_all(pool)
+    .await
+}
+
 /// The sweeper for lost work messages: marks for the relay up to `limit` real-time jobs that
-/// were published (no publish mark) at least `after` ago and are still `queued`: their message
-/// may have gone with a purged or deleted queue. A duplicate message is harmless (claims are
-/// conditional); `updated_at` moves, so each job is sent again at most once per `after`.
+/// are still `queued` though published (no publish mark) and untouched for `after`, or for only
+/// `idle` when their tenant is one of `idle_tenants` (whose work queue holds no ready message:
+/// nothing there will ever deliver them). Their message went with a purged or deleted queue, or
+/// was lost in transit. A duplicate message is harmless (claims are conditional); `updated_at`
+/// moves, so a job is sent again at most once per period. One index probe per tenant.
 pub async fn mark_lost_for_republish(
     pool: &PgPool,
+    idle_tenants: &[String],
+    idle: Duration,
     after: Duration,
     limit: i64,
 ) -> Result<u64, DbError> {
     let done = sqlx::query(&format!(
         "UPDATE jobs SET publish_after = now(), updated_at = now()
          WHERE id IN (
-            SELECT id FROM jobs
-            WHERE status = '{QUEUED}' AND publish_after IS NULL AND route IS DISTINCT FROM 'batch'
-              AND updated_at < now() - make_interval(secs => $1)
-            ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+            SELECT lost.id FROM tenants t CROSS JOIN LATERAL (
+                SELECT j.id FROM jobs j
+                WHERE j.tenant = t.name AND j.status = '{QUEUED}' AND j.publish_after IS NULL
+                  AND j.route IS DISTINCT FROM 'batch'
+                  AND j.updated_at < now() - make_interval(secs =>
+                        CASE WHEN t.name = ANY($1) THEN $2 ELSE $3 END)
+                ORDER BY j.updated_at LIMIT $4 FOR UPDATE SKIP LOCKED) lost
+            LIMIT $4)
            AND status = '{QUEUED}' AND publish_after IS NULL"
     ))
+    .bind(idle_tenants)
+    .bind(idle.as_secs_f64())
     .bind(after.as_secs_f64())
     .bind(limit)
     .execute(pool)

@@ -230,8 +230,8 @@ pub struct Outgoing {
 }
 
 struct Connected {
-    // Kept so the connection lives as long as its channel.
-    _conn: Connection,
+    // Kept so the connection lives as long as its channel (and opens probe channels).
+    conn: Connection,
     channel: Channel,
 }
 
@@ -290,7 +290,7 @@ impl Broker {
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         *state = Some(Connected {
-            _conn: conn,
+            conn,
             channel: channel.clone(),
         });
         Ok(channel)
@@ -406,6 +406,46 @@ impl Broker {
         }
     }
 
+    /// How many messages wait ready (not delivered to a consumer) in `tenant`'s work queue;
+    /// `None` when the queue does not exist (deleted: every message it held is gone). The look
+    /// is a passive declare on a channel of its own, so a missing queue (which closes the
+    /// channel) never disturbs publishing.
+    pub async fn ready_messages(&self, tenant: &str) -> Result<Option<u32>, QueueError> {
+        let queue = self.topo.work_queue(tenant);
+        let look = async {
+            self.channel().await?;
+            let probe = {
+                let state = self.state.lock().await;
+                match state.as_ref() {
+                    Some(c) => c.conn.create_channel().await?,
+                    None => return Err(QueueError::Timeout("opening a probe channel")),
+                }
+            };
+            let declared = probe
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await;
+            match declared {
+                Ok(q) => {
+                    let _ = probe.close(200, "done".into()).await;
+                    Ok(Some(q.message_count()))
+                }
+                Err(e) if is_not_found(&e) => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        };
+        match tokio::time::timeout(PUBLISH_TIMEOUT, look).await {
+            Ok(r) => r,
+            Err(_) => Err(QueueError::Timeout("looking at a work queue")),
+        }
+    }
+
     /// Whether the broker answers (for `/readyz`).
     /// A round trip to the broker (a passive declare of the ingest queue), so a broker that
     /// hangs with the connection still open is reported too.
@@ -428,6 +468,12 @@ impl Broker {
             .await
             .is_ok_and(|r| r.is_ok())
     }
+}
+
+/// Whether the broker answered 404 NOT_FOUND (a passive declare of a missing queue).
+fn is_not_found(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(a)
+        if matches!(a.kind(), lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::NOTFOUND)))
 }
 
 /// Properties of a persistent JSON message.
@@ -461,8 +507,20 @@ pub async fn consume(
     Ok((conn, channel, consumer))
 }
 
-/// Runs `session` until `shutdown`, starting it again with exponential backoff (200 ms to
-/// 10 s) whenever it fails: the one reconnect policy of every long-lived consumer.
+/// The reconnect delays of a broker session: exponential from 200 ms to 10 s with jitter,
+/// never giving up; a session that ends cleanly starts the sequence over.
+fn reconnect_delays() -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Runs `session` until `shutdown`, starting it again after a [`reconnect_delays`] pause
+/// whenever it fails: the one reconnect policy of every long-lived consumer.
 pub async fn reconnecting<F, Fut>(
     what: &str,
     shutdown: &tokio_util::sync::CancellationToken,
@@ -471,17 +529,17 @@ pub async fn reconnecting<F, Fut>(
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    let mut backoff = Duration::from_millis(200);
+    let mut delays = reconnect_delays();
     while !shutdown.is_cancelled() {
         match session().await {
-            Ok(()) => backoff = Duration::from_millis(200),
+            Ok(()) => delays = reconnect_delays(),
             Err(e) => {
                 tracing::warn!(error = %e, "{what} lost its broker session; reconnecting");
+                let pause = delays.next().unwrap_or(Duration::from_secs(10));
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(pause) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
     }

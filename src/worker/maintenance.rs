@@ -102,10 +102,25 @@ async fn rescue(ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Republishes queued jobs whose work message is gone: at once (after `republish_idle_after`)
+/// for a tenant whose work queue holds no ready message, otherwise after `republish_after`.
 async fn sweep_lost(ctx: &Ctx) -> anyhow::Result<()> {
+    let w = &ctx.config.worker;
+    let mut idle = Vec::new();
+    for tenant in q::tenants_with_unclaimed(&ctx.pool, w.republish_idle_after).await? {
+        match ctx.broker.ready_messages(&tenant).await {
+            Ok(Some(0) | None) => idle.push(tenant),
+            Ok(Some(_)) => {}
+            Err(e) => {
+                tracing::warn!(%tenant, error = %e, "could not look at a work queue; the sweeper tries again next round");
+            }
+        }
+    }
     let lost = q::mark_lost_for_republish(
         &ctx.pool,
-        ctx.config.worker.republish_after,
+        &idle,
+        w.republish_idle_after,
+        w.republish_after,
         REPUBLISH_BATCH,
     )
     .await?;
@@ -142,6 +157,6 @@ async fn relay_once(ctx: &Ctx) -> anyhow::Result<usize> {
     let ids: Vec<String> = work.into_iter().map(|w| w.id).collect();
     q::clear_publish_mark(&mut tx, &ids).await?;
     tx.commit().await?;
-    tracing::debug!(jobs = ids.len(), "relay published jobs");
+    tracing::debug!(jobs = ?ids, "relay published jobs");
     Ok(ids.len())
 }

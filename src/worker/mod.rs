@@ -468,6 +468,9 @@ async fn claim_batch(
         }
     }
     // Rejected by admission (already failed in Postgres), finished, running elsewhere, or gone.
+    if !by_id.is_empty() {
+        tracing::debug!(jobs = ?by_id.keys().collect::<Vec<_>>(), "acknowledging deliveries of jobs that are not queued");
+    }
     for d in by_id.into_values() {
         crate::queue::ack(&d.acker).await;
     }

@@ -82,6 +82,7 @@ async fn stage_and_publish(ctx: &Ctx, ids: &[String]) {
         return;
     }
     let ids: Vec<String> = work.into_iter().map(|w| w.id).collect();
+    tracing::debug!(jobs = ?ids, "published due retries");
     if let Err(e) = crate::db::jobs::mark_published(&ctx.pool, &ids).await {
         tracing::warn!(error = %e, "could not mark retries published; the relay may publish them again");
     }

@@ -583,9 +583,11 @@ impl TestEnv {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let stuck: Vec<(String, String, i32, Option<String>, Value)> = sqlx::query_as(
-            "SELECT id, status, attempt, attempted_by, errors FROM jobs
-             WHERE finalized_at IS NULL ORDER BY id LIMIT 5",
+        let stuck: Vec<(String, String, i32, Option<String>, Value, Value)> = sqlx::query_as(
+            "SELECT id, status, attempt, attempted_by, errors,
+                jsonb_build_object('now', now(), 'updated_at', updated_at, 'publish_after', publish_after,
+                    'run_after', run_after, 'attempted_at', attempted_at, 'route', route)
+             FROM jobs WHERE finalized_at IS NULL ORDER BY id LIMIT 5",
         )
         .fetch_all(&self.pool)
         .await

@@ -152,13 +152,13 @@ pub struct WorkerProcess {
 impl WorkerProcess {
     /// Starts `sluice worker` with this environment's config (including any proxy URLs in it).
     pub fn spawn(env: &TestEnv) -> WorkerProcess {
-        let verbose = std::env::var("TEST_LOG").is_ok();
-        let (level, stderr) = if verbose {
-            ("info", Stdio::inherit())
-        } else {
-            ("warn", Stdio::null())
+        // `TEST_LOG=1` shows the workers' info lines; `TEST_LOG=<filter>` uses that filter.
+        let (level, stderr) = match std::env::var("TEST_LOG") {
+            Ok(f) if !f.is_empty() && f != "1" => (f, Stdio::inherit()),
+            Ok(_) => ("info".to_string(), Stdio::inherit()),
+            Err(_) => ("warn".to_string(), Stdio::null()),
         };
-        Self::spawn_with(env, &[("RUST_LOG", level)], stderr)
+        Self::spawn_with(env, &[("RUST_LOG", level.as_str())], stderr)
     }
 
     /// Starts `sluice worker` with extra environment variables and its stderr (its logs) sent
