@@ -134,7 +134,12 @@ async fn record(
         .when(crate::db::errors::is_transient)
         .notify(|e, _| tracing::warn!(error = %e, "recording the outcome failed; retrying"))
         .await
-        .map_err(|e| anyhow::anyhow!("could not record the outcome of job {}: {e}", outcome.job_id))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "could not record the outcome of job {}: {e}",
+                outcome.job_id
+            )
+        })?;
     Ok(())
 }
 

@@ -127,8 +127,16 @@ async fn an_emptied_work_queue_gets_its_jobs_back_soon_and_a_waiting_backlog_is_
     for _ in 0..5 {
         sluice::worker::maintenance::tick(&ctx).await.unwrap();
     }
-    assert_eq!(env.work_queue_depth("globex").await.0, 4, "no duplicates of a waiting backlog");
-    assert_eq!(env.work_queue_depth("acme").await.0, 3, "each lost job republished once");
+    assert_eq!(
+        env.work_queue_depth("globex").await.0,
+        4,
+        "no duplicates of a waiting backlog"
+    );
+    assert_eq!(
+        env.work_queue_depth("acme").await.0,
+        3,
+        "each lost job republished once"
+    );
     let workers = env
         .start(Roles {
             worker: true,

@@ -17,6 +17,7 @@ use crate::domain::budget::{
     self, BudgetState, Candidate, Decision, RateState, Scope, UsdPolicy, UsdState,
 };
 use crate::domain::catalog::Catalog;
+use crate::domain::state::sql::*;
 
 /// What a claim round did with each delivered job id.
 #[derive(Debug, Default)]
@@ -82,14 +83,14 @@ pub async fn claim(
         .fetch_one(&mut *tx)
         .await?;
     let rows: Vec<CandidateRow> = sqlx::query_as(
-        "SELECT j.id, j.tenant, j.deployments->>j.deployment_index AS deployment, j.deployments,
+        &format!("SELECT j.id, j.tenant, j.deployments->>j.deployment_index AS deployment, j.deployments,
             j.deployment_index, j.est_prompt_tokens,
             j.max_tokens, j.priority, t.weight, j.cancel_requested_at IS NOT NULL AS cancel_requested,
             COALESCE(jsonb_array_length(j.errors), 0) = 0 AS fresh
          FROM jobs j JOIN tenants t ON t.name = j.tenant
-         WHERE j.id = ANY($1) AND j.status = 'queued'
+         WHERE j.id = ANY($1) AND j.status = '{QUEUED}'
          ORDER BY j.id
-         FOR UPDATE OF j",
+         FOR UPDATE OF j"),
     )
     .bind(ids)
     .fetch_all(&mut *tx)
@@ -277,14 +278,14 @@ pub async fn claim(
     }
     if !admit_ids.is_empty() {
         out.claimed = sqlx::query_as(
-            "UPDATE jobs j SET status = 'running', attempt = j.attempt + 1, attempted_by = $2, attempted_at = now(),
+            &format!("UPDATE jobs j SET status = '{RUNNING}', attempt = j.attempt + 1, attempted_by = $2, attempted_at = now(),
                 updated_at = now(), publish_after = NULL, reserved_tokens = x.tokens, reserved_sec = $4,
                 deployment = j.deployments->>j.deployment_index
              FROM unnest($1::text[], $3::bigint[]) AS x(id, tokens)
-             WHERE j.id = x.id AND j.status = 'queued'
+             WHERE j.id = x.id AND j.status = '{QUEUED}'
              RETURNING j.id, j.tenant, j.model, j.deployments, j.deployment, j.request, j.route, j.attempt,
                 j.max_attempts, j.deadline, j.deployment_index, j.deployment_attempts, j.max_tokens,
-                j.est_prompt_tokens, j.premium, j.cache_ttl_secs, j.custom_id, j.repair_note",
+                j.est_prompt_tokens, j.premium, j.cache_ttl_secs, j.custom_id, j.repair_note"),
         )
         .bind(&admit_ids)
         .bind(worker)
@@ -299,12 +300,12 @@ pub async fn claim(
             .map(|(id, next, entry)| (id, (next, entry)))
             .unzip();
         let (next, entries): (Vec<i32>, Vec<serde_json::Value>) = rest.into_iter().unzip();
-        sqlx::query(
+        sqlx::query(&format!(
             "UPDATE jobs j SET deployment_index = x.next, deployment_attempts = 0,
                 errors = j.errors || jsonb_build_array(x.entry), updated_at = now()
              FROM unnest($1::text[], $2::int[], $3::jsonb[]) AS x(id, next, entry)
-             WHERE j.id = x.id AND j.status = 'queued'",
-        )
+             WHERE j.id = x.id AND j.status = '{QUEUED}'"
+        ))
         .bind(&ids)
         .bind(&next)
         .bind(&entries)
@@ -326,9 +327,9 @@ pub async fn reject(
     for (id, code, reason) in rejected {
         let entry = json!({"at": now, "code": code, "message": reason});
         sqlx::query(
-            "UPDATE jobs SET status = 'failed', error = $2, errors = errors || jsonb_build_array($2::jsonb),
+            &format!("UPDATE jobs SET status = '{FAILED}', error = $2, errors = errors || jsonb_build_array($2::jsonb),
                 finalized_at = now(), updated_at = now(), publish_after = NULL
-             WHERE id = $1 AND status = 'queued'",
+             WHERE id = $1 AND status = '{QUEUED}'"),
         )
         .bind(id)
         .bind(&entry)

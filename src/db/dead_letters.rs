@@ -8,6 +8,7 @@ use sqlx::PgPool;
 
 use super::DbError;
 use super::jobs::{JOB_COLUMNS, JobRow};
+use crate::domain::state::sql::*;
 
 /// Which dead letters a command acts on; every set field narrows the selection.
 #[derive(Debug, Clone, Default)]
@@ -25,10 +26,12 @@ pub struct DeadLetterFilter {
 }
 
 /// The condition every dead-letter statement shares; binds `$1`–`$5` from the filter.
-const DEAD: &str = "status = 'failed' AND dead_letter_purged_at IS NULL
+fn dead_condition() -> String {
+    format!("status = '{FAILED}' AND dead_letter_purged_at IS NULL
     AND ($1::text IS NULL OR tenant = $1) AND ($2::text IS NULL OR model = $2 OR deployment = $2)
     AND ($3::text IS NULL OR error->>'code' = $3) AND ($4::timestamptz IS NULL OR finalized_at >= $4)
-    AND ($5::text[] IS NULL OR id = ANY($5))";
+    AND ($5::text[] IS NULL OR id = ANY($5))")
+}
 
 fn bind<'q, O>(
     q: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
@@ -48,8 +51,9 @@ pub async fn list(
     after: Option<&str>,
     limit: i64,
 ) -> Result<Vec<JobRow>, DbError> {
+    let dead = dead_condition();
     let sql = format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE {DEAD} AND ($6::text IS NULL OR id > $6) ORDER BY id LIMIT $7"
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE {dead} AND ($6::text IS NULL OR id > $6) ORDER BY id LIMIT $7"
     );
     bind(sqlx::query_as(&sql), f)
         .bind(after)
@@ -60,7 +64,8 @@ pub async fn list(
 
 /// How many dead letters the filter selects.
 pub async fn count(pool: &PgPool, f: &DeadLetterFilter) -> Result<i64, DbError> {
-    let sql = format!("SELECT count(*) FROM jobs WHERE {DEAD}");
+    let dead = dead_condition();
+    let sql = format!("SELECT count(*) FROM jobs WHERE {dead}");
     let (n,): (i64,) = bind(sqlx::query_as(&sql), f).fetch_one(pool).await?;
     Ok(n)
 }
@@ -74,14 +79,15 @@ pub async fn requeue(
     f: &DeadLetterFilter,
     by: &str,
 ) -> Result<Vec<String>, DbError> {
+    let dead = dead_condition();
     let sql = format!(
-        "UPDATE jobs SET status = 'queued', deployment_index = 0, deployment_attempts = 0,
+        "UPDATE jobs SET status = '{QUEUED}', deployment_index = 0, deployment_attempts = 0,
             finalized_at = NULL, error = NULL, run_after = NULL, repair_note = NULL,
             cancel_requested_at = NULL, updated_at = now(),
             publish_after = CASE WHEN route = 'batch' THEN NULL ELSE now() END,
             errors = errors || jsonb_build_array(jsonb_build_object('at', now(), 'attempt', attempt,
                 'code', 'requeued', 'message', 'requeued from the dead letters by ' || $6::text))
-         WHERE {DEAD} RETURNING id"
+         WHERE {dead} RETURNING id"
     );
     let rows: Vec<(String,)> = bind(sqlx::query_as(&sql), f)
         .bind(by)
@@ -92,8 +98,9 @@ pub async fn requeue(
 
 /// Takes the selected dead letters off the list (the rows stay). Returns their ids.
 pub async fn purge(pool: &PgPool, f: &DeadLetterFilter) -> Result<Vec<String>, DbError> {
+    let dead = dead_condition();
     let sql = format!(
-        "UPDATE jobs SET dead_letter_purged_at = now(), updated_at = now() WHERE {DEAD} RETURNING id"
+        "UPDATE jobs SET dead_letter_purged_at = now(), updated_at = now() WHERE {dead} RETURNING id"
     );
     let rows: Vec<(String,)> = bind(sqlx::query_as(&sql), f).fetch_all(pool).await?;
     Ok(rows.into_iter().map(|(id,)| id).collect())

@@ -10,6 +10,7 @@ use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::DbError;
+use crate::domain::state::sql::*;
 
 /// A validated job ready to insert.
 #[derive(Debug, Clone, Serialize)]
@@ -88,11 +89,11 @@ pub async fn lock_batch_for_adding(
     batch_id: &str,
 ) -> Result<BatchOpen, DbError> {
     let row: Option<(bool, bool)> = sqlx::query_as(
-        "SELECT b.cancelled_at IS NOT NULL,
+        &format!("SELECT b.cancelled_at IS NOT NULL,
                 EXISTS (SELECT 1 FROM jobs j WHERE j.batch_id = b.id)
                   AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.batch_id = b.id
-                    AND j.status IN ('queued', 'running', 'retry_scheduled', 'in_provider_batch'))
-         FROM batches b WHERE b.id = $1 AND b.tenant = $2 FOR UPDATE OF b",
+                    AND j.status IN ('{QUEUED}', '{RUNNING}', '{RETRY_SCHEDULED}', '{IN_PROVIDER_BATCH}'))
+         FROM batches b WHERE b.id = $1 AND b.tenant = $2 FOR UPDATE OF b"),
     )
     .bind(batch_id)
     .bind(tenant)
@@ -278,13 +279,13 @@ pub async fn stage_retries(
     ids: &[String],
     grace: std::time::Duration,
 ) -> Result<Vec<(String, i16, String)>, DbError> {
-    sqlx::query_as(
-        "UPDATE jobs SET status = 'queued', publish_after = now() + make_interval(secs => $2),
+    sqlx::query_as(&format!(
+        "UPDATE jobs SET status = '{QUEUED}', publish_after = now() + make_interval(secs => $2),
             updated_at = now()
-         WHERE id = ANY($1) AND status = 'retry_scheduled'
+         WHERE id = ANY($1) AND status = '{RETRY_SCHEDULED}'
            AND run_after <= now() + interval '50 milliseconds'
-         RETURNING id, priority, tenant",
-    )
+         RETURNING id, priority, tenant"
+    ))
     .bind(ids)
     .bind(grace.as_secs_f64())
     .fetch_all(pool)
@@ -363,8 +364,9 @@ pub struct Outcome {
 
 /// In `record`: a job whose cancel was asked while it ran is not queued again (after a failed
 /// attempt, a fallback or a lost reservation): it is cancelled instead.
-const RECORD_CANCELS: &str =
-    "(j.cancel_requested_at IS NOT NULL AND i.status IN ('queued', 'retry_scheduled'))";
+fn record_cancels() -> String {
+    format!("(j.cancel_requested_at IS NOT NULL AND i.status IN ('{QUEUED}', '{RETRY_SCHEDULED}'))")
+}
 /// The error entry of a job cancelled in `record`.
 const RECORD_CANCELLED: &str =
     "jsonb_build_object('at', now(), 'attempt', i.attempt, 'code', 'cancelled',
@@ -394,15 +396,15 @@ pub async fn record(
                 provider_request_id text, started_at timestamptz, repair_note text)
          ), moved AS (
             UPDATE jobs j SET
-                status = CASE WHEN {CANCELS} THEN 'cancelled' ELSE i.status END,
+                status = CASE WHEN {CANCELS} THEN '{CANCELLED}' ELSE i.status END,
                 deployment = COALESCE(i.deployment, j.deployment),
                 deployment_index = i.next_deployment_index,
                 deployment_attempts = i.next_deployment_attempts,
                 response = COALESCE(i.response, j.response),
-                error = CASE WHEN i.status = 'succeeded' THEN NULL WHEN {CANCELS} THEN {CANCELLED}
+                error = CASE WHEN i.status = '{SUCCEEDED}' THEN NULL WHEN {CANCELS} THEN {CANCELLED_ENTRY}
                              ELSE COALESCE(i.error, j.error) END,
                 errors = j.errors || CASE WHEN i.error IS NULL THEN '[]'::jsonb ELSE jsonb_build_array(i.error) END
-                    || CASE WHEN {CANCELS} THEN jsonb_build_array({CANCELLED}) ELSE '[]'::jsonb END,
+                    || CASE WHEN {CANCELS} THEN jsonb_build_array({CANCELLED_ENTRY}) ELSE '[]'::jsonb END,
                 repair_note = COALESCE(i.repair_note, j.repair_note),
                 input_tokens = j.input_tokens + i.input_tokens,
                 output_tokens = j.output_tokens + i.output_tokens,
@@ -410,12 +412,12 @@ pub async fn record(
                 cost_usd = j.cost_usd + i.cost_usd,
                 baseline_cost_usd = COALESCE(j.baseline_cost_usd, 0) + i.baseline_cost_usd,
                 run_after = i.run_after,
-                publish_after = CASE WHEN i.status = 'queued' AND NOT {CANCELS} THEN now() END,
+                publish_after = CASE WHEN i.status = '{QUEUED}' AND NOT {CANCELS} THEN now() END,
                 updated_at = now(),
-                finalized_at = CASE WHEN i.status IN ('succeeded', 'failed', 'cancelled', 'expired') OR {CANCELS}
+                finalized_at = CASE WHEN i.status IN ('{SUCCEEDED}', '{FAILED}', '{CANCELLED}', '{EXPIRED}') OR {CANCELS}
                                     THEN now() END
             FROM input i
-            WHERE j.id = i.job_id AND j.status = 'running' AND j.attempted_by = $2 AND j.attempt = i.attempt
+            WHERE j.id = i.job_id AND j.status = '{RUNNING}' AND j.attempted_by = $2 AND j.attempt = i.attempt
             RETURNING j.id, j.tenant, j.reserved_tokens, j.reserved_sec, j.est_prompt_tokens
          ), learned AS (
             -- What the provider reported for prompt tokens against sluice's estimate, so
@@ -485,8 +487,8 @@ pub async fn record(
             RETURNING 1
          )
          SELECT id FROM moved",
-        CANCELS = RECORD_CANCELS,
-        CANCELLED = RECORD_CANCELLED,
+        CANCELS = record_cancels(),
+        CANCELLED_ENTRY = RECORD_CANCELLED,
     ))
     .bind(sqlx::types::Json(outcomes))
     .bind(worker)

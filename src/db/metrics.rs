@@ -5,6 +5,7 @@ use rust_decimal::Decimal;
 use sqlx::PgPool;
 
 use super::DbError;
+use crate::domain::state::sql::*;
 
 /// What Postgres knows that `/metrics` shows.
 #[derive(Debug, Default)]
@@ -35,14 +36,15 @@ pub async fn snapshot(pool: &PgPool) -> Result<Snapshot, DbError> {
         sqlx::query_as("SELECT status, count(*) FROM jobs WHERE finalized_at IS NULL GROUP BY 1")
             .fetch_all(&mut *tx)
             .await?;
-    let queue_depth =
-        sqlx::query_as("SELECT tenant, count(*) FROM jobs WHERE status = 'queued' GROUP BY 1")
-            .fetch_all(&mut *tx)
-            .await?;
-    let batch_pending = sqlx::query_scalar(
+    let queue_depth = sqlx::query_as(&format!(
+        "SELECT tenant, count(*) FROM jobs WHERE status = '{QUEUED}' GROUP BY 1"
+    ))
+    .fetch_all(&mut *tx)
+    .await?;
+    let batch_pending = sqlx::query_scalar(&format!(
         "SELECT count(*) FROM jobs WHERE finalized_at IS NULL
-             AND (status = 'in_provider_batch' OR (status = 'queued' AND route = 'batch'))",
-    )
+             AND (status = '{IN_PROVIDER_BATCH}' OR (status = '{QUEUED}' AND route = 'batch'))"
+    ))
     .fetch_one(&mut *tx)
     .await?;
     let breakers = sqlx::query_as("SELECT deployment, state FROM circuit_breakers")

@@ -8,6 +8,7 @@ use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::DbError;
+use crate::domain::state::sql::*;
 
 /// A batch row as the API shows it.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -210,12 +211,12 @@ pub async fn lock_finishable(
     tx: &mut Transaction<'_, Postgres>,
 ) -> Result<Option<ToFinish>, DbError> {
     sqlx::query_as(
-        "SELECT b.id, b.tenant, b.status, b.expires_at,
-            EXISTS (SELECT 1 FROM jobs j WHERE j.batch_id = b.id AND j.status = 'expired') AS any_expired
+        &format!("SELECT b.id, b.tenant, b.status, b.expires_at,
+            EXISTS (SELECT 1 FROM jobs j WHERE j.batch_id = b.id AND j.status = '{EXPIRED}') AS any_expired
          FROM batches b
          WHERE b.status IN ('finalizing', 'cancelling')
            AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.batch_id = b.id AND j.finalized_at IS NULL)
-         ORDER BY b.id LIMIT 1 FOR UPDATE OF b SKIP LOCKED",
+         ORDER BY b.id LIMIT 1 FOR UPDATE OF b SKIP LOCKED"),
     )
     .fetch_optional(&mut **tx)
     .await

@@ -19,6 +19,7 @@ use crate::domain::catalog::{Catalog, Deployment};
 use crate::domain::pricing::Usage;
 use crate::domain::retry::{self, AttemptState, Backoff, ErrorClass, RetryDecision};
 use crate::domain::schema;
+use crate::domain::state::sql as job_state;
 use crate::ids::new_id;
 use crate::providers::ProviderError;
 
@@ -97,7 +98,7 @@ pub async fn execute(
     if let Some(deadline) = job.deadline
         && deadline <= now
     {
-        outcome.status = "expired";
+        outcome.status = job_state::EXPIRED;
         outcome.error = Some(error_entry(
             &job,
             &deployment,
@@ -110,7 +111,7 @@ pub async fn execute(
     if claimed_at.elapsed() > Duration::from_secs(START_SLACK_SECS as u64) {
         // The budget reservation is only valid for a call that starts promptly: give it back.
         tracing::warn!("claimed job could not start within its reservation; re-queueing it");
-        outcome.status = "queued";
+        outcome.status = job_state::QUEUED;
         return (outcome, None);
     }
 
@@ -147,7 +148,7 @@ pub async fn execute(
     let Some(result) = result else {
         // Nothing is billed for an aborted call; the ledger still shows it.
         tracing::info!("job cancelled; its provider call was aborted");
-        outcome.status = "cancelled";
+        outcome.status = job_state::CANCELLED;
         outcome.attempt_status = "cancelled";
         outcome.error_code = Some("cancelled".into());
         outcome.error = Some(error_entry(
@@ -206,7 +207,7 @@ pub async fn execute(
                 schema_miss(&job, &deployment, &e, now, &mut outcome);
                 return (outcome, signal);
             }
-            outcome.status = "succeeded";
+            outcome.status = job_state::SUCCEEDED;
             outcome.attempt_status = if c.refusal { "refused" } else { "succeeded" };
             metrics::counter!("sluice_attempts_total", "outcome" => outcome.attempt_status, "error_class" => "none").increment(1);
             if let (Some(key), Some(ttl), false) = (&cache_key, job.cache_ttl_secs, c.refusal) {
@@ -242,14 +243,14 @@ fn schema_miss(
 ) {
     let note = schema::repair_note(e);
     let message = if job.repair_note.is_none() {
-        outcome.status = "retry_scheduled";
+        outcome.status = job_state::RETRY_SCHEDULED;
         outcome.run_after = Some(now);
         outcome.repair_note = Some(note.clone());
         format!(
             "the answer did not match the JSON schema ({note}); asking once more with the error"
         )
     } else {
-        outcome.status = "failed";
+        outcome.status = job_state::FAILED;
         format!("the answer still did not match the JSON schema after one repair: {note}")
     };
     outcome.attempt_status = "failed";
@@ -309,7 +310,7 @@ async fn on_failure(
             // entry keeps the time and the delay so the real gap can be measured against it.
             let failed_at = Utc::now().max(now);
             let retry_at = after(failed_at, delay);
-            outcome.status = "retry_scheduled";
+            outcome.status = job_state::RETRY_SCHEDULED;
             metrics::counter!("sluice_retries_total").increment(1);
             outcome.run_after = Some(retry_at);
             outcome.next_deployment_attempts = state.on_deployment as i32;
@@ -320,11 +321,11 @@ async fn on_failure(
         }
         RetryDecision::Fallback(i) => {
             metrics::counter!("sluice_fallbacks_total").increment(1);
-            outcome.status = "queued";
+            outcome.status = job_state::QUEUED;
             outcome.next_deployment_index = i as i32;
             outcome.next_deployment_attempts = 0;
         }
-        RetryDecision::GiveUp => outcome.status = "failed",
+        RetryDecision::GiveUp => outcome.status = job_state::FAILED,
     }
     tracing::info!(code = %e.code, class = e.class.as_str(), next = outcome.status, "attempt failed");
 }
@@ -393,7 +394,7 @@ fn cache_hit(
         .and_then(|d| catalog.price_of(&d, now))
         .map(|p| p.cost(usage, false).cost_usd)
         .unwrap_or_default();
-    outcome.status = "succeeded";
+    outcome.status = job_state::SUCCEEDED;
     outcome.called = true;
     outcome.attempt_status = "cache_hit";
     outcome.saved_usd = saved;
@@ -430,7 +431,7 @@ fn blank_outcome(job: &Claimed, d: &Deployment, now: DateTime<Utc>) -> Outcome {
     Outcome {
         job_id: job.id.clone(),
         attempt: job.attempt,
-        status: "failed",
+        status: job_state::FAILED,
         run_after: None,
         deployment: Some(d.to_string()),
         next_deployment_index: job.deployment_index,

@@ -31,6 +31,7 @@ use tokio_util::task::TaskTracker;
 use crate::app::Ctx;
 use crate::db::jobs::Outcome;
 use crate::domain::breaker::{self, Signal};
+use crate::domain::state::sql as job_state;
 
 /// An attempt's outcome, what it said about its deployment, the delivery to acknowledge, and
 /// the call's registration (kept until the outcome is recorded, so the job never looks like a
@@ -500,7 +501,7 @@ async fn record_loop(
             .collect();
         let retries: Vec<(String, chrono::DateTime<chrono::Utc>)> = outcomes
             .iter()
-            .filter(|o| o.status == "retry_scheduled" && recorded.contains(&o.job_id))
+            .filter(|o| o.status == job_state::RETRY_SCHEDULED && recorded.contains(&o.job_id))
             .filter_map(|o| Some((o.job_id.clone(), o.run_after?)))
             .collect();
         retry_timer::schedule(&ctx, retries, &shutdown);

@@ -15,6 +15,7 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use crate::db::jobs::Outcome;
+use crate::domain::state::sql as job_state;
 use crate::domain::text;
 
 /// The error code of a job whose outcome Postgres refused to store.
@@ -97,7 +98,7 @@ pub fn quarantine(o: &mut Outcome, error: &sqlx::Error) {
     let mut message =
         format!("the outcome of this attempt could not be stored and was dropped: {error}");
     text::make_storable_str(&mut message);
-    o.status = "failed";
+    o.status = job_state::FAILED;
     o.run_after = None;
     o.response = None;
     o.repair_note = None;
