@@ -42,7 +42,10 @@ impl Ctx {
         seed_budgets(&pool, &config).await?;
         let prices = crate::db::prices::load(&pool).await?;
         let catalog = Catalog::new(&config, prices);
-        let broker = Broker::new(&config.amqp.url, Topology::new(&config.amqp.prefix));
+        let broker = Broker::new(
+            &config.amqp.url,
+            Topology::new(&config.amqp.prefix).with_queue_type(config.amqp.queue_type),
+        );
         let providers = Providers::from_config(&config)?;
         Ok(Arc::new(Ctx {
             keys: KeyCache::with_admin(pool.clone(), config.admin.key_hash()),

@@ -205,6 +205,29 @@ pub struct AmqpConfig {
     pub url: String,
     /// Prepended to every exchange and queue name; empty in production, unique per test.
     pub prefix: String,
+    /// The type of every queue sluice declares: `classic` (one node; work queues keep job
+    /// priorities 0-9) or `quorum` (RabbitMQ's replicated type for clusters; RabbitMQ 3.x
+    /// ignores message priorities on it). An existing queue keeps its type: switching needs the
+    /// queues deleted (drained) first, and sluice says so instead of starting.
+    pub queue_type: QueueType,
+}
+
+/// See [`AmqpConfig::queue_type`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    #[default]
+    Classic,
+    Quorum,
+}
+
+impl QueueType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        }
+    }
 }
 
 impl Default for AmqpConfig {
@@ -212,6 +235,7 @@ impl Default for AmqpConfig {
         Self {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
             prefix: String::new(),
+            queue_type: QueueType::Classic,
         }
     }
 }

@@ -109,7 +109,7 @@ async fn an_emptied_work_queue_gets_its_jobs_back_soon_and_a_waiting_backlog_is_
     let acme = Client::new(&api, &env.key("acme").await);
     let globex = Client::new(&api, &env.key("globex").await);
     let lost = submit_n(&acme, 3, "lost").await;
-    submit_n(&globex, 4, "waiting").await;
+    let waiting = submit_n(&globex, 4, "waiting").await;
     wait_until(T, "the work messages are in the broker", || async {
         env.work_queue_depth("acme").await.0 == 3 && env.work_queue_depth("globex").await.0 == 4
     })
@@ -145,6 +145,10 @@ async fn an_emptied_work_queue_gets_its_jobs_back_soon_and_a_waiting_backlog_is_
         .await;
     for id in &lost {
         let done = acme.wait_job(id, T).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+    }
+    for id in &waiting {
+        let done = globex.wait_job(id, T).await;
         assert_eq!(done["status"], "succeeded", "{done}");
     }
     env.check_invariants().await;

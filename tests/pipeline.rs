@@ -535,3 +535,63 @@ async fn transient_failures_are_retried_and_fatal_ones_are_not() {
     app.stop().await;
     env.cleanup().await;
 }
+
+/// With `[amqp] queue_type = "quorum"`, every queue sluice declares is a quorum queue (a classic
+/// redeclare is refused by the broker), and jobs run end to end over HTTP and over AMQP. A
+/// deployment whose queues exist as classic gets an error naming the setting, not a bare 406.
+#[tokio::test]
+async fn quorum_queues_carry_http_and_amqp_jobs_and_a_type_mismatch_says_what_to_do() {
+    let mut env = TestEnv::new().await;
+    env.config.amqp.queue_type = sluice::config::QueueType::Quorum;
+    let app = env.up().await;
+    let key = env.key("acme").await;
+    let c = Client::new(&app, &key);
+    let (s, body) = c
+        .post("/v1/jobs", &json!({"jobs": [job("over http")]}), None)
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let id = body["data"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(c.wait_job(&id, T).await["status"], "succeeded");
+    let mut amqp = job("over amqp");
+    amqp["custom_id"] = json!("quorum-amqp");
+    let headers = [("sluice-api-key", key.as_str()), ("sluice-schema", "1")];
+    env.publish_job("acme", &serde_json::to_vec(&amqp).unwrap(), &headers, None)
+        .await;
+    wait_until(T, "the AMQP job succeeds", || async {
+        env.count(
+            "SELECT count(*) FROM jobs WHERE custom_id = 'quorum-amqp' AND status = 'succeeded'",
+        )
+        .await
+            == 1
+    })
+    .await;
+
+    // The broker's own word on the type: declaring the queues as classic is refused.
+    let conn =
+        lapin::Connection::connect(&env.config.amqp.url, lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
+    let classic = sluice::queue::Topology::new(&env.config.amqp.prefix);
+    let ch = conn.create_channel().await.unwrap();
+    let err = sluice::queue::declare_tenant(&ch, &classic, "acme")
+        .await
+        .expect_err("a classic declare of a quorum queue is refused")
+        .to_string();
+    assert!(
+        err.contains(&classic.work_queue("acme")) && err.contains("classic"),
+        "{err}"
+    );
+    let ch = conn.create_channel().await.unwrap();
+    let err = sluice::queue::declare(&ch, &classic)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&classic.ingest_queue()) && err.contains("[amqp] queue_type"),
+        "{err}"
+    );
+    conn.close(200, "done".into()).await.unwrap();
+    env.check_invariants().await;
+    app.stop().await;
+    env.cleanup().await;
+}

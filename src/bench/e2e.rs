@@ -279,7 +279,8 @@ async fn submit_http(base: &str, key: &str, jobs: usize) -> anyhow::Result<()> {
 }
 
 async fn submit_amqp(config: &Config, key: &str, jobs: usize) -> anyhow::Result<()> {
-    let topo = crate::queue::Topology::new(&config.amqp.prefix);
+    let topo =
+        crate::queue::Topology::new(&config.amqp.prefix).with_queue_type(config.amqp.queue_type);
     let conn = crate::queue::connect(&config.amqp.url, "sluice-bench-producer").await?;
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
@@ -389,8 +390,9 @@ pub async fn broker_ceiling(config: &Config, n: usize, size: usize) -> anyhow::R
     let queue = format!("{}ceiling{}", config.amqp.prefix, crate::ids::new_id("q"));
     let conn = crate::queue::connect(&config.amqp.url, "sluice-bench-ceiling").await?;
     let setup = conn.create_channel().await?;
-    let mut args = FieldTable::default();
-    args.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(9));
+    let args = crate::queue::Topology::new(&config.amqp.prefix)
+        .with_queue_type(config.amqp.queue_type)
+        .queue_args(true);
     setup
         .queue_declare(
             queue.as_str().into(),

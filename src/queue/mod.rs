@@ -27,6 +27,8 @@ use lapin::{
 };
 use tokio::sync::Mutex;
 
+use crate::config::QueueType;
+
 /// The message schema version producers send in the `sluice-schema` header.
 pub const SCHEMA_VERSION: &str = "1";
 /// Header carrying the producer's tenant API key.
@@ -40,14 +42,43 @@ pub const REJECT_REASON_HEADER: &str = "sluice-reject-reason";
 #[derive(Debug, Clone)]
 pub struct Topology {
     prefix: String,
+    queue_type: QueueType,
 }
 
 impl Topology {
-    /// Names with `prefix` in front (empty in production).
+    /// Names with `prefix` in front (empty in production), classic queues.
     pub fn new(prefix: &str) -> Self {
         Self {
             prefix: prefix.to_string(),
+            queue_type: QueueType::Classic,
         }
+    }
+    /// The same names, with queues of `queue_type`.
+    pub fn with_queue_type(mut self, queue_type: QueueType) -> Self {
+        self.queue_type = queue_type;
+        self
+    }
+    /// The type of every queue declared.
+    pub fn queue_type(&self) -> QueueType {
+        self.queue_type
+    }
+    /// The declare arguments of a queue of this topology's type; `priorities` asks for job
+    /// priorities 0-9 where the type has them (classic).
+    pub fn queue_args(&self, priorities: bool) -> FieldTable {
+        let mut args = FieldTable::default();
+        match self.queue_type {
+            QueueType::Classic if priorities => {
+                args.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(9));
+            }
+            QueueType::Classic => {}
+            QueueType::Quorum => {
+                args.insert(
+                    "x-queue-type".into(),
+                    AMQPValue::LongString(LongString::from("quorum")),
+                );
+            }
+        }
+        args
     }
     /// Producers publish full jobs here.
     pub fn jobs_exchange(&self) -> String {
@@ -82,14 +113,49 @@ pub enum QueueError {
     Nacked,
     #[error("broker did not answer in time while {0}")]
     Timeout(&'static str),
+    #[error(
+        "queue `{queue}` already exists with other settings than a {wanted} queue (another \
+         queue type?). Set [amqp] queue_type to the type it has, or drain and delete it so \
+         sluice declares it again ({broker})"
+    )]
+    Inequivalent {
+        queue: String,
+        wanted: &'static str,
+        broker: String,
+    },
+}
+
+/// Declares one durable queue of the topology's type. A queue that exists with other arguments
+/// (another type) is reported with what to do, not as a bare broker error.
+async fn declare_queue(
+    channel: &Channel,
+    topo: &Topology,
+    name: &str,
+    priorities: bool,
+) -> Result<(), QueueError> {
+    let declared = channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            topo.queue_args(priorities),
+        )
+        .await;
+    match declared {
+        Ok(_) => Ok(()),
+        Err(e) if is_precondition_failed(&e) => Err(QueueError::Inequivalent {
+            queue: name.to_string(),
+            wanted: topo.queue_type().as_str(),
+            broker: e.to_string(),
+        }),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Declares everything sluice needs; idempotent.
 pub async fn declare(channel: &Channel, topo: &Topology) -> Result<(), QueueError> {
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
     channel
         .exchange_declare(
             topo.jobs_exchange().into(),
@@ -101,9 +167,7 @@ pub async fn declare(channel: &Channel, topo: &Topology) -> Result<(), QueueErro
             FieldTable::default(),
         )
         .await?;
-    channel
-        .queue_declare(topo.ingest_queue().into(), durable, FieldTable::default())
-        .await?;
+    declare_queue(channel, topo, &topo.ingest_queue(), false).await?;
     channel
         .queue_bind(
             topo.ingest_queue().into(),
@@ -113,9 +177,7 @@ pub async fn declare(channel: &Channel, topo: &Topology) -> Result<(), QueueErro
             FieldTable::default(),
         )
         .await?;
-    channel
-        .queue_declare(topo.rejected_queue().into(), durable, FieldTable::default())
-        .await?;
+    declare_queue(channel, topo, &topo.rejected_queue(), false).await?;
     channel
         .exchange_declare(
             topo.work_exchange().into(),
@@ -136,19 +198,8 @@ pub async fn declare_tenant(
     topo: &Topology,
     tenant: &str,
 ) -> Result<(), QueueError> {
-    let mut args = FieldTable::default();
-    args.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(9));
     let queue = topo.work_queue(tenant);
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await?;
+    declare_queue(channel, topo, &queue, true).await?;
     channel
         .queue_bind(
             queue.into(),
@@ -468,6 +519,12 @@ impl Broker {
             .await
             .is_ok_and(|r| r.is_ok())
     }
+}
+
+/// Whether the broker answered 406 PRECONDITION_FAILED (a declare with other arguments).
+fn is_precondition_failed(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(a)
+        if matches!(a.kind(), lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::PRECONDITIONFAILED)))
 }
 
 /// Whether the broker answered 404 NOT_FOUND (a passive declare of a missing queue).

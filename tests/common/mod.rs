@@ -172,9 +172,9 @@ impl TestEnv {
             .await
             .unwrap();
         let ch = conn.create_channel().await.unwrap();
-        sluice::queue::declare(&ch, &sluice::queue::Topology::new(&self.config.amqp.prefix))
-            .await
-            .unwrap();
+        let topo = sluice::queue::Topology::new(&self.config.amqp.prefix)
+            .with_queue_type(self.config.amqp.queue_type);
+        sluice::queue::declare(&ch, &topo).await.unwrap();
         let mut table = FieldTable::default();
         for (k, v) in headers {
             table.insert(
