@@ -9,6 +9,8 @@ mod common;
 mod admin;
 #[path = "governance/batch_deadline.rs"]
 mod batch_deadline;
+#[path = "governance/batches_list.rs"]
+mod batches_list;
 #[path = "governance/budgets_clear.rs"]
 mod budgets_clear;
 #[path = "governance/cli.rs"]

@@ -103,13 +103,18 @@ fn secs(t: Option<DateTime<Utc>>) -> Option<i64> {
 /// The batch object of a batch row and its jobs' totals.
 pub fn batch_object(b: &BatchRecord, s: &BatchSummary) -> BatchObject {
     let n = |k: &str| s.counts.get(k).copied().unwrap_or(0);
+    // A native batch's status comes from its jobs: `cancelling` from a cancel until its running
+    // jobs stop, then `cancelled` (or `completed` if the cancel found nothing left to stop).
     let status = b.status.clone().unwrap_or_else(|| {
         let finished = n("succeeded") + n("failed") + n("cancelled") + n("expired");
-        if s.total > 0 && finished == s.total {
-            "completed".into()
-        } else {
-            "in_progress".into()
+        let done = s.total > 0 && finished == s.total;
+        match (b.cancelled_at.is_some(), done) {
+            (true, true) if n("cancelled") > 0 => "cancelled",
+            (true, false) => "cancelling",
+            (_, true) => "completed",
+            (false, false) => "in_progress",
         }
+        .into()
     });
     let cached: i64 = 0;
     BatchObject {
