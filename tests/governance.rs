@@ -7,6 +7,8 @@ mod common;
 
 #[path = "governance/admin.rs"]
 mod admin;
+#[path = "governance/audit_actions.rs"]
+mod audit_actions;
 #[path = "governance/batch_deadline.rs"]
 mod batch_deadline;
 #[path = "governance/batches_list.rs"]

@@ -1,5 +1,6 @@
 //! The audit trail: one row per admin action (keys, tenants, budgets, dead letters, batch
-//! cancellations), with who did it, when, what it touched and the values before and after.
+//! cancellations, webhook endpoints, manual schedule runs), with who did it, when, what it
+//! touched and the values before and after.
 //! Writes take a connection so they join the transaction of the change they record.
 
 use chrono::{DateTime, Utc};

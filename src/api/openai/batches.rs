@@ -320,14 +320,21 @@ pub async fn list(
 
 /// Cancels an OpenAI batch: `cancelling` at once, its unfinished jobs cancelled (running ones
 /// asked to stop); the batch loop moves it to `cancelled` with its files once they all stop.
-/// `None` if `id` is not an OpenAI batch of `tenant`'s that can still be cancelled.
-pub async fn cancel(ctx: &Ctx, tenant: &str, id: &str) -> Result<Option<BatchObject>, ApiError> {
-    if crate::db::openai_batches::request_cancel(&ctx.pool, tenant, id)
-        .await?
-        .is_none()
-    {
+/// `None` if `id` is not an OpenAI batch of `tenant`'s that can still be cancelled. Recorded in
+/// the audit log as `actor`'s `batch.cancel`.
+pub async fn cancel(
+    ctx: &Ctx,
+    actor: &str,
+    tenant: &str,
+    id: &str,
+) -> Result<Option<BatchObject>, ApiError> {
+    let Some(was) = crate::db::openai_batches::request_cancel(&ctx.pool, tenant, id).await? else {
         return Ok(None);
-    }
-    crate::db::cancel::cancel_batch(&ctx.pool, tenant, id).await?;
+    };
+    let by = crate::db::cancel::CancelAudit {
+        actor,
+        status: Some((was.as_str(), "cancelling")),
+    };
+    crate::db::cancel::cancel_batch(&ctx.pool, tenant, id, by).await?;
     load(ctx, tenant, id).await.map(Some)
 }
