@@ -88,8 +88,25 @@ pub struct BudgetReport {
     pub month_resets_at: DateTime<Utc>,
 }
 
-/// The report for every budget, or only those touching `tenant` (its own row and deployments).
+/// The report for every budget, or only those touching `tenant` (its own row and deployments),
+/// as the operator sees it: a deployment's spend is every tenant's.
 pub async fn report(pool: &PgPool, tenant: Option<&str>) -> Result<Vec<BudgetReport>, DbError> {
+    report_as(pool, tenant, None).await
+}
+
+/// The report `tenant` itself may see (`GET /v1/budgets`): its own row and the deployments',
+/// a deployment's spend counting only `tenant`'s own calls, so no tenant learns another's.
+pub async fn report_for_tenant(pool: &PgPool, tenant: &str) -> Result<Vec<BudgetReport>, DbError> {
+    report_as(pool, Some(tenant), Some(tenant)).await
+}
+
+/// The report of `tenant`'s budgets (all with `None`); deployments' spend summed over the
+/// ledger rows of `spender` (every tenant with `None`).
+async fn report_as(
+    pool: &PgPool,
+    tenant: Option<&str>,
+    spender: Option<&str>,
+) -> Result<Vec<BudgetReport>, DbError> {
     #[derive(sqlx::FromRow)]
     struct Row {
         scope: String,
@@ -124,13 +141,15 @@ pub async fn report(pool: &PgPool, tenant: Option<&str>) -> Result<Vec<BudgetRep
              FROM attempts WHERE b.scope = 'deployment'
                AND provider = split_part(b.key, '/', 1)
                AND model = substr(b.key, length(split_part(b.key, '/', 1)) + 2)
-               AND finished_at >= date_trunc('month', now() AT TIME ZONE 'utc') AT TIME ZONE 'utc') d ON true
+               AND finished_at >= date_trunc('month', now() AT TIME ZONE 'utc') AT TIME ZONE 'utc'
+               AND ($2::text IS NULL OR tenant = $2)) d ON true
          LEFT JOIN LATERAL (SELECT sum(usd) AS held FROM budget_holds
              WHERE b.scope = 'tenant' AND tenant = b.key AND expires_at > now()) h ON true
          WHERE $1::text IS NULL OR (b.scope = 'tenant' AND b.key = $1) OR b.scope = 'deployment'
          ORDER BY b.scope, b.key",
     )
     .bind(tenant)
+    .bind(spender)
     .fetch_all(pool)
     .await?;
     Ok(rows

@@ -625,7 +625,9 @@ pub async fn pause_deployment(
     Ok(())
 }
 
-pub use super::budget_settings::{BudgetReport, BudgetSettings, Limit, clear, report, set};
+pub use super::budget_settings::{
+    BudgetReport, BudgetSettings, Limit, clear, report, report_for_tenant, set,
+};
 
 /// Drops usage slots and holds that can no longer count.
 pub async fn prune(pool: &PgPool) -> Result<(), DbError> {

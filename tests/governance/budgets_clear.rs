@@ -78,7 +78,6 @@ async fn a_cap_can_be_cleared_audited_and_show_puts_deployments_real_spend_besid
     let (_, body) = c.post("/v1/jobs", &j, None).await;
     let done = c.wait_job(body["id"].as_str().unwrap(), super::T).await;
     assert_eq!(done["status"], "succeeded", "{done}");
-    app.stop().await;
     let ledger: Decimal = sqlx::query_scalar(
         "SELECT sum(cost_usd) FROM attempts WHERE provider = 'openai' AND model = 'gpt-4o-mini'",
     )
@@ -86,6 +85,20 @@ async fn a_cap_can_be_cleared_audited_and_show_puts_deployments_real_spend_besid
     .await
     .unwrap();
     assert!(ledger > Decimal::ZERO);
+    // Over the API a tenant sees only its own spend on a shared deployment.
+    let other = Client::new(&app, &env.key("globex").await);
+    for (client, spent) in [(&c, ledger), (&other, Decimal::ZERO)] {
+        let (_, page) = client.get("/v1/budgets").await;
+        let d = page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["key"] == "openai/gpt-4o-mini")
+            .cloned()
+            .unwrap();
+        assert_eq!(dec(&d["spent_today_usd"]), spent, "{page}");
+    }
+    app.stop().await;
     let deployment = row(&cfg, "deployment", "openai/gpt-4o-mini");
     assert_eq!(dec(&deployment["spent_today_usd"]), ledger, "{deployment}");
     assert_eq!(dec(&deployment["spent_month_usd"]), ledger, "{deployment}");
