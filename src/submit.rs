@@ -27,6 +27,7 @@ pub fn limits(config: &Config) -> InputLimits {
         max_output_tokens: config.limits.max_output_tokens,
         max_n: config.limits.max_n,
         max_deadline_secs: config.limits.max_deadline.as_secs(),
+        batch_turnaround_secs: config.routing.batch_turnaround.as_secs(),
     }
 }
 

@@ -1,11 +1,20 @@
 //! End-to-end tests of governance against real Postgres and RabbitMQ: keys with scopes, expiry,
-//! revocation and rotation across app instances; the admin API; the audit log; PII redaction.
+//! revocation and rotation across app instances; the admin API; the audit log; PII redaction;
+//! the operator's CLI (batches, budgets) and the batch route's deadline check.
 //! One file per concern under `tests/governance/`.
 
 mod common;
 
 #[path = "governance/admin.rs"]
 mod admin;
+#[path = "governance/audit_actions.rs"]
+mod audit_actions;
+#[path = "governance/batch_deadline.rs"]
+mod batch_deadline;
+#[path = "governance/batches_list.rs"]
+mod batches_list;
+#[path = "governance/budgets_clear.rs"]
+mod budgets_clear;
 #[path = "governance/cli.rs"]
 mod cli;
 #[path = "governance/keys.rs"]

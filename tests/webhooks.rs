@@ -571,6 +571,7 @@ async fn redeliveries_keep_the_webhook_id_and_poison_answers_do_not_stall_the_lo
     // A replay sends the same message again, with the same id.
     let n = sluice::db::webhooks::replay(
         &env.pool,
+        "cli:test",
         "acme",
         chrono::Utc::now() - chrono::Duration::hours(24),
         false,

@@ -1,5 +1,6 @@
 //! `GET /v1/budgets`: the caller's tenant budget and the deployments' budgets, with what is
-//! reserved or used in the current window, what is spent, and when each resets.
+//! reserved or used in the current window, what is spent (on a deployment: by the caller's own
+//! calls only), and when each resets.
 
 use std::sync::Arc;
 
@@ -17,6 +18,6 @@ pub async fn list(
     State(ctx): State<Arc<Ctx>>,
     Tenant(tenant): Tenant,
 ) -> Result<Json<Value>, ApiError> {
-    let rows = crate::db::budgets::report(&ctx.pool, Some(&tenant)).await?;
+    let rows = crate::db::budgets::report_for_tenant(&ctx.pool, &tenant).await?;
     Ok(Json(json!({"object": "list", "data": rows})))
 }

@@ -2,7 +2,8 @@
 //!
 //! A job not yet running is cancelled at once; a running one is asked to stop (its worker
 //! aborts the provider call within a moment) and shows `cancel_requested_at` until it does.
-//! Whatever was already recorded stays. Cancelling what has finished is a 409.
+//! Whatever was already recorded stays. Cancelling what has finished is a 409. A batch's
+//! cancel is recorded in the audit log with the key id that asked for it.
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use serde_json::{Value, json};
 
+use super::admin::Caller;
 use super::jobs::job_view;
 use super::{ApiError, Tenant};
 use crate::app::Ctx;
@@ -45,14 +47,14 @@ pub async fn job(
     security(("bearer" = [])))]
 pub async fn batch(
     State(ctx): State<Arc<Ctx>>,
-    Tenant(tenant): Tenant,
+    Caller { tenant, actor }: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let record = crate::db::openai_batches::get(&ctx.pool, &tenant, &id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no batch `{id}`")))?;
     if let Some(status) = &record.status {
-        return match super::openai::batches::cancel(&ctx, &tenant, &id).await? {
+        return match super::openai::batches::cancel(&ctx, &actor, &tenant, &id).await? {
             Some(b) => Ok(Json(json!(b))),
             None => Err(ApiError::Conflict(format!(
                 "batch `{id}` is {status}; only a batch that is validating or in progress can be cancelled"
@@ -61,7 +63,11 @@ pub async fn batch(
     }
     // Closed to new jobs first, so none slips in after the cancel.
     crate::db::jobs::mark_batch_cancelled(&ctx.pool, &tenant, &id).await?;
-    let report = crate::db::cancel::cancel_batch(&ctx.pool, &tenant, &id)
+    let by = crate::db::cancel::CancelAudit {
+        actor: &actor,
+        status: None,
+    };
+    let report = crate::db::cancel::cancel_batch(&ctx.pool, &tenant, &id, by)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no batch `{id}`")))?;
     if report.cancelled.is_empty() && report.requested.is_empty() {

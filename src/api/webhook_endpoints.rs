@@ -1,7 +1,8 @@
 //! `/v1/webhook_endpoints`: the tenant's webhook endpoints, in the shapes of OpenAI's API so
 //! the official SDK's `client.webhooks.create / retrieve / update / list / delete /
 //! rotate_secret / test` work against sluice. `signing_secret` is returned only by create and
-//! rotate_secret; every other view carries `signing_secret_hint`.
+//! rotate_secret; every other view carries `signing_secret_hint`. Every change is recorded in
+//! the audit log with the key id that made it.
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use axum::extract::{Path, Query, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::admin::Caller;
 use super::{ApiError, Tenant};
 use crate::app::Ctx;
 use crate::db::webhooks::{self as db, Endpoint};
@@ -114,7 +116,7 @@ pub struct EndpointBody {
 /// `POST /v1/webhook_endpoints`
 pub async fn create(
     State(ctx): State<Arc<Ctx>>,
-    Tenant(tenant): Tenant,
+    Caller { tenant, actor }: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let b: EndpointBody = object(body)?;
@@ -127,8 +129,16 @@ pub async fn create(
         .ok_or_else(|| bad_param("event_types is required".into(), "event_types"))?;
     check_event_types(&types)?;
     let name = b.name.unwrap_or_default();
-    let e =
-        db::create_endpoint(&ctx.pool, &tenant, &name, &url, &types, &sign::new_secret()).await?;
+    let e = db::create_endpoint(
+        &ctx.pool,
+        &actor,
+        &tenant,
+        &name,
+        &url,
+        &types,
+        &sign::new_secret(),
+    )
+    .await?;
     Ok(Json(view(&e, true)))
 }
 
@@ -178,7 +188,7 @@ pub async fn retrieve(
 /// `POST /v1/webhook_endpoints/{id}`: changes `url`, `event_types` or `name`.
 pub async fn update(
     State(ctx): State<Arc<Ctx>>,
-    Tenant(tenant): Tenant,
+    Caller { tenant, actor }: Caller,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -191,6 +201,7 @@ pub async fn update(
     }
     let e = db::update_endpoint(
         &ctx.pool,
+        &actor,
         &tenant,
         &id,
         b.name.as_deref(),
@@ -205,10 +216,10 @@ pub async fn update(
 /// `DELETE /v1/webhook_endpoints/{id}`
 pub async fn delete(
     State(ctx): State<Arc<Ctx>>,
-    Tenant(tenant): Tenant,
+    Caller { tenant, actor }: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    if !db::delete_endpoint(&ctx.pool, &tenant, &id).await? {
+    if !db::delete_endpoint(&ctx.pool, &actor, &tenant, &id).await? {
         return Err(not_found(&id));
     }
     Ok(Json(
@@ -228,7 +239,7 @@ pub struct RotateBody {
 /// `keep_old_secret_active_for_24_hours`, deliveries carry both signatures for 24 hours.
 pub async fn rotate_secret(
     State(ctx): State<Arc<Ctx>>,
-    Tenant(tenant): Tenant,
+    Caller { tenant, actor }: Caller,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -236,7 +247,7 @@ pub async fn rotate_secret(
     let grace = b
         .keep_old_secret_active_for_24_hours
         .then(|| chrono::Utc::now() + chrono::Duration::hours(24));
-    let e = db::rotate_endpoint_secret(&ctx.pool, &tenant, &id, &sign::new_secret(), grace)
+    let e = db::rotate_endpoint_secret(&ctx.pool, &actor, &tenant, &id, &sign::new_secret(), grace)
         .await?
         .ok_or_else(|| not_found(&id))?;
     Ok(Json(view(&e, true)))

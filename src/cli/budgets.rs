@@ -1,11 +1,10 @@
-//! `sluice budgets show|set`: shared limits, read and changed in Postgres directly (admin).
+//! `sluice budgets show|set|clear`: shared limits, read and changed in Postgres directly (admin).
 
 use clap::{Args, Subcommand};
-use comfy_table::Table;
 use rust_decimal::Decimal;
 
 use crate::config::{BudgetSettings, Config};
-use crate::db::budgets::BudgetReport;
+use crate::db::budgets::{BudgetReport, Limit};
 use crate::domain::budget::Scope;
 
 /// `sluice budgets …`
@@ -22,6 +21,37 @@ pub enum BudgetsCommand {
     },
     /// Set limits on a deployment or a tenant; takes effect at once in every process.
     Set(SetArgs),
+    /// Lift limits of a deployment or a tenant back to unlimited; takes effect at once.
+    Clear(ClearArgs),
+}
+
+/// What to lift.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("scope").required(true).args(["deployment", "tenant"])))]
+#[command(group(clap::ArgGroup::new("limits").required(true).multiple(true)
+    .args(["tpm", "rpm", "batch_enqueued_tokens", "daily_usd", "monthly_usd"])))]
+pub struct ClearArgs {
+    /// A deployment, `provider/model`.
+    #[arg(long)]
+    pub deployment: Option<String>,
+    /// A tenant.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Lift the tokens-per-minute limit.
+    #[arg(long)]
+    pub tpm: bool,
+    /// Lift the requests-per-minute limit.
+    #[arg(long)]
+    pub rpm: bool,
+    /// Deployments: lift the limit on prompt tokens enqueued in provider batches.
+    #[arg(long)]
+    pub batch_enqueued_tokens: bool,
+    /// Tenants: lift the USD cap per UTC day.
+    #[arg(long)]
+    pub daily_usd: bool,
+    /// Tenants: lift the USD cap per UTC month.
+    #[arg(long)]
+    pub monthly_usd: bool,
 }
 
 /// What to change.
@@ -75,35 +105,7 @@ pub async fn run(config: &Config, command: BudgetsCommand) -> anyhow::Result<()>
             }
         }
         BudgetsCommand::Set(a) => {
-            let scope = match (&a.deployment, &a.tenant) {
-                (Some(d), _) => {
-                    let Some(parsed) = crate::domain::catalog::Deployment::parse(d) else {
-                        anyhow::bail!("--deployment `{d}` is not `provider/model`");
-                    };
-                    if !config.providers.contains_key(&parsed.provider) {
-                        anyhow::bail!(
-                            "--deployment `{d}`: no provider `{}` is configured (known: {})",
-                            parsed.provider,
-                            config
-                                .providers
-                                .keys()
-                                .cloned()
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        );
-                    }
-                    Scope::Deployment(d.clone())
-                }
-                (None, Some(t)) => {
-                    if !crate::db::tenants::exists(&pool, t).await? {
-                        anyhow::bail!(
-                            "no tenant `{t}`: create it with `sluice tenants create {t}` (see `sluice tenants list`)"
-                        );
-                    }
-                    Scope::Tenant(t.clone())
-                }
-                (None, None) => anyhow::bail!("name a --deployment or a --tenant"),
-            };
+            let scope = scope_of(config, &pool, &a.deployment, &a.tenant).await?;
             if matches!(scope, Scope::Deployment(_))
                 && (a.daily_usd.is_some()
                     || a.monthly_usd.is_some()
@@ -150,7 +152,81 @@ pub async fn run(config: &Config, command: BudgetsCommand) -> anyhow::Result<()>
                     .collect::<Vec<_>>(),
             );
         }
+        BudgetsCommand::Clear(a) => clear(config, &pool, a).await?,
     }
+    Ok(())
+}
+
+/// The scope named by `--deployment` or `--tenant`, which must be configured or exist.
+async fn scope_of(
+    config: &Config,
+    pool: &sqlx::PgPool,
+    deployment: &Option<String>,
+    tenant: &Option<String>,
+) -> anyhow::Result<Scope> {
+    match (deployment, tenant) {
+        (Some(d), _) => {
+            let Some(parsed) = crate::domain::catalog::Deployment::parse(d) else {
+                anyhow::bail!("--deployment `{d}` is not `provider/model`");
+            };
+            if !config.providers.contains_key(&parsed.provider) {
+                anyhow::bail!(
+                    "--deployment `{d}`: no provider `{}` is configured (known: {})",
+                    parsed.provider,
+                    config
+                        .providers
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            Ok(Scope::Deployment(d.clone()))
+        }
+        (None, Some(t)) => {
+            if !crate::db::tenants::exists(pool, t).await? {
+                anyhow::bail!(
+                    "no tenant `{t}`: create it with `sluice tenants create {t}` (see `sluice tenants list`)"
+                );
+            }
+            Ok(Scope::Tenant(t.clone()))
+        }
+        (None, None) => anyhow::bail!("name a --deployment or a --tenant"),
+    }
+}
+
+/// `sluice budgets clear`: lifts the named limits, audited as `budget.clear`.
+async fn clear(config: &Config, pool: &sqlx::PgPool, a: ClearArgs) -> anyhow::Result<()> {
+    let scope = scope_of(config, pool, &a.deployment, &a.tenant).await?;
+    if matches!(scope, Scope::Deployment(_)) && (a.daily_usd || a.monthly_usd) {
+        anyhow::bail!("USD caps apply to tenants; use --tenant");
+    }
+    let limits: Vec<Limit> = [
+        (a.tpm, Limit::Tpm),
+        (a.rpm, Limit::Rpm),
+        (a.batch_enqueued_tokens, Limit::BatchEnqueuedTokens),
+        (a.daily_usd, Limit::DailyUsd),
+        (a.monthly_usd, Limit::MonthlyUsd),
+    ]
+    .into_iter()
+    .filter_map(|(on, l)| on.then_some(l))
+    .collect();
+    let (s, k) = scope.parts();
+    if !crate::db::audit::clear_budget(pool, &scope, &limits, &crate::db::audit::cli_actor())
+        .await?
+    {
+        eprintln!("{s} {k} has no budget; nothing to clear (see `sluice budgets show`)");
+        return Ok(());
+    }
+    let names: Vec<&str> = limits.iter().map(|l| l.column()).collect();
+    eprintln!("cleared {} of {s} {k}: now unlimited", names.join(", "));
+    let rows = crate::db::budgets::report(pool, None).await?;
+    print_table(
+        &rows
+            .into_iter()
+            .filter(|r| r.scope == s && r.key == k)
+            .collect::<Vec<_>>(),
+    );
     Ok(())
 }
 
@@ -160,7 +236,7 @@ fn opt<T: ToString>(v: &Option<T>) -> String {
 }
 
 fn print_table(rows: &[BudgetReport]) {
-    let mut t = Table::new();
+    let mut t = super::table::fitted();
     t.set_header([
         "scope",
         "key",

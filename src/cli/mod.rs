@@ -2,6 +2,7 @@
 //! client commands that talk to a running sluice over its HTTP API.
 
 mod audit;
+mod batches;
 mod budgets;
 mod cancel;
 mod client;
@@ -117,6 +118,11 @@ pub enum Command {
         #[command(subcommand)]
         command: JobsCommand,
     },
+    /// A tenant's batches over the API.
+    Batches {
+        #[command(subcommand)]
+        command: BatchesCommand,
+    },
     /// Show the audit log of admin actions (talks to Postgres directly).
     Audit {
         /// How far back, e.g. 7d.
@@ -179,6 +185,14 @@ pub enum Command {
 pub enum JobsCommand {
     /// List jobs, newest first, with filters.
     List(jobs::ListArgs),
+}
+
+/// `sluice batches …`
+#[derive(Debug, Subcommand)]
+pub enum BatchesCommand {
+    /// List batches (from the OpenAI front door, `POST /v1/jobs`, `sluice submit` and
+    /// schedules), newest first, with filters.
+    List(batches::ListArgs),
 }
 
 /// Where the API is and how to authenticate.
@@ -340,6 +354,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Jobs {
             command: JobsCommand::List(args),
         } => jobs::list(&args).await,
+        Command::Batches {
+            command: BatchesCommand::List(args),
+        } => batches::list(&args).await,
         Command::Results {
             batch_id,
             output,

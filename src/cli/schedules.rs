@@ -37,7 +37,8 @@ pub enum SchedulesCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// Run a schedule now, once, whatever its timetable (recorded as a manual run).
+    /// Run a schedule now, once, whatever its timetable (recorded as a manual run, and in the
+    /// audit log as the OS user).
     RunNow {
         name: String,
         /// Folder of schedule files (default: `[scheduler] dir`, `jobs`).
@@ -72,7 +73,7 @@ pub async fn run(mut config: Config, command: SchedulesCommand) -> anyhow::Resul
             let ctx = crate::app::Ctx::connect(config).await?;
             let scheduler = crate::scheduler::fire::Scheduler::new(ctx);
             let run = scheduler
-                .run_now(&s, Utc::now())
+                .run_now(&s, Utc::now(), &crate::db::audit::cli_actor())
                 .await
                 .with_context(|| format!("running schedule `{name}`"))?
                 .context("another run of this schedule took the same instant; try again")?;

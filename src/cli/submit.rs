@@ -350,7 +350,9 @@ async fn wait(api: &Api, batch_id: &str, total: u64, started: Instant) -> anyhow
             .map(|k| counts[*k].as_u64().unwrap_or(0))
             .sum();
         bar.set_position(finished);
-        if s["status"] == "completed" {
+        if ["completed", "cancelled", "failed", "expired"]
+            .contains(&s["status"].as_str().unwrap_or_default())
+        {
             break s;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

@@ -1,6 +1,6 @@
 //! `sluice webhooks list | add | test | replay | rotate-secret`: a tenant's webhook endpoints,
 //! read and changed in Postgres directly (admin, like `sluice keys`), with the same rules and
-//! code as `/v1/webhook_endpoints`.
+//! code as `/v1/webhook_endpoints`. Changes are recorded in the audit log as the OS user.
 
 use std::time::Duration;
 
@@ -9,6 +9,7 @@ use clap::Subcommand;
 use comfy_table::Table;
 
 use crate::config::Config;
+use crate::db::audit::cli_actor;
 use crate::db::webhooks as db;
 use crate::webhooks::deliver::{Attempt, Deliverer};
 use crate::webhooks::{EVENT_TYPES, is_event_type, sign};
@@ -115,7 +116,7 @@ pub async fn run(config: &Config, command: WebhooksCommand) -> anyhow::Result<()
                     EVENT_TYPES.join(",")
                 );
             }
-            let e = db::create_endpoint(&pool, &tenant, &name, &url, &events, &sign::new_secret())
+            let e = db::create_endpoint(&pool, &cli_actor(), &tenant, &name, &url, &events, &sign::new_secret())
                 .await
                 .with_context(|| format!("adding an endpoint for tenant `{tenant}` (does the tenant exist? `sluice keys create --tenant {tenant}` creates it)"))?;
             eprintln!("endpoint {} added; its signing secret (shown once):", e.id);
@@ -154,7 +155,7 @@ pub async fn run(config: &Config, command: WebhooksCommand) -> anyhow::Result<()
                 .ok()
                 .and_then(|d| chrono::Utc::now().checked_sub_signed(d))
                 .context("--since is too far back")?;
-            let n = db::replay(&pool, &tenant, since, failed_only).await?;
+            let n = db::replay(&pool, &cli_actor(), &tenant, since, failed_only).await?;
             println!("{n} messages queued for delivery again");
         }
         WebhooksCommand::RotateSecret {
@@ -165,10 +166,10 @@ pub async fn run(config: &Config, command: WebhooksCommand) -> anyhow::Result<()
             let grace = keep_old_24h.then(|| chrono::Utc::now() + chrono::Duration::hours(24));
             let secret = sign::new_secret();
             if id == "job-urls" {
-                db::rotate_tenant_secret(&pool, &tenant, &secret, grace)
+                db::rotate_tenant_secret(&pool, &cli_actor(), &tenant, &secret, grace)
                     .await
                     .with_context(|| format!("does tenant `{tenant}` exist?"))?;
-            } else if db::rotate_endpoint_secret(&pool, &tenant, &id, &secret, grace)
+            } else if db::rotate_endpoint_secret(&pool, &cli_actor(), &tenant, &id, &secret, grace)
                 .await?
                 .is_none()
             {

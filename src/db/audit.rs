@@ -1,5 +1,6 @@
 //! The audit trail: one row per admin action (keys, tenants, budgets, dead letters, batch
-//! cancellations), with who did it, when, what it touched and the values before and after.
+//! cancellations, webhook endpoints, manual schedule runs), with who did it, when, what it
+//! touched and the values before and after.
 //! Writes take a connection so they join the transaction of the change they record.
 
 use chrono::{DateTime, Utc};
@@ -82,9 +83,10 @@ pub fn cli_actor() -> String {
     format!("cli:{user}")
 }
 
-/// A budget row as JSON (for before/after values), `None` when the scope has none.
+/// A budget row as JSON (for before/after values), `None` when the scope has none; locked
+/// until the end of the caller's transaction.
 async fn budget_json(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     scope: &crate::domain::budget::Scope,
 ) -> Result<Option<Value>, DbError> {
     let (s, k) = scope.parts();
@@ -92,11 +94,11 @@ async fn budget_json(
         "SELECT jsonb_build_object('tpm', tpm, 'rpm', rpm,
             'batch_enqueued_tokens', batch_enqueued_tokens, 'daily_usd', daily_usd,
             'monthly_usd', monthly_usd, 'usd_policy', usd_policy)
-         FROM budgets WHERE scope = $1 AND key = $2",
+         FROM budgets WHERE scope = $1 AND key = $2 FOR UPDATE",
     )
     .bind(s)
     .bind(k)
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await
 }
 
@@ -108,13 +110,14 @@ pub async fn set_budget(
     settings: &crate::config::BudgetSettings,
     actor: &str,
 ) -> Result<(), DbError> {
-    let before = budget_json(pool, scope).await?;
+    let mut conn = pool.acquire().await?;
+    let before = budget_json(&mut conn, scope).await?;
     super::budgets::set(pool, scope, settings, "cli").await?;
-    let after = budget_json(pool, scope).await?;
+    let after = budget_json(&mut conn, scope).await?;
     let (s, k) = scope.parts();
     let target = format!("{s}:{k}");
-    record_alone(
-        pool,
+    record(
+        &mut conn,
         &Entry {
             actor,
             action: "budget.set",
@@ -124,4 +127,36 @@ pub async fn set_budget(
         },
     )
     .await
+}
+
+/// Lifts `limits` of a budget back to unlimited (`sluice budgets clear`) and records
+/// `budget.clear` with the values before and after, in one transaction. False, with nothing
+/// recorded, when the scope has no budget to clear.
+pub async fn clear_budget(
+    pool: &PgPool,
+    scope: &crate::domain::budget::Scope,
+    limits: &[super::budgets::Limit],
+    actor: &str,
+) -> Result<bool, DbError> {
+    let mut tx = pool.begin().await?;
+    let Some(before) = budget_json(&mut tx, scope).await? else {
+        return Ok(false);
+    };
+    super::budgets::clear(&mut tx, scope, limits).await?;
+    let after = budget_json(&mut tx, scope).await?;
+    let (s, k) = scope.parts();
+    let target = format!("{s}:{k}");
+    record(
+        &mut tx,
+        &Entry {
+            actor,
+            action: "budget.clear",
+            target: &target,
+            before: Some(before),
+            after,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(true)
 }

@@ -1,21 +1,18 @@
 //! Budgets in Postgres: claiming jobs within shared TPM/RPM and USD limits (one transaction per
 //! batch, budget rows locked so every process sees one truth), provider pauses, and the
-//! settings and report behind `sluice budgets` and `GET /v1/budgets`.
+//! settings and report (in `budget_settings`) behind `sluice budgets` and `GET /v1/budgets`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use rust_decimal::Decimal;
-use serde::Serialize;
 use serde_json::json;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::DbError;
 use super::jobs::Claimed;
 use crate::domain::breaker::{self, Breaker};
-use crate::domain::budget::{
-    self, BudgetState, Candidate, Decision, RateState, Scope, UsdPolicy, UsdState,
-};
+use crate::domain::budget::{self, BudgetState, Candidate, Decision, RateState, Scope, UsdState};
 use crate::domain::catalog::Catalog;
 use crate::domain::state::sql::*;
 
@@ -629,144 +626,9 @@ pub async fn pause_deployment(
     Ok(())
 }
 
-pub use crate::config::BudgetSettings;
-
-/// Upserts limits for a scope. `source` is `config` (start-up seeding, never overriding a
-/// `cli` row) or `cli` (run-time changes, which win).
-pub async fn set(
-    pool: &PgPool,
-    scope: &Scope,
-    s: &BudgetSettings,
-    source: &str,
-) -> Result<(), DbError> {
-    let (sc, key) = scope.parts();
-    let policy = s
-        .policy
-        .clone()
-        .unwrap_or_else(|| UsdPolicy::Defer.as_str().into());
-    let mut tx = pool.begin().await?;
-    sqlx::query(
-        "INSERT INTO budgets (scope, key, tpm, rpm, batch_enqueued_tokens, daily_usd, monthly_usd, usd_policy, source)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         ON CONFLICT (scope, key) DO UPDATE SET
-            tpm = COALESCE(excluded.tpm, budgets.tpm), rpm = COALESCE(excluded.rpm, budgets.rpm),
-            batch_enqueued_tokens = COALESCE(excluded.batch_enqueued_tokens, budgets.batch_enqueued_tokens),
-            daily_usd = COALESCE(excluded.daily_usd, budgets.daily_usd),
-            monthly_usd = COALESCE(excluded.monthly_usd, budgets.monthly_usd),
-            usd_policy = CASE WHEN $10 THEN excluded.usd_policy ELSE budgets.usd_policy END,
-            source = CASE WHEN budgets.source = 'cli' THEN 'cli' ELSE excluded.source END,
-            updated_at = now()
-         WHERE excluded.source = 'cli' OR budgets.source <> 'cli'",
-    )
-    .bind(sc)
-    .bind(key)
-    .bind(s.tpm)
-    .bind(s.rpm)
-    .bind(s.batch_enqueued_tokens)
-    .bind(s.daily_usd)
-    .bind(s.monthly_usd)
-    .bind(&policy)
-    .bind(source)
-    .bind(s.policy.is_some())
-    .execute(&mut *tx)
-    .await?;
-    if let (Scope::Tenant(t), Some(w)) = (scope, s.weight) {
-        sqlx::query("UPDATE tenants SET weight = $2 WHERE name = $1")
-            .bind(t)
-            .bind(w)
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
-    Ok(())
-}
-
-/// One line of the budget report.
-#[derive(Debug, Clone, Serialize)]
-pub struct BudgetReport {
-    pub scope: String,
-    pub key: String,
-    pub tpm: Option<i64>,
-    pub rpm: Option<i64>,
-    /// Tokens and requests counted in the current 60-second window (reserved or used).
-    pub tokens_in_window: i64,
-    pub requests_in_window: i64,
-    pub daily_usd: Option<Decimal>,
-    pub monthly_usd: Option<Decimal>,
-    pub usd_policy: String,
-    pub spent_today_usd: Decimal,
-    pub spent_month_usd: Decimal,
-    pub held_usd: Decimal,
-    pub paused_until: Option<DateTime<Utc>>,
-    /// When the rate window frees fully, and when the daily and monthly caps reset.
-    pub window_resets_at: DateTime<Utc>,
-    pub day_resets_at: DateTime<Utc>,
-    pub month_resets_at: DateTime<Utc>,
-}
-
-/// The report for every budget, or only those touching `tenant` (its own row and deployments).
-pub async fn report(pool: &PgPool, tenant: Option<&str>) -> Result<Vec<BudgetReport>, DbError> {
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        scope: String,
-        key: String,
-        tpm: Option<i64>,
-        rpm: Option<i64>,
-        daily_usd: Option<Decimal>,
-        monthly_usd: Option<Decimal>,
-        usd_policy: String,
-        paused_until: Option<DateTime<Utc>>,
-        now: DateTime<Utc>,
-        tokens: i64,
-        requests: i64,
-        last_sec: Option<i64>,
-        today: Decimal,
-        month: Decimal,
-        held: Decimal,
-    }
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT b.scope, b.key, b.tpm, b.rpm, b.daily_usd, b.monthly_usd, b.usd_policy, b.paused_until, now() AS now,
-            COALESCE(u.tokens, 0)::bigint AS tokens, COALESCE(u.requests, 0)::bigint AS requests, u.last_sec,
-            COALESCE(s.today, 0) AS today, COALESCE(s.month, 0) AS month, COALESCE(h.held, 0) AS held
-         FROM budgets b
-         LEFT JOIN LATERAL (SELECT sum(tokens) AS tokens, sum(requests) AS requests, max(sec) AS last_sec FROM budget_usage
-             WHERE scope = b.scope AND key = b.key AND sec >= extract(epoch FROM now())::bigint - 60) u ON true
-         LEFT JOIN LATERAL (SELECT sum(usd) FILTER (WHERE day = (now() AT TIME ZONE 'utc')::date) AS today, sum(usd) AS month
-             FROM tenant_spend WHERE b.scope = 'tenant' AND tenant = b.key
-               AND day >= date_trunc('month', now() AT TIME ZONE 'utc')::date) s ON true
-         LEFT JOIN LATERAL (SELECT sum(usd) AS held FROM budget_holds
-             WHERE b.scope = 'tenant' AND tenant = b.key AND expires_at > now()) h ON true
-         WHERE $1::text IS NULL OR (b.scope = 'tenant' AND b.key = $1) OR b.scope = 'deployment'
-         ORDER BY b.scope, b.key",
-    )
-    .bind(tenant)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| BudgetReport {
-            scope: r.scope,
-            key: r.key,
-            tpm: r.tpm,
-            rpm: r.rpm,
-            tokens_in_window: r.tokens,
-            requests_in_window: r.requests,
-            daily_usd: r.daily_usd,
-            monthly_usd: r.monthly_usd,
-            usd_policy: r.usd_policy,
-            spent_today_usd: r.today,
-            spent_month_usd: r.month,
-            held_usd: r.held,
-            paused_until: r.paused_until.filter(|p| *p > r.now),
-            window_resets_at: r
-                .last_sec
-                .and_then(|s| DateTime::from_timestamp(s + budget::WINDOW_SECS + 1, 0))
-                .unwrap_or(r.now),
-            day_resets_at: budget::next_day(r.now),
-            month_resets_at: budget::next_month(r.now),
-        })
-        .collect())
-}
+pub use super::budget_settings::{
+    BudgetReport, BudgetSettings, Limit, clear, report, report_for_tenant, set,
+};
 
 /// Drops usage slots and holds that can no longer count.
 pub async fn prune(pool: &PgPool) -> Result<(), DbError> {

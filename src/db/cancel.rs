@@ -8,6 +8,7 @@
 //! `worker::cancel`) and aborts the provider call. Whatever was already recorded stays. The rows are locked
 //! first, so a cancel racing a claim either wins (the claim skips the job) or sees it running.
 
+use serde_json::json;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::DbError;
@@ -49,12 +50,22 @@ pub async fn cancel_job(
     .await
 }
 
-/// Cancels every unfinished job of a native batch of `tenant`'s; `None` if there is no such
-/// batch. Finished jobs are not listed in the report.
+/// Who cancels a batch, for the `batch.cancel` audit row written in the cancel's transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct CancelAudit<'a> {
+    /// A key id (`key_…`) or `cli:<os user>`.
+    pub actor: &'a str,
+    /// An OpenAI batch's status move (`in_progress` → `cancelling`); `None` for a native batch.
+    pub status: Option<(&'a str, &'a str)>,
+}
+
+/// Cancels every unfinished job of a batch of `tenant`'s; `None` if there is no such batch.
+/// Finished jobs are not listed in the report. The audit row is written when anything changed.
 pub async fn cancel_batch(
     pool: &PgPool,
     tenant: &str,
     batch_id: &str,
+    by: CancelAudit<'_>,
 ) -> Result<Option<CancelReport>, DbError> {
     retry_on_deadlock(|| async {
         let mut tx = pool.begin().await?;
@@ -77,7 +88,28 @@ pub async fn cancel_batch(
         .bind(tenant)
         .fetch_all(&mut *tx)
         .await?;
+        let unfinished = rows.len();
         let report = apply(&mut tx, rows).await?;
+        let (moved, stopping) = (report.cancelled.len(), report.requested.len());
+        if by.status.is_some() || moved + stopping > 0 {
+            let (before, after) = by.status.unwrap_or(if stopping > 0 {
+                ("in_progress", "cancelling")
+            } else {
+                ("in_progress", "cancelled")
+            });
+            super::audit::record(
+                &mut tx,
+                &super::audit::Entry {
+                    actor: by.actor,
+                    action: "batch.cancel",
+                    target: batch_id,
+                    before: Some(json!({"status": before, "unfinished_jobs": unfinished})),
+                    after: Some(json!({"status": after, "cancelled_jobs": moved,
+                        "cancel_requested_jobs": stopping})),
+                },
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(Some(report))
     })

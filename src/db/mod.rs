@@ -5,6 +5,7 @@ pub mod alerts;
 pub mod audit;
 pub mod batch_results;
 pub mod breakers;
+pub mod budget_settings;
 pub mod budgets;
 pub mod cache;
 pub mod cancel;

@@ -77,6 +77,22 @@ pub async fn lock(
         .await
 }
 
+/// The latest run of a schedule (`{"run_id", "fire_time", "trigger", "outcome", "jobs"}`),
+/// for the audit log's "before" of a manual run.
+pub async fn last_run_json(
+    tx: &mut Transaction<'_, Postgres>,
+    name: &str,
+) -> Result<Option<serde_json::Value>, DbError> {
+    sqlx::query_scalar(
+        "SELECT jsonb_build_object('run_id', id, 'fire_time', fire_time, 'trigger', trigger,
+             'outcome', outcome, 'jobs', jobs)
+         FROM schedule_runs WHERE schedule = $1 ORDER BY fire_time DESC, id DESC LIMIT 1",
+    )
+    .bind(name)
+    .fetch_optional(&mut **tx)
+    .await
+}
+
 /// Claims the run of `fire_time`; false when another scheduler already has it.
 pub async fn claim_run(
     tx: &mut Transaction<'_, Postgres>,

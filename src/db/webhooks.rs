@@ -1,13 +1,14 @@
-//! Webhook SQL: tenant endpoints, the per-tenant secret for jobs' `webhook_url`, leasing due
-//! messages and recording each attempt. Events and messages are written by the triggers of
+//! Webhook SQL: tenant endpoints (every change recorded in the audit log in its own
+//! transaction), the per-tenant secret for jobs' `webhook_url`, leasing due messages and
+//! recording each attempt. Events and messages are written by the triggers of
 //! migration `20261129040000_webhooks.sql` (in the transaction of the job change that causes
 //! them); `emit` writes the few that have no job change behind them (tests, notices).
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
-use sqlx::PgPool;
+use serde_json::{Value, json};
+use sqlx::{PgPool, Postgres, Transaction};
 
-use super::DbError;
+use super::{DbError, audit};
 
 /// A tenant's webhook endpoint.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -31,16 +32,68 @@ const ENDPOINT_COLUMNS: &str =
     "id, tenant, name, url, event_types, status, disabled_reason, secret,
     previous_secret, previous_secret_until, created_at, updated_at";
 
-/// Creates an endpoint.
+/// An endpoint as the audit log keeps it: never its secrets, only their hints.
+fn audit_view(e: &Endpoint) -> Value {
+    json!({
+        "tenant": e.tenant,
+        "name": e.name,
+        "url": e.url,
+        "event_types": e.event_types,
+        "status": e.status,
+        "signing_secret_hint": crate::webhooks::sign::hint(&e.secret),
+        "previous_secret_until": e.previous_secret_until,
+    })
+}
+
+/// Records a change of an endpoint (`webhook_endpoint.<verb>`) on `tx`.
+async fn audit(
+    tx: &mut Transaction<'_, Postgres>,
+    actor: &str,
+    verb: &str,
+    id: &str,
+    before: Option<&Endpoint>,
+    after: Option<&Endpoint>,
+) -> Result<(), DbError> {
+    audit::record(
+        tx,
+        &audit::Entry {
+            actor,
+            action: &format!("webhook_endpoint.{verb}"),
+            target: id,
+            before: before.map(audit_view),
+            after: after.map(audit_view),
+        },
+    )
+    .await
+}
+
+/// One of `tenant`'s endpoints, locked until the end of `tx`.
+async fn lock_endpoint(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant: &str,
+    id: &str,
+) -> Result<Option<Endpoint>, DbError> {
+    sqlx::query_as(&format!(
+        "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1 AND tenant = $2 FOR UPDATE"
+    ))
+    .bind(id)
+    .bind(tenant)
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+/// Creates an endpoint; `actor` is recorded in the audit log.
 pub async fn create_endpoint(
     pool: &PgPool,
+    actor: &str,
     tenant: &str,
     name: &str,
     url: &str,
     event_types: &[String],
     secret: &str,
 ) -> Result<Endpoint, DbError> {
-    sqlx::query_as(&format!(
+    let mut tx = pool.begin().await?;
+    let e: Endpoint = sqlx::query_as(&format!(
         "INSERT INTO webhook_endpoints (id, tenant, name, url, event_types, secret)
          VALUES ($1, $2, $3, $4, $5, $6) RETURNING {ENDPOINT_COLUMNS}"
     ))
@@ -50,8 +103,11 @@ pub async fn create_endpoint(
     .bind(url)
     .bind(event_types)
     .bind(secret)
-    .fetch_one(pool)
-    .await
+    .fetch_one(&mut *tx)
+    .await?;
+    audit(&mut tx, actor, "create", &e.id, None, Some(&e)).await?;
+    tx.commit().await?;
+    Ok(e)
 }
 
 /// A page of `tenant`'s endpoints, newest first, after the id `after`.
@@ -88,16 +144,21 @@ pub async fn get_endpoint(
 }
 
 /// Changes the given fields; `None` keeps a field. Re-enables a disabled endpoint whose URL
-/// changes (the address that failed is gone).
+/// changes (the address that failed is gone). `actor` is recorded in the audit log.
 pub async fn update_endpoint(
     pool: &PgPool,
+    actor: &str,
     tenant: &str,
     id: &str,
     name: Option<&str>,
     url: Option<&str>,
     event_types: Option<&[String]>,
 ) -> Result<Option<Endpoint>, DbError> {
-    sqlx::query_as(&format!(
+    let mut tx = pool.begin().await?;
+    let Some(before) = lock_endpoint(&mut tx, tenant, id).await? else {
+        return Ok(None);
+    };
+    let after: Endpoint = sqlx::query_as(&format!(
         "UPDATE webhook_endpoints SET name = COALESCE($3, name), url = COALESCE($4, url),
              event_types = COALESCE($5, event_types),
              status = CASE WHEN $4 IS NOT NULL AND $4 <> url THEN 'enabled' ELSE status END,
@@ -112,36 +173,55 @@ pub async fn update_endpoint(
     .bind(name)
     .bind(url)
     .bind(event_types)
-    .fetch_optional(pool)
-    .await
+    .fetch_one(&mut *tx)
+    .await?;
+    audit(&mut tx, actor, "update", id, Some(&before), Some(&after)).await?;
+    tx.commit().await?;
+    Ok(Some(after))
 }
 
-/// Deletes an endpoint; its pending messages fail. Returns whether it existed.
-pub async fn delete_endpoint(pool: &PgPool, tenant: &str, id: &str) -> Result<bool, DbError> {
-    let deleted: Option<String> = sqlx::query_scalar(
-        "WITH gone AS (DELETE FROM webhook_endpoints WHERE id = $1 AND tenant = $2 RETURNING id),
-              failed AS (UPDATE webhook_messages m SET status = 'failed', finished_at = now(),
-                             last_error = 'endpoint deleted', lease_owner = NULL, lease_until = NULL
-                         FROM gone WHERE m.endpoint_id = gone.id AND m.status = 'pending' RETURNING 1)
-         SELECT id FROM gone",
+/// Deletes an endpoint; its pending messages fail. Returns whether it existed. `actor` is
+/// recorded in the audit log.
+pub async fn delete_endpoint(
+    pool: &PgPool,
+    actor: &str,
+    tenant: &str,
+    id: &str,
+) -> Result<bool, DbError> {
+    let mut tx = pool.begin().await?;
+    let Some(before) = lock_endpoint(&mut tx, tenant, id).await? else {
+        return Ok(false);
+    };
+    sqlx::query(
+        "WITH gone AS (DELETE FROM webhook_endpoints WHERE id = $1 AND tenant = $2 RETURNING id)
+         UPDATE webhook_messages m SET status = 'failed', finished_at = now(),
+             last_error = 'endpoint deleted', lease_owner = NULL, lease_until = NULL
+         FROM gone WHERE m.endpoint_id = gone.id AND m.status = 'pending'",
     )
     .bind(id)
     .bind(tenant)
-    .fetch_optional(pool)
+    .execute(&mut *tx)
     .await?;
-    Ok(deleted.is_some())
+    audit(&mut tx, actor, "delete", id, Some(&before), None).await?;
+    tx.commit().await?;
+    Ok(true)
 }
 
 /// Replaces an endpoint's secret; with `grace`, the old one keeps signing (as a second
-/// signature) until then.
+/// signature) until then. `actor` is recorded in the audit log (with secret hints only).
 pub async fn rotate_endpoint_secret(
     pool: &PgPool,
+    actor: &str,
     tenant: &str,
     id: &str,
     secret: &str,
     grace_until: Option<DateTime<Utc>>,
 ) -> Result<Option<Endpoint>, DbError> {
-    sqlx::query_as(&format!(
+    let mut tx = pool.begin().await?;
+    let Some(before) = lock_endpoint(&mut tx, tenant, id).await? else {
+        return Ok(None);
+    };
+    let after: Endpoint = sqlx::query_as(&format!(
         "UPDATE webhook_endpoints SET
              previous_secret = CASE WHEN $4::timestamptz IS NULL THEN NULL ELSE secret END,
              previous_secret_until = $4, secret = $3, updated_at = now()
@@ -151,8 +231,19 @@ pub async fn rotate_endpoint_secret(
     .bind(tenant)
     .bind(secret)
     .bind(grace_until)
-    .fetch_optional(pool)
-    .await
+    .fetch_one(&mut *tx)
+    .await?;
+    audit(
+        &mut tx,
+        actor,
+        "rotate_secret",
+        id,
+        Some(&before),
+        Some(&after),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some(after))
 }
 
 /// A tenant's secret for jobs' own `webhook_url`: the current one, created from `candidate`
@@ -177,13 +268,22 @@ pub async fn tenant_secret(
     .await
 }
 
-/// Replaces a tenant's `webhook_url` secret (keeping the old one until `grace_until`).
+/// Replaces a tenant's `webhook_url` secret (keeping the old one until `grace_until`), and
+/// records `webhook_secret.rotate` for `actor` with the secrets' hints only.
 pub async fn rotate_tenant_secret(
     pool: &PgPool,
+    actor: &str,
     tenant: &str,
     secret: &str,
     grace_until: Option<DateTime<Utc>>,
 ) -> Result<(), DbError> {
+    let mut tx = pool.begin().await?;
+    let before: Option<String> = sqlx::query_scalar(
+        "SELECT secret FROM webhook_tenant_secrets WHERE tenant = $1 FOR UPDATE",
+    )
+    .bind(tenant)
+    .fetch_optional(&mut *tx)
+    .await?;
     sqlx::query(
         "INSERT INTO webhook_tenant_secrets (tenant, secret) VALUES ($1, $2)
          ON CONFLICT (tenant) DO UPDATE SET
@@ -193,8 +293,23 @@ pub async fn rotate_tenant_secret(
     .bind(tenant)
     .bind(secret)
     .bind(grace_until)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    let hint = crate::webhooks::sign::hint;
+    audit::record(
+        &mut tx,
+        &audit::Entry {
+            actor,
+            action: "webhook_secret.rotate",
+            target: &format!("tenant:{tenant}"),
+            before: before.map(|s| json!({"signing_secret_hint": hint(&s)})),
+            after: Some(
+                json!({"signing_secret_hint": hint(secret), "previous_secret_until": grace_until}),
+            ),
+        },
+    )
+    .await?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -416,13 +531,16 @@ pub async fn disable_failing(
 }
 
 /// Sends `tenant`'s messages finished since `since` round again, with the same ids (so
-/// receivers can tell a replay from a new event). Returns how many.
+/// receivers can tell a replay from a new event), and records `webhook.replay` for `actor`.
+/// Returns how many.
 pub async fn replay(
     pool: &PgPool,
+    actor: &str,
     tenant: &str,
     since: DateTime<Utc>,
     only_failed: bool,
 ) -> Result<u64, DbError> {
+    let mut tx = pool.begin().await?;
     let done = sqlx::query(
         "UPDATE webhook_messages SET status = 'pending', next_attempt_at = now(), attempts = 0,
              created_at = now(), finished_at = NULL, lease_owner = NULL, lease_until = NULL
@@ -432,7 +550,20 @@ pub async fn replay(
     .bind(tenant)
     .bind(since)
     .bind(only_failed)
-    .execute(pool)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    audit::record(
+        &mut tx,
+        &audit::Entry {
+            actor,
+            action: "webhook.replay",
+            target: &format!("tenant:{tenant}"),
+            before: Some(json!({"since": since, "failed_only": only_failed})),
+            after: Some(json!({"messages": done})),
+        },
+    )
     .await?;
-    Ok(done.rows_affected())
+    tx.commit().await?;
+    Ok(done)
 }

@@ -22,6 +22,11 @@ pub struct InputLimits {
     pub max_n: u32,
     /// Furthest deadline, in seconds from the time of submission.
     pub max_deadline_secs: u64,
+    /// Nearest deadline, in seconds from submission, of a job that forces the batch route: the
+    /// batch turnaround the server's config declares (`[routing] batch_turnaround`). 0 (a
+    /// server that does not publish it) checks nothing.
+    #[serde(default)]
+    pub batch_turnaround_secs: u64,
 }
 
 impl Default for InputLimits {
@@ -32,6 +37,7 @@ impl Default for InputLimits {
             max_output_tokens: 131_072,
             max_n: 16,
             max_deadline_secs: 365 * 24 * 3600,
+            batch_turnaround_secs: 0,
         }
     }
 }

@@ -242,6 +242,13 @@ impl JobInput {
             .as_deref()
             .map(|d| parse_deadline(d, now, limits.max_deadline_secs))
             .transpose()?;
+        let turnaround = i64::try_from(limits.batch_turnaround_secs)
+            .ok()
+            .and_then(chrono::Duration::try_seconds)
+            .unwrap_or(chrono::Duration::MAX);
+        if let Some(why) = super::routing::forced_batch_too_soon(route, deadline, now, turnaround) {
+            return Err(FieldError::new("deadline", why));
+        }
         if let Some(url) = &self.webhook_url {
             match url::Url::parse(url) {
                 Ok(u) if u.scheme() == "https" || u.scheme() == "http" => {}

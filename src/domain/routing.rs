@@ -132,9 +132,36 @@ pub fn choose(
     }
 }
 
+/// Why a job that forces the batch route cannot have its deadline: one nearer than the batch
+/// turnaround the config declares would only expire waiting in a provider batch, so it is
+/// refused at submission. `None` when the deadline leaves the turnaround (or the job forces
+/// nothing, has no deadline, or no turnaround is declared).
+pub fn forced_batch_too_soon(
+    requested: RouteRequest,
+    deadline: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    turnaround: Duration,
+) -> Option<String> {
+    let deadline = deadline?;
+    if requested != RouteRequest::Batch || turnaround <= Duration::zero() {
+        return None;
+    }
+    let room = deadline - now;
+    (room < turnaround).then(|| {
+        format!(
+            "is {} away, shorter than the batch turnaround ({}, `[routing] batch_turnaround`) that route `batch` needs, so the job would expire in a provider batch; give a deadline at least {} away, or use route `auto` or `cheap`",
+            human(room.max(Duration::zero())),
+            human(turnaround),
+            human(turnaround)
+        )
+    })
+}
+
 fn human(d: Duration) -> String {
     let m = d.num_minutes();
-    if m >= 120 {
+    if m < 2 {
+        format!("{}s", d.num_seconds())
+    } else if m >= 120 {
         format!("{}h", m / 60)
     } else {
         format!("{m}m")
@@ -266,6 +293,36 @@ mod tests {
             .route,
             Route::Cheap
         );
+    }
+
+    #[test]
+    fn a_forced_batch_route_needs_a_deadline_at_least_the_turnaround_away() {
+        let now = Utc::now();
+        let turnaround = Duration::hours(12);
+        let soon = Some(now + Duration::minutes(10));
+        let why = forced_batch_too_soon(RouteRequest::Batch, soon, now, turnaround).unwrap();
+        assert!(why.contains("10m away") && why.contains("(12h"), "{why}");
+        let seconds = Some(now + Duration::seconds(30));
+        let why = forced_batch_too_soon(RouteRequest::Batch, seconds, now, Duration::seconds(90))
+            .unwrap();
+        assert!(why.contains("30s away") && why.contains("90s"), "{why}");
+        for (requested, deadline, turnaround) in [
+            (
+                RouteRequest::Batch,
+                Some(now + Duration::hours(12)),
+                turnaround,
+            ),
+            (RouteRequest::Batch, None, turnaround),
+            (RouteRequest::Batch, soon, Duration::zero()),
+            (RouteRequest::Auto, soon, turnaround),
+            (RouteRequest::Cheap, soon, turnaround),
+        ] {
+            assert_eq!(
+                forced_batch_too_soon(requested, deadline, now, turnaround),
+                None,
+                "{requested:?} {deadline:?} {turnaround:?}"
+            );
+        }
     }
 
     #[test]

@@ -177,11 +177,13 @@ impl Scheduler {
         }
     }
 
-    /// Runs `s` for `fire_time` now (`sluice schedules run-now`), whether or not it is enabled.
+    /// Runs `s` for `fire_time` now (`sluice schedules run-now`), whether or not it is enabled;
+    /// recorded in the audit log as `actor`'s `schedule.run_now`, in the run's transaction.
     pub async fn run_now(
         &self,
         s: &Schedule,
         now: DateTime<Utc>,
+        actor: &str,
     ) -> Result<Option<RunSummary>, FireError> {
         let definition = serde_json::to_value(&s.def).unwrap_or(Value::Null);
         crate::db::schedules::upsert(
@@ -194,7 +196,8 @@ impl Scheduler {
             now,
         )
         .await?;
-        self.fire(s, now, Trigger::Manual, now).await
+        self.fire_as(s, now, Trigger::Manual, now, Some(actor))
+            .await
     }
 
     /// Fires the run of `fire_time` unless another scheduler did; bounded by `run_timeout`.
@@ -205,10 +208,23 @@ impl Scheduler {
         trigger: Trigger,
         now: DateTime<Utc>,
     ) -> Result<Option<RunSummary>, FireError> {
+        self.fire_as(s, fire_time, trigger, now, None).await
+    }
+
+    /// `fire`, with the audit log's actor of a run an operator asked for.
+    async fn fire_as(
+        &self,
+        s: &Schedule,
+        fire_time: DateTime<Utc>,
+        trigger: Trigger,
+        now: DateTime<Utc>,
+        actor: Option<&str>,
+    ) -> Result<Option<RunSummary>, FireError> {
         let limit = self.config.run_timeout;
-        let summary = tokio::time::timeout(limit, self.fire_inner(s, fire_time, trigger, now))
-            .await
-            .map_err(|_| FireError::Timeout(limit))??;
+        let summary =
+            tokio::time::timeout(limit, self.fire_inner(s, fire_time, trigger, now, actor))
+                .await
+                .map_err(|_| FireError::Timeout(limit))??;
         if let Some(run) = &summary {
             let lag = Utc::now()
                 .signed_duration_since(fire_time)
@@ -230,10 +246,15 @@ impl Scheduler {
         fire_time: DateTime<Utc>,
         trigger: Trigger,
         now: DateTime<Utc>,
+        actor: Option<&str>,
     ) -> Result<Option<RunSummary>, FireError> {
         let name = &s.def.name;
         let mut tx = self.ctx.pool.begin().await?;
         let watermark = crate::db::schedules::lock(&mut tx, name).await?;
+        let last_run = match actor {
+            Some(_) => crate::db::schedules::last_run_json(&mut tx, name).await?,
+            None => None,
+        };
         let run_id = new_id("srun");
         if !crate::db::schedules::claim_run(
             &mut tx,
@@ -277,6 +298,7 @@ impl Scheduler {
                     run.error.as_deref(),
                 )
                 .await?;
+                audit_run(&mut tx, actor, name, last_run, &run).await?;
                 tx.commit().await?;
                 return Ok(Some(run));
             }
@@ -318,15 +340,17 @@ impl Scheduler {
             error.as_deref(),
         )
         .await?;
-        tx.commit().await?;
-        crate::submit::dispatch(&self.ctx, &s.def.tenant, &inserted).await;
-        Ok(Some(RunSummary {
+        let run = RunSummary {
             run_id,
             outcome,
             batch_id,
             jobs: rows.len(),
             error,
-        }))
+        };
+        audit_run(&mut tx, actor, name, last_run, &run).await?;
+        tx.commit().await?;
+        crate::submit::dispatch(&self.ctx, &s.def.tenant, &inserted).await;
+        Ok(Some(run))
     }
 
     async fn collect(
@@ -393,6 +417,32 @@ impl Scheduler {
             .collect();
         (rows, quarantined, files)
     }
+}
+
+/// Records a run an operator asked for (`actor`; none for timetabled runs) as
+/// `schedule.run_now`: the schedule's previous run before, this run after.
+async fn audit_run(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    actor: Option<&str>,
+    name: &str,
+    last_run: Option<Value>,
+    run: &RunSummary,
+) -> Result<(), sqlx::Error> {
+    let Some(actor) = actor else {
+        return Ok(());
+    };
+    crate::db::audit::record(
+        tx,
+        &crate::db::audit::Entry {
+            actor,
+            action: "schedule.run_now",
+            target: &format!("schedule:{name}"),
+            before: Some(json!({"last_run": last_run})),
+            after: Some(json!({"run_id": run.run_id, "outcome": run.outcome,
+                "batch_id": run.batch_id, "jobs": run.jobs, "error": run.error})),
+        },
+    )
+    .await
 }
 
 /// Fills what a job leaves out from its schedule: model, route, deadline, webhook, and tags (the job's own win; `schedule` names the schedule).

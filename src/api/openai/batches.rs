@@ -103,13 +103,18 @@ fn secs(t: Option<DateTime<Utc>>) -> Option<i64> {
 /// The batch object of a batch row and its jobs' totals.
 pub fn batch_object(b: &BatchRecord, s: &BatchSummary) -> BatchObject {
     let n = |k: &str| s.counts.get(k).copied().unwrap_or(0);
+    // A native batch's status comes from its jobs: `cancelling` from a cancel until its running
+    // jobs stop, then `cancelled` (or `completed` if the cancel found nothing left to stop).
     let status = b.status.clone().unwrap_or_else(|| {
         let finished = n("succeeded") + n("failed") + n("cancelled") + n("expired");
-        if s.total > 0 && finished == s.total {
-            "completed".into()
-        } else {
-            "in_progress".into()
+        let done = s.total > 0 && finished == s.total;
+        match (b.cancelled_at.is_some(), done) {
+            (true, true) if n("cancelled") > 0 => "cancelled",
+            (true, false) => "cancelling",
+            (_, true) => "completed",
+            (false, false) => "in_progress",
         }
+        .into()
     });
     let cached: i64 = 0;
     BatchObject {
@@ -315,14 +320,21 @@ pub async fn list(
 
 /// Cancels an OpenAI batch: `cancelling` at once, its unfinished jobs cancelled (running ones
 /// asked to stop); the batch loop moves it to `cancelled` with its files once they all stop.
-/// `None` if `id` is not an OpenAI batch of `tenant`'s that can still be cancelled.
-pub async fn cancel(ctx: &Ctx, tenant: &str, id: &str) -> Result<Option<BatchObject>, ApiError> {
-    if crate::db::openai_batches::request_cancel(&ctx.pool, tenant, id)
-        .await?
-        .is_none()
-    {
+/// `None` if `id` is not an OpenAI batch of `tenant`'s that can still be cancelled. Recorded in
+/// the audit log as `actor`'s `batch.cancel`.
+pub async fn cancel(
+    ctx: &Ctx,
+    actor: &str,
+    tenant: &str,
+    id: &str,
+) -> Result<Option<BatchObject>, ApiError> {
+    let Some(was) = crate::db::openai_batches::request_cancel(&ctx.pool, tenant, id).await? else {
         return Ok(None);
-    }
-    crate::db::cancel::cancel_batch(&ctx.pool, tenant, id).await?;
+    };
+    let by = crate::db::cancel::CancelAudit {
+        actor,
+        status: Some((was.as_str(), "cancelling")),
+    };
+    crate::db::cancel::cancel_batch(&ctx.pool, tenant, id, by).await?;
     load(ctx, tenant, id).await.map(Some)
 }
