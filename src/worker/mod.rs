@@ -24,7 +24,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Acker, Channel};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -36,7 +36,16 @@ use crate::domain::state::sql as job_state;
 /// An attempt's outcome, what it said about its deployment, the delivery to acknowledge, and
 /// the call's registration (kept until the outcome is recorded, so the job never looks like a
 /// stray claim meanwhile).
-type Recorded = (Outcome, Option<Signal>, Acker, cancel::Registration);
+/// The call's slot rides along and is freed only once the outcome is recorded: a new claim
+/// then sees what this call cost and what its provider counted (learned usage), so at most one
+/// wave of calls is ever reserved on stale figures.
+type Recorded = (
+    Outcome,
+    Option<Signal>,
+    Acker,
+    cancel::Registration,
+    Option<OwnedSemaphorePermit>,
+);
 
 /// Where claimed jobs' calls run: tracked tasks, registered for cancellation, whose outcomes
 /// go to the recorder.
@@ -433,8 +442,9 @@ async fn claim_batch(
         runner.tasks.spawn(async move {
             let (outcome, signal) =
                 execute::execute_caught(&ctx, &worker_id, job, claimed_at, call.token()).await;
-            drop(permit);
-            let _ = tx.send((outcome, signal, delivery.acker, call)).await;
+            let _ = tx
+                .send((outcome, signal, delivery.acker, call, Some(permit)))
+                .await;
         });
     }
     let now_sec = chrono::Utc::now().timestamp();
@@ -494,7 +504,7 @@ async fn record_loop(
             return;
         }
         crate::failpoint::hit("worker.after_call_before_record");
-        let outcomes: Vec<Outcome> = buf.iter().map(|(o, _, _, _)| o.clone()).collect();
+        let outcomes: Vec<Outcome> = buf.iter().map(|(o, ..)| o.clone()).collect();
         let recorded: HashSet<String> = record::record_all(&ctx.pool, &worker_id, &outcomes)
             .await
             .into_iter()
@@ -505,10 +515,15 @@ async fn record_loop(
             .filter_map(|o| Some((o.job_id.clone(), o.run_after?)))
             .collect();
         retry_timer::schedule(&ctx, retries, &shutdown);
+        // Recorded: the calls' slots are free for the next claims (before the acknowledgements,
+        // which may wait on a slow broker).
+        for (.., slot) in buf.iter_mut() {
+            slot.take();
+        }
         crate::failpoint::hit("worker.after_record_before_ack");
         let events: Vec<crate::db::breakers::Event> = buf
             .iter()
-            .filter_map(|(o, signal, _, _)| {
+            .filter_map(|(o, signal, ..)| {
                 Some(crate::db::breakers::Event {
                     deployment: o.deployment.clone()?,
                     job_id: o.job_id.clone(),
@@ -516,7 +531,7 @@ async fn record_loop(
                 })
             })
             .collect();
-        for (_, _, acker, _registration) in buf.drain(..) {
+        for (_, _, acker, _registration, _) in buf.drain(..) {
             crate::queue::ack(&acker).await;
         }
         update_breakers(&ctx, &events).await;
