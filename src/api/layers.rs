@@ -127,7 +127,7 @@ fn check_uri(req: &Request<Body>) -> Result<(), FieldError> {
         .unwrap_or_default();
     let names: Vec<&str> = pattern.split('/').collect();
     for (i, segment) in uri.path().split('/').enumerate() {
-        let decoded: Vec<u8> = percent_decode(segment);
+        let decoded: Vec<u8> = percent_encoding::percent_decode_str(segment).collect();
         if decoded.contains(&0) {
             let name = names
                 .get(i)
@@ -152,24 +152,4 @@ fn check_uri(req: &Request<Body>) -> Result<(), FieldError> {
         }
     }
     Ok(())
-}
-
-fn percent_decode(s: &str) -> Vec<u8> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    out
 }

@@ -145,7 +145,6 @@ pub(super) fn cards(text: &str) -> Vec<(usize, usize)> {
             }
         }
         i = j;
-        let _ = start;
         out.extend(cards_in_run(text, &digits, &group_starts));
     }
     out
