@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ChildGuard, TestEnv, job, sluice_cmd, wait_until};
+use common::{TestEnv, job, wait_until};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(60);
@@ -14,31 +14,11 @@ const T: Duration = Duration::from_secs(60);
 async fn a_role_that_keeps_panicking_is_restarted_named_by_readyz_and_the_rest_serve_on() {
     let mut env = TestEnv::new().await;
     let key = env.key("acme").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = tempfile::tempdir().unwrap();
-    env.config.server.listen = format!("127.0.0.1:{port}");
-    let config = env.write_config(dir.path());
-    let _up = ChildGuard(
-        sluice_cmd()
-            .arg("--config")
-            .arg(&config)
-            .arg("up")
-            .env("SLUICE_FAILPOINT", "ingest.start")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let base = format!("http://127.0.0.1:{port}");
+    let up = env
+        .spawn_api("up", &[("SLUICE_FAILPOINT", "ingest.start")], T)
+        .await;
+    let base = up.base.clone();
     let http = reqwest::Client::new();
-    wait_until(T, "the API answers", || async {
-        http.get(format!("{base}/healthz")).send().await.is_ok()
-    })
-    .await;
 
     // Three deaths in a short time: readyz is 503 and says which role, with its restarts.
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Value::Null));

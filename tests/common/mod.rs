@@ -360,6 +360,56 @@ pub async fn wait_exit(
 }
 
 /// A child process that is killed when dropped, so a failing test never leaves workers behind.
+/// A real `sluice <command>` process on a free port, started by [`TestEnv::spawn_api`].
+pub struct ApiProcess {
+    /// Killed when dropped.
+    pub child: ChildGuard,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    _config_dir: tempfile::TempDir,
+}
+
+impl TestEnv {
+    /// Starts `sluice <command>` (`serve`, `up`, …) with this environment's config on a free
+    /// port and the extra environment `vars`, and returns once its `/healthz` answers.
+    pub async fn spawn_api(
+        &mut self,
+        command: &str,
+        vars: &[(&str, &str)],
+        timeout: Duration,
+    ) -> ApiProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        self.config.server.listen = format!("127.0.0.1:{port}");
+        let config = self.write_config(dir.path());
+        let mut cmd = sluice_cmd();
+        cmd.arg("--config")
+            .arg(&config)
+            .arg(command)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let child = ChildGuard(cmd.spawn().unwrap());
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        wait_until(timeout, "the API process answers", || async {
+            http.get(format!("{base}/healthz")).send().await.is_ok()
+        })
+        .await;
+        ApiProcess {
+            child,
+            base,
+            _config_dir: dir,
+        }
+    }
+}
+
 pub struct ChildGuard(pub std::process::Child);
 
 impl std::ops::Deref for ChildGuard {

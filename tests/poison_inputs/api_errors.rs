@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::T;
-use crate::common::{ChildGuard, TestEnv, sluice_cmd, wait_until};
+use crate::common::TestEnv;
 
 /// Asserts a response is an error in OpenAI's shape with a JSON content type.
 async fn assert_json_error(resp: reqwest::Response, status: u16, what: &str) -> Value {
@@ -132,31 +132,11 @@ async fn every_error_the_api_can_give_is_json_in_openais_shape() {
 async fn a_panic_in_a_handler_is_a_json_500_and_the_server_lives_on() {
     let mut env = TestEnv::new().await;
     let key = env.key("acme").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = tempfile::tempdir().unwrap();
-    env.config.server.listen = format!("127.0.0.1:{port}");
-    let config = env.write_config(dir.path());
-    let _api = ChildGuard(
-        sluice_cmd()
-            .arg("--config")
-            .arg(&config)
-            .arg("serve")
-            .env("SLUICE_FAILPOINT", "api.get_job")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let base = format!("http://127.0.0.1:{port}");
+    let api = env
+        .spawn_api("serve", &[("SLUICE_FAILPOINT", "api.get_job")], T)
+        .await;
+    let base = api.base.clone();
     let http = reqwest::Client::new();
-    wait_until(T, "the API process answers", || async {
-        http.get(format!("{base}/healthz")).send().await.is_ok()
-    })
-    .await;
     for _ in 0..3 {
         let resp = http
             .get(format!("{base}/v1/jobs/job_x"))
