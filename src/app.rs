@@ -29,6 +29,8 @@ pub struct Ctx {
     pub keys: KeyCache,
     /// What every supervised role in this process is doing (read by `/readyz`).
     pub health: Health,
+    /// Circuit-breaker signals of synchronous calls, applied in rounds (see `worker::breaker_feed`).
+    pub breaker_feed: crate::worker::breaker_feed::BreakerFeed,
     catalog: RwLock<Arc<Catalog>>,
 }
 
@@ -50,6 +52,7 @@ impl Ctx {
         Ok(Arc::new(Ctx {
             keys: KeyCache::with_admin(pool.clone(), config.admin.key_hash()),
             health: Health::default(),
+            breaker_feed: Default::default(),
             catalog: RwLock::new(Arc::new(catalog)),
             config,
             pool,
@@ -187,6 +190,10 @@ pub async fn start(ctx: Arc<Ctx>, roles: Roles) -> anyhow::Result<Running> {
         api_addr = Some(listener.local_addr()?);
         let router = crate::api::router(ctx.clone(), worker_id.clone());
         serve_supervised(&tracker, &ctx, "api", &shutdown, listener, router)?;
+        let (c, stop) = (ctx.clone(), shutdown.clone());
+        spawn_supervised(&tracker, &ctx, "breaker_feed", &shutdown, move || {
+            c.breaker_feed.clone().run(c.clone(), stop.clone())
+        });
     }
     if !roles.api
         && let Some(addr) = ctx.config.metrics.listen.clone()

@@ -67,14 +67,11 @@ pub async fn run(
                 crate::worker::execute::execute(ctx, worker_id, job, claimed_at, &never).await;
             record(ctx, worker_id, &outcome).await?;
             if let (Some(deployment), Some(signal)) = (outcome.deployment.clone(), signal) {
-                let event = crate::db::breakers::Event {
+                ctx.breaker_feed.send(crate::db::breakers::Event {
                     deployment,
                     job_id: id.clone(),
                     signal,
-                };
-                if let Err(e) = crate::db::breakers::observe(&ctx.pool, &[event], breakers).await {
-                    tracing::warn!(error = %e, "could not update circuit breakers");
-                }
+                });
             }
             match outcome.status {
                 "retry_scheduled" => {

@@ -9,6 +9,7 @@
 //! A worker that dies mid-call leaves its job `running`; the rescuer re-queues it once the
 //! heartbeat stops.
 
+pub mod breaker_feed;
 pub mod cancel;
 pub mod execute;
 pub mod maintenance;
@@ -540,7 +541,7 @@ async fn record_loop(
 
 /// Feeds recorded outcomes to the deployments' circuit breakers (which pause or resume the
 /// deployments whose breaker opened or closed). Best effort: a failure only loses signals.
-async fn update_breakers(ctx: &Ctx, events: &[crate::db::breakers::Event]) {
+pub(crate) async fn update_breakers(ctx: &Ctx, events: &[crate::db::breakers::Event]) {
     match crate::db::breakers::observe(&ctx.pool, events, breaker_settings(ctx)).await {
         Ok(changes) => {
             for (deployment, until) in changes.opened {
