@@ -39,6 +39,10 @@ pub enum BenchCommand {
         /// `sluice worker` processes.
         #[arg(long, default_value_t = 1)]
         workers: usize,
+        /// Submit every job before any worker starts, then start the workers: prints the
+        /// processes' resident memory while the backlog waits and while it drains.
+        #[arg(long)]
+        backlog: bool,
     },
     /// The synchronous path: `POST /v1/chat/completions` through sluice and the mock directly,
     /// at each concurrency; prints requests per second and the latency sluice adds.
@@ -113,7 +117,8 @@ pub async fn run(base: Config, command: BenchCommand) -> anyhow::Result<()> {
             jobs,
             ingest,
             workers,
-        } => e2e::run(config, jobs, ingest, workers).await,
+            backlog,
+        } => e2e::run(config, jobs, ingest, workers, backlog).await,
         BenchCommand::Sync {
             concurrency,
             duration,

@@ -88,6 +88,7 @@ pub async fn run(
     jobs: usize,
     ingest: Ingest,
     workers: usize,
+    backlog: bool,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(jobs > 0, "--jobs must be at least 1");
     anyhow::ensure!(
@@ -137,8 +138,15 @@ pub async fn run(
     let config_path = dir.path().join("sluice.toml");
     std::fs::write(&config_path, toml::to_string(&config)?)?;
     let mut procs = vec![spawn(&config_path, "serve")?];
-    for _ in 0..workers {
-        procs.push(spawn(&config_path, "worker")?);
+    // With --backlog the workers start only once every job waits.
+    let spawn_workers = |procs: &mut Vec<Proc>| -> anyhow::Result<()> {
+        for _ in 0..workers {
+            procs.push(spawn(&config_path, "worker")?);
+        }
+        Ok(())
+    };
+    if !backlog {
+        spawn_workers(&mut procs)?;
     }
     let base = format!("http://{}", config.server.listen);
     wait_ready(&base).await?;
@@ -149,6 +157,7 @@ pub async fn run(
     }
 
     let start = Instant::now();
+    let waiting = RssWatch::start(vec![procs[0].child.id()]);
     let mut submitter_rss = None;
     match ingest {
         Ingest::Http => submit_http(&base, &key, jobs).await?,
@@ -161,7 +170,36 @@ pub async fn run(
         submitted.as_secs_f64(),
         jobs as f64 / submitted.as_secs_f64()
     );
+    let drain_start = Instant::now();
+    if backlog {
+        wait_all_published(&ctx.pool, start, jobs).await?;
+        let (lo, hi) = waiting.finish().await.first().copied().unwrap_or_default();
+        println!(
+            "  backlog: {jobs} jobs recorded and published, none run; serve RSS {lo}–{hi} MB while it grew; starting the workers"
+        );
+        spawn_workers(&mut procs)?;
+        for p in procs.iter_mut().skip(1) {
+            p.cpu_before = cpu_seconds(p.child.id());
+        }
+    } else {
+        waiting.finish().await;
+    }
+    let draining = RssWatch::start(procs.iter().map(|p| p.child.id()).collect());
     wait_all_terminal(&ctx.pool, jobs, start).await?;
+    if backlog {
+        println!(
+            "  backlog drained in {:.1}s ({:.0} jobs/s)",
+            drain_start.elapsed().as_secs_f64(),
+            jobs as f64 / drain_start.elapsed().as_secs_f64()
+        );
+    }
+    for (p, (lo, hi)) in procs.iter().zip(draining.finish().await) {
+        println!(
+            "  {:<7} pid {:>7}: RSS {lo}–{hi} MB while the backlog drained",
+            p.role,
+            p.child.id()
+        );
+    }
     let total = start.elapsed();
     let rate = jobs as f64 / total.as_secs_f64();
 
@@ -365,6 +403,45 @@ wait $pid; rc=$?; echo $peak > "$2"; exit $rc"#,
         .unwrap_or(0))
 }
 
+/// How often completion is polled: a count over a million rows is not free.
+fn poll_every(jobs: usize) -> Duration {
+    if jobs > 100_000 {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_millis(50)
+    }
+}
+
+/// Longest the bench waits: 15 minutes, or longer for runs that need it at 500 jobs/s.
+fn give_up_after(jobs: usize) -> Duration {
+    GIVE_UP_AFTER.max(Duration::from_secs(
+        u64::try_from(jobs / 500).unwrap_or(u64::MAX),
+    ))
+}
+
+/// Waits until every job is recorded and none waits for the relay to publish it.
+async fn wait_all_published(
+    pool: &sqlx::PgPool,
+    start: Instant,
+    jobs: usize,
+) -> anyhow::Result<()> {
+    loop {
+        let (total, unpublished): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE publish_after IS NOT NULL) FROM jobs",
+        )
+        .fetch_one(pool)
+        .await?;
+        if total as usize >= jobs && unpublished == 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            start.elapsed() < give_up_after(jobs),
+            "gave up: {unpublished} of {total} jobs still unpublished"
+        );
+        tokio::time::sleep(poll_every(jobs)).await;
+    }
+}
+
 async fn wait_all_terminal(pool: &sqlx::PgPool, jobs: usize, start: Instant) -> anyhow::Result<()> {
     loop {
         let (total, done): (i64, i64) = sqlx::query_as(
@@ -376,11 +453,11 @@ async fn wait_all_terminal(pool: &sqlx::PgPool, jobs: usize, start: Instant) -> 
             return Ok(());
         }
         anyhow::ensure!(
-            start.elapsed() < GIVE_UP_AFTER,
+            start.elapsed() < give_up_after(jobs),
             "gave up after {:?}: {done} of {jobs} jobs finished",
-            GIVE_UP_AFTER
+            give_up_after(jobs)
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(poll_every(jobs)).await;
     }
 }
 
@@ -545,13 +622,56 @@ fn clock_ticks() -> f64 {
 
 /// Peak resident set size of a live process, in kB.
 fn peak_rss_kb(pid: u32) -> u64 {
+    status_kb(pid, "VmHWM:")
+}
+
+/// A `kB` field of `/proc/PID/status` (0 when the process is gone).
+fn status_kb(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// Resident memory of some processes, sampled every second from `/proc` until stopped.
+struct RssWatch {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Vec<(u64, u64)>>,
+}
+
+impl RssWatch {
+    fn start(pids: Vec<u32>) -> Self {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let token = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut range = vec![(u64::MAX, 0u64); pids.len()];
+            loop {
+                for (slot, pid) in range.iter_mut().zip(&pids) {
+                    let kb = status_kb(*pid, "VmRSS:");
+                    *slot = (slot.0.min(kb), slot.1.max(kb));
+                }
+                tokio::select! {
+                    _ = token.cancelled() => return range,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        });
+        Self { stop, task }
+    }
+
+    /// Lowest and highest RSS of each process, in MB, in the order given.
+    async fn finish(self) -> Vec<(u64, u64)> {
+        self.stop.cancel();
+        self.task
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(lo, hi)| (lo.min(hi) / 1024, hi / 1024))
+            .collect()
+    }
 }
