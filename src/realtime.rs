@@ -42,24 +42,32 @@ pub async fn run(
     budget_wait: Duration,
 ) -> anyhow::Result<RunEnd> {
     let id = row.id.clone();
+    let ids = [id.clone()];
+    let breakers = crate::worker::breaker_settings(ctx);
+    // The job and its first claim commit together (one commit instead of two).
     let mut tx = ctx.pool.begin().await?;
     // The relay's safety net, set past any run: a crash leaves the job to the workers.
     let hold = budget_wait.saturating_add(RUN_AT_MOST);
     crate::db::jobs::insert_jobs(&mut tx, tenant, None, std::slice::from_ref(&row), hold).await?;
+    let first =
+        crate::db::budgets::claim_in(&mut tx, &ids, worker_id, &ctx.catalog(), breakers).await?;
     tx.commit().await?;
+    let mut first = Some(first);
 
     let started = Instant::now();
     let give_up_budget = started + budget_wait;
     let give_up = started + budget_wait + RUN_AT_MOST;
-    let ids = [id.clone()];
     loop {
         if Instant::now() > give_up {
             anyhow::bail!("job {id} did not finish within {RUN_AT_MOST:?}");
         }
-        let catalog = ctx.catalog();
-        let breakers = crate::worker::breaker_settings(ctx);
-        let mut claim =
-            crate::db::budgets::claim(&ctx.pool, &ids, worker_id, &catalog, breakers).await?;
+        let mut claim = match first.take() {
+            Some(claim) => claim,
+            None => {
+                let catalog = ctx.catalog();
+                crate::db::budgets::claim(&ctx.pool, &ids, worker_id, &catalog, breakers).await?
+            }
+        };
         if let Some(job) = claim.claimed.pop() {
             let claimed_at = Instant::now();
             let never = CancellationToken::new();

@@ -652,8 +652,11 @@ impl RssWatch {
             let mut range = vec![(u64::MAX, 0u64); pids.len()];
             loop {
                 for (slot, pid) in range.iter_mut().zip(&pids) {
+                    // 0: not started yet, or gone.
                     let kb = status_kb(*pid, "VmRSS:");
-                    *slot = (slot.0.min(kb), slot.1.max(kb));
+                    if kb > 0 {
+                        *slot = (slot.0.min(kb), slot.1.max(kb));
+                    }
                 }
                 tokio::select! {
                     _ = token.cancelled() => return range,

@@ -44,6 +44,8 @@ struct CandidateRow {
     cancel_requested: bool,
     /// No attempt of this job has failed yet (a better circuit-breaker probe).
     fresh: bool,
+    /// The database's clock, the one every budget window is counted in.
+    now: DateTime<Utc>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -76,26 +78,38 @@ pub async fn claim(
     breakers: breaker::Settings,
 ) -> Result<ClaimOutcome, DbError> {
     let mut tx = pool.begin().await?;
-    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
-        .fetch_one(&mut *tx)
-        .await?;
+    let out = claim_in(&mut tx, ids, worker, catalog, breakers).await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// [`claim`] inside the caller's transaction (the synchronous path inserts its job and claims
+/// it in one commit). Budget rows stay locked until that transaction ends.
+pub async fn claim_in(
+    tx: &mut Transaction<'_, Postgres>,
+    ids: &[String],
+    worker: &str,
+    catalog: &Catalog,
+    breakers: breaker::Settings,
+) -> Result<ClaimOutcome, DbError> {
     let rows: Vec<CandidateRow> = sqlx::query_as(
         &format!("SELECT j.id, j.tenant, j.deployments->>j.deployment_index AS deployment, j.deployments,
             j.deployment_index, j.est_prompt_tokens,
             j.max_tokens, j.priority, t.weight, j.cancel_requested_at IS NOT NULL AS cancel_requested,
-            COALESCE(jsonb_array_length(j.errors), 0) = 0 AS fresh
+            COALESCE(jsonb_array_length(j.errors), 0) = 0 AS fresh, now() AS now
          FROM jobs j JOIN tenants t ON t.name = j.tenant
          WHERE j.id = ANY($1) AND j.status = '{QUEUED}'
          ORDER BY j.id
          FOR UPDATE OF j"),
     )
     .bind(ids)
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut **tx)
     .await?;
+    let now = rows.first().map_or_else(Utc::now, |r| r.now);
     let (cancel, rows): (Vec<CandidateRow>, Vec<CandidateRow>) =
         rows.into_iter().partition(|r| r.cancel_requested);
     let cancel: Vec<&str> = cancel.iter().map(|r| r.id.as_str()).collect();
-    let cancelled = super::cancel::cancel_requeued(&mut tx, &cancel).await?;
+    let cancelled = super::cancel::cancel_requeued(tx, &cancel).await?;
     // Admission order is the fairness order: tenants interleaved by weight, priority within.
     let keys: Vec<(&str, i64, i16, &str)> = rows
         .iter()
@@ -112,14 +126,13 @@ pub async fn claim(
     let mut slots: Vec<Option<CandidateRow>> = rows.into_iter().map(Some).collect();
     let rows: Vec<CandidateRow> = order.into_iter().filter_map(|i| slots[i].take()).collect();
     if rows.is_empty() {
-        tx.commit().await?;
         return Ok(ClaimOutcome {
             cancelled,
             ..ClaimOutcome::default()
         });
     }
-    let (mut state, probing, tripped) = load_state(&mut tx, &rows, now, breakers).await?;
-    let learned = learned_usage(&mut tx, &rows).await?;
+    let (mut state, probing, tripped) = load_state(tx, &rows, now, breakers).await?;
+    let learned = learned_usage(tx, &rows).await?;
     let candidates: Vec<Candidate> = rows
         .iter()
         .map(|r| candidate(r, catalog, now, &learned))
@@ -131,7 +144,7 @@ pub async fn claim(
             .zip(&candidates)
             .map(|(r, c)| (r.id.as_str(), c.deployment.as_str(), r.fresh))
             .collect();
-        super::breakers::grant_probes(&mut tx, &jobs, &probing, &mut decisions, now, breakers)
+        super::breakers::grant_probes(tx, &jobs, &probing, &mut decisions, now, breakers)
             .await?;
     }
 
@@ -233,7 +246,7 @@ pub async fn claim(
         .bind(&ds)
         .bind(&ts)
         .bind(&ws)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
     }
     if !usage.is_empty() {
@@ -258,7 +271,7 @@ pub async fn claim(
         .bind(sec)
         .bind(&tokens)
         .bind(&requests)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
     }
     if !hold_ids.is_empty() {
@@ -270,7 +283,7 @@ pub async fn claim(
         .bind(&hold_ids)
         .bind(&hold_tenants)
         .bind(&hold_usd)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
     }
     if !admit_ids.is_empty() {
@@ -288,7 +301,7 @@ pub async fn claim(
         .bind(worker)
         .bind(&admit_tokens)
         .bind(sec)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut **tx)
         .await?;
     }
     if !fallbacks.is_empty() {
@@ -306,11 +319,10 @@ pub async fn claim(
         .bind(&ids)
         .bind(&next)
         .bind(&entries)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
     }
-    out.rejected = reject(&mut tx, &rejected, now).await?;
-    tx.commit().await?;
+    out.rejected = reject(tx, &rejected, now).await?;
     Ok(out)
 }
 

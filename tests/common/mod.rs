@@ -451,6 +451,7 @@ where
 }
 
 /// A small HTTP client for one running API with one key.
+#[derive(Clone)]
 pub struct Client {
     pub http: reqwest::Client,
     pub base: String,

@@ -257,3 +257,42 @@ async fn a_deployment_failing_every_call_opens_its_breaker_once_the_window_has_e
     app.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn synchronous_calls_feed_the_breaker_in_rounds_and_a_signal_the_database_refuses_does_not_stop_the_feed()
+ {
+    let env = env_with_breakers(Duration::from_secs(60)).await;
+    let app = env
+        .start(sluice::app::Roles {
+            api: true,
+            ..Default::default()
+        })
+        .await;
+    let c = Client::new(&app, &env.key("acme").await);
+    // Poison first: a deployment name Postgres cannot store (a NUL byte) fails its round.
+    app.ctx.breaker_feed.send(sluice::db::breakers::Event {
+        deployment: "openai/bad\0name".into(),
+        job_id: "job_poison".into(),
+        signal: sluice::domain::breaker::Signal::Failure,
+    });
+    // Failing synchronous calls: their signals still reach the deployment's breaker.
+    for i in 0..2 {
+        let c = c.clone();
+        tokio::spawn(async move {
+            let body = serde_json::json!({"model": DEPLOYMENT, "max_tokens": 8,
+                "messages": [{"role": "user", "content": format!("down {i} [[mock:status=503]]")}]});
+            c.post("/v1/chat/completions", &body, None).await
+        });
+    }
+    wait_until(
+        T,
+        "the synchronous calls' failures open the breaker",
+        || async { matches!(breaker(&env).await, Some((s, _, Some(_))) if s == "open") },
+    )
+    .await;
+    let (status, ready) = c.get("/readyz").await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["roles"]["breaker_feed"]["up"], true, "{ready}");
+    assert_eq!(ready["roles"]["breaker_feed"]["restarts"], 0, "{ready}");
+    env.cleanup().await;
+}
