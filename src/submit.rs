@@ -168,6 +168,7 @@ pub fn to_row(
         premium: premium.map(|p| p.to_string()),
         cache_ttl_secs: cache_ttl.map(|d| i32::try_from(d.as_secs()).unwrap_or(i32::MAX)),
         redactions: Value::Object(Default::default()),
+        api_key_id: None,
     })
 }
 
