@@ -24,6 +24,8 @@ mod key_limits;
 mod keys;
 #[path = "governance/redaction.rs"]
 mod redaction;
+#[path = "governance/restore.rs"]
+mod restore;
 #[path = "governance/retention.rs"]
 mod retention;
 

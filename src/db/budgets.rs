@@ -281,7 +281,8 @@ pub async fn claim(
              WHERE j.id = x.id AND j.status = '{QUEUED}'
              RETURNING j.id, j.tenant, j.model, j.deployments, j.deployment, j.request, j.route, j.attempt,
                 j.max_attempts, j.deadline, j.deployment_index, j.deployment_attempts, j.max_tokens,
-                j.est_prompt_tokens, j.premium, j.cache_ttl_secs, j.custom_id, j.repair_note"),
+                j.est_prompt_tokens, j.premium, j.cache_ttl_secs, j.custom_id, j.repair_note,
+                j.mask_on_send"),
         )
         .bind(&admit_ids)
         .bind(worker)

@@ -37,6 +37,8 @@ pub struct NewJobRow {
     pub cache_ttl_secs: Option<i32>,
     /// Matches per PII detector (never the values), e.g. `{"card": 2}`.
     pub redactions: Value,
+    /// Stored as submitted, masked whenever it is sent (a redaction policy with `restore`).
+    pub mask_on_send: bool,
     /// The API key that submitted the job (`None`: AMQP, schedules); its limits apply.
     pub api_key_id: Option<String>,
 }
@@ -155,18 +157,18 @@ pub async fn insert_jobs(
         "INSERT INTO jobs (id, tenant, batch_id, custom_id, idempotency_key, model, deployments, deployment_index,
             request, tags, route_requested, route, route_reason, deadline, webhook_url, priority, max_tokens,
             max_attempts, est_prompt_tokens, premium, cache_ttl_secs, deployment, publish_after, redactions,
-            api_key_id)
+            mask_on_send, api_key_id)
          SELECT x.id, $1, $2, x.custom_id, x.idempotency_key, x.model, x.deployments, x.deployment_index,
             x.request, x.tags, x.route_requested, x.route, x.route_reason, x.deadline, x.webhook_url, x.priority,
             x.max_tokens, x.max_attempts, x.est_prompt_tokens, x.premium, x.cache_ttl_secs,
             x.deployments->>x.deployment_index,
             CASE WHEN x.route = 'batch' THEN NULL ELSE now() + make_interval(secs => $4) END,
-            COALESCE(x.redactions, '{}'), x.api_key_id
+            COALESCE(x.redactions, '{}'), COALESCE(x.mask_on_send, false), x.api_key_id
          FROM jsonb_to_recordset($3) AS x(id text, custom_id text, idempotency_key text, model text,
             deployments jsonb, deployment_index integer, request jsonb, tags jsonb, route_requested text,
             route text, route_reason text, deadline timestamptz, webhook_url text, priority smallint,
             max_tokens integer, max_attempts integer, est_prompt_tokens integer, premium text,
-            cache_ttl_secs integer, redactions jsonb, api_key_id text)
+            cache_ttl_secs integer, redactions jsonb, mask_on_send boolean, api_key_id text)
          ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
          RETURNING id",
     )
@@ -319,6 +321,9 @@ pub struct Claimed {
     /// A schema-validation error of the previous answer, sent along as a repair message.
     #[sqlx(default)]
     pub repair_note: Option<String>,
+    /// Masked whenever it is sent, its answer restored (a redaction policy with `restore`).
+    #[sqlx(default)]
+    pub mask_on_send: bool,
 }
 
 /// The recorded result of one claimed job: its next state, and the ledger row of the upstream
