@@ -28,6 +28,8 @@ mod redaction;
 mod restore;
 #[path = "governance/retention.rs"]
 mod retention;
+#[path = "governance/webhooks_admin.rs"]
+mod webhooks_admin;
 
 use std::time::Duration;
 

@@ -3,6 +3,7 @@
 
 mod admin;
 mod admin_budgets;
+mod admin_webhooks;
 mod batches;
 mod budgets;
 mod cancel;
@@ -108,6 +109,7 @@ pub fn router(ctx: Arc<Ctx>, worker_id: String) -> Router {
         .route("/v1/chat/completions", post(openai::chat::create))
         .merge(admin::routes())
         .merge(admin_budgets::routes())
+        .merge(admin_webhooks::routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::Extension(openai::chat::ApiWorker(worker_id)))
