@@ -64,12 +64,13 @@ pub fn prepare_one(
     let mut input = JobInput::from_value(raw)?;
     apply_rules(&ctx.config, tenant, &mut input);
     let mut job = input.validate(catalog, limits(&ctx.config), now)?;
-    let redactions = ctx
+    let applied = ctx
         .config
         .redaction
         .apply(tenant, &job.model, &mut job.request)?;
     let mut row = to_row(&ctx.config, catalog, job, now)?;
-    row.redactions = redactions;
+    row.redactions = applied.counts;
+    row.mask_on_send = applied.mask_on_send;
     Ok(row)
 }
 
@@ -168,6 +169,8 @@ pub fn to_row(
         premium: premium.map(|p| p.to_string()),
         cache_ttl_secs: cache_ttl.map(|d| i32::try_from(d.as_secs()).unwrap_or(i32::MAX)),
         redactions: Value::Object(Default::default()),
+        mask_on_send: false,
+        api_key_id: None,
     })
 }
 

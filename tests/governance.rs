@@ -1,6 +1,7 @@
 //! End-to-end tests of governance against real Postgres and RabbitMQ: keys with scopes, expiry,
-//! revocation and rotation across app instances; the admin API; the audit log; PII redaction;
-//! the operator's CLI (batches, budgets) and the batch route's deadline check.
+//! revocation and rotation across app instances; per-key limits; the admin API; the audit log;
+//! PII redaction and restoring masked values; the operator's CLI (batches, budgets, webhooks)
+//! and the batch route's deadline check.
 //! One file per concern under `tests/governance/`.
 
 mod common;
@@ -17,12 +18,18 @@ mod batches_list;
 mod budgets_clear;
 #[path = "governance/cli.rs"]
 mod cli;
+#[path = "governance/key_limits.rs"]
+mod key_limits;
 #[path = "governance/keys.rs"]
 mod keys;
 #[path = "governance/redaction.rs"]
 mod redaction;
+#[path = "governance/restore.rs"]
+mod restore;
 #[path = "governance/retention.rs"]
 mod retention;
+#[path = "governance/webhooks_admin.rs"]
+mod webhooks_admin;
 
 use std::time::Duration;
 

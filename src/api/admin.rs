@@ -1,9 +1,12 @@
 //! The operator's admin API under `/v1/admin/…`, open only to the admin key (`SLUICE_ADMIN_KEY`):
-//! tenants (list, create, disable), keys (create, list, revoke, rotate) and budgets (get, set).
-//! Every change is recorded in the audit log with the actor `admin-key`.
+//! tenants (list, create, disable), keys (create with their own rpm/tpm, list, revoke, rotate)
+//! here; budgets of deployments, tenants and keys (get, set, clear) in `super::admin_budgets`
+//! and tenants' webhook endpoints in `super::admin_webhooks`. Every change is recorded in the audit log with the actor
+//! `admin-key`; every error is in OpenAI's shape, malformed bodies included.
 
 use std::sync::Arc;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::routing::{get, post};
@@ -16,7 +19,6 @@ use crate::app::Ctx;
 use crate::auth::http::{AuthError, authenticate};
 use crate::auth::{Principal, Scope};
 use crate::db::{audit, keys, tenants};
-use crate::domain::budget::Scope as BudgetScope;
 
 /// The routes of the admin API.
 pub fn routes() -> Router<Arc<Ctx>> {
@@ -26,7 +28,12 @@ pub fn routes() -> Router<Arc<Ctx>> {
         .route("/v1/admin/keys", get(list_keys).post(create_key))
         .route("/v1/admin/keys/{id}/revoke", post(revoke_key))
         .route("/v1/admin/keys/{id}/rotate", post(rotate_key))
-        .route("/v1/admin/budgets", get(list_budgets).post(set_budget))
+}
+
+/// A JSON body, or a 400 in OpenAI's shape naming what is wrong with it.
+pub(super) fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    b.map(|Json(v)| v)
+        .map_err(|e| ApiError::bad(format!("invalid request body: {}", e.body_text())))
 }
 
 /// A request made with the admin key.
@@ -116,8 +123,9 @@ struct NewTenant {
 async fn create_tenant(
     State(ctx): State<Arc<Ctx>>,
     AdminCaller(actor): AdminCaller,
-    Json(body): Json<NewTenant>,
+    b: Result<Json<NewTenant>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let body = body(b)?;
     valid_tenant(&body.name)?;
     if !tenants::create(&ctx.pool, &body.name, &actor).await? {
         return Err(ApiError::Conflict(format!(
@@ -165,6 +173,20 @@ struct NewKeyBody {
     scopes: Option<Vec<String>>,
     /// e.g. `90d`.
     expires_in: Option<String>,
+    /// The key's own requests and tokens per minute.
+    rpm: Option<i64>,
+    tpm: Option<i64>,
+}
+
+/// Refuses a limit that is not a positive number, naming the field.
+fn positive(field: &str, v: Option<i64>) -> Result<(), ApiError> {
+    match v {
+        Some(n) if n <= 0 => Err(ApiError::BadRequest {
+            message: format!("{field} must be a positive number (leave it out for no limit)"),
+            param: Some(field.into()),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Parses a duration such as `90d` or `24h`, naming the field on failure.
@@ -181,9 +203,12 @@ pub fn parse_span(field: &str, s: &str) -> Result<chrono::Duration, ApiError> {
 async fn create_key(
     State(ctx): State<Arc<Ctx>>,
     AdminCaller(actor): AdminCaller,
-    Json(body): Json<NewKeyBody>,
+    b: Result<Json<NewKeyBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let body = body(b)?;
     valid_tenant(&body.tenant)?;
+    positive("rpm", body.rpm)?;
+    positive("tpm", body.tpm)?;
     let scopes = match &body.scopes {
         None => vec![
             "submit".to_string(),
@@ -207,11 +232,14 @@ async fn create_key(
         name: body.name,
         scopes,
         expires_in,
+        rpm: body.rpm,
+        tpm: body.tpm,
     };
     let created = keys::create(&ctx.pool, &new, &actor).await?;
     Ok(Json(
         json!({"id": created.id, "tenant": created.tenant, "key": created.key,
-        "scopes": new.scopes, "tenant_created": created.tenant_created}),
+        "scopes": new.scopes, "rpm": new.rpm, "tpm": new.tpm,
+        "tenant_created": created.tenant_created}),
     ))
 }
 
@@ -250,56 +278,4 @@ async fn rotate_key(
         Err(keys::RotateError::Db(e)) => Err(e.into()),
         Err(e) => Err(ApiError::bad(e.to_string())),
     }
-}
-
-async fn list_budgets(
-    State(ctx): State<Arc<Ctx>>,
-    _a: AdminCaller,
-) -> Result<Json<Value>, ApiError> {
-    let rows = crate::db::budgets::report(&ctx.pool, None).await?;
-    Ok(Json(json!({"object": "list", "data": rows})))
-}
-
-#[derive(Deserialize)]
-struct BudgetBody {
-    tenant: Option<String>,
-    deployment: Option<String>,
-    #[serde(flatten)]
-    settings: crate::config::BudgetSettings,
-}
-
-async fn set_budget(
-    State(ctx): State<Arc<Ctx>>,
-    AdminCaller(actor): AdminCaller,
-    Json(body): Json<BudgetBody>,
-) -> Result<Json<Value>, ApiError> {
-    let scope = match (body.tenant, body.deployment) {
-        (Some(t), None) => {
-            if !tenants::exists(&ctx.pool, &t).await? {
-                return Err(ApiError::NotFound(format!("no tenant named `{t}`")));
-            }
-            BudgetScope::Tenant(t)
-        }
-        (None, Some(d)) => BudgetScope::Deployment(d),
-        _ => {
-            return Err(ApiError::bad(
-                "name exactly one of `tenant` or `deployment`",
-            ));
-        }
-    };
-    let s = &body.settings;
-    let negative_int = [s.tpm, s.rpm, s.batch_enqueued_tokens]
-        .iter()
-        .any(|v| v.is_some_and(|v| v <= 0));
-    let negative_usd = [s.daily_usd, s.monthly_usd]
-        .iter()
-        .any(|v| v.is_some_and(|v| v.is_sign_negative()));
-    if negative_int || negative_usd {
-        return Err(ApiError::bad(
-            "limits must be positive numbers (USD caps may be 0)",
-        ));
-    }
-    audit::set_budget(&ctx.pool, &scope, s, &actor).await?;
-    let (sc, key) = scope.parts();
-    Ok(Json(json!({"scope": sc, "key": key, "updated": true})))
 }

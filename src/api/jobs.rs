@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{ApiError, Tenant};
+use super::{ApiError, Submitter, Tenant};
 use crate::app::Ctx;
 use crate::db::jobs::{Inserted, JobFilter, JobRow};
 use crate::domain::job::JobStatus;
@@ -43,7 +43,7 @@ pub fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<(Bytes, Value),
     security(("bearer" = [])))]
 pub async fn create(
     State(ctx): State<Arc<Ctx>>,
-    Tenant(tenant): Tenant,
+    Submitter { tenant, key_id }: Submitter,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -62,7 +62,10 @@ pub async fn create(
     let (inputs, batch_id, metadata, many) =
         split_submission(value, ctx.config.limits.max_jobs_per_request)?;
     let now = chrono::Utc::now();
-    let rows = crate::submit::prepare(&ctx, &tenant, inputs, now)?;
+    let mut rows = crate::submit::prepare(&ctx, &tenant, inputs, now)?;
+    for r in &mut rows {
+        r.api_key_id = Some(key_id.clone());
+    }
     let unfit = crate::submit::never_fitting(&ctx, &tenant, &rows, now).await?;
     if let Some((i, e)) = unfit
         .into_iter()

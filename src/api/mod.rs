@@ -2,6 +2,8 @@
 //! tenant API key, and every query is scoped to that tenant.
 
 mod admin;
+mod admin_budgets;
+mod admin_webhooks;
 mod batches;
 mod budgets;
 mod cancel;
@@ -106,6 +108,8 @@ pub fn router(ctx: Arc<Ctx>, worker_id: String) -> Router {
         )
         .route("/v1/chat/completions", post(openai::chat::create))
         .merge(admin::routes())
+        .merge(admin_budgets::routes())
+        .merge(admin_webhooks::routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::Extension(openai::chat::ApiWorker(worker_id)))
@@ -151,6 +155,30 @@ impl FromRequestParts<Arc<Ctx>> for Tenant {
     ) -> Result<Self, Self::Rejection> {
         match crate::auth::http::authenticate(&ctx.keys, parts).await? {
             crate::auth::Principal::Key { tenant, .. } => Ok(Tenant(tenant)),
+            crate::auth::Principal::Admin => Err(crate::auth::http::AuthError::Forbidden(
+                "the admin key manages sluice under /v1/admin/…; use a tenant key for this".into(),
+            )),
+        }
+    }
+}
+
+/// A tenant-key request that submits work: the tenant, and the key's id, which every job it
+/// submits records so the key's own limits (`budgets` rows with `scope = 'key'`) apply.
+#[derive(Debug, Clone)]
+pub struct Submitter {
+    pub tenant: String,
+    pub key_id: String,
+}
+
+impl FromRequestParts<Arc<Ctx>> for Submitter {
+    type Rejection = crate::auth::http::AuthError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        ctx: &Arc<Ctx>,
+    ) -> Result<Self, Self::Rejection> {
+        match crate::auth::http::authenticate(&ctx.keys, parts).await? {
+            crate::auth::Principal::Key { id, tenant, .. } => Ok(Submitter { tenant, key_id: id }),
             crate::auth::Principal::Admin => Err(crate::auth::http::AuthError::Forbidden(
                 "the admin key manages sluice under /v1/admin/…; use a tenant key for this".into(),
             )),

@@ -2,7 +2,9 @@
 //! the official SDK's `client.webhooks.create / retrieve / update / list / delete /
 //! rotate_secret / test` work against sluice. `signing_secret` is returned only by create and
 //! rotate_secret; every other view carries `signing_secret_hint`. Every change is recorded in
-//! the audit log with the key id that made it.
+//! the audit log with the key id that made it. The operator's admin key manages any tenant's
+//! endpoints under `/v1/admin/tenants/{tenant}/webhook_endpoints` (`super::admin_webhooks`)
+//! through the same functions, recorded as `admin-key`.
 
 use std::sync::Arc;
 
@@ -119,11 +121,21 @@ pub async fn create(
     Caller { tenant, actor }: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    create_for(&ctx, &tenant, &actor, body).await
+}
+
+/// Creates an endpoint of `tenant`'s, recorded as `actor`.
+pub(super) async fn create_for(
+    ctx: &Ctx,
+    tenant: &str,
+    actor: &str,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
     let b: EndpointBody = object(body)?;
     let url = b
         .url
         .ok_or_else(|| bad_param("url is required".into(), "url"))?;
-    check_url(&ctx, &url)?;
+    check_url(ctx, &url)?;
     let types = b
         .event_types
         .ok_or_else(|| bad_param("event_types is required".into(), "event_types"))?;
@@ -131,8 +143,8 @@ pub async fn create(
     let name = b.name.unwrap_or_default();
     let e = db::create_endpoint(
         &ctx.pool,
-        &actor,
-        &tenant,
+        actor,
+        tenant,
         &name,
         &url,
         &types,
@@ -156,12 +168,21 @@ pub async fn list(
     Tenant(tenant): Tenant,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    list_for(&ctx, &tenant, query).await
+}
+
+/// A page of `tenant`'s endpoints.
+pub(super) async fn list_for(
+    ctx: &Ctx,
+    tenant: &str,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad(e.body_text()))?;
     let limit = q.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
         return Err(bad_param("limit must be between 1 and 100".into(), "limit"));
     }
-    let mut rows = db::list_endpoints(&ctx.pool, &tenant, q.after.as_deref(), limit + 1).await?;
+    let mut rows = db::list_endpoints(&ctx.pool, tenant, q.after.as_deref(), limit + 1).await?;
     let has_more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     Ok(Json(json!({
@@ -179,9 +200,18 @@ pub async fn retrieve(
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let e = db::get_endpoint(&ctx.pool, &tenant, &id)
+    retrieve_for(&ctx, &tenant, &id).await
+}
+
+/// One of `tenant`'s endpoints.
+pub(super) async fn retrieve_for(
+    ctx: &Ctx,
+    tenant: &str,
+    id: &str,
+) -> Result<Json<Value>, ApiError> {
+    let e = db::get_endpoint(&ctx.pool, tenant, id)
         .await?
-        .ok_or_else(|| not_found(&id))?;
+        .ok_or_else(|| not_found(id))?;
     Ok(Json(view(&e, false)))
 }
 
@@ -192,24 +222,33 @@ pub async fn update(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    update_for(&ctx, &tenant, &actor, &id, body).await
+}
+
+/// Changes one of `tenant`'s endpoints, recorded as `actor`.
+pub(super) async fn update_for(
+    ctx: &Ctx,
+    tenant: &str,
+    actor: &str,
+    id: &str,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
     let b: EndpointBody = object(body)?;
     if let Some(u) = &b.url {
-        check_url(&ctx, u)?;
+        check_url(ctx, u)?;
     }
     if let Some(t) = &b.event_types {
         check_event_types(t)?;
     }
-    let e = db::update_endpoint(
-        &ctx.pool,
-        &actor,
-        &tenant,
-        &id,
-        b.name.as_deref(),
-        b.url.as_deref(),
-        b.event_types.as_deref(),
-    )
-    .await?
-    .ok_or_else(|| not_found(&id))?;
+    let change = db::EndpointChange {
+        name: b.name.as_deref(),
+        url: b.url.as_deref(),
+        event_types: b.event_types.as_deref(),
+        enabled: None,
+    };
+    let e = db::update_endpoint(&ctx.pool, actor, tenant, id, &change)
+        .await?
+        .ok_or_else(|| not_found(id))?;
     Ok(Json(view(&e, false)))
 }
 
@@ -219,8 +258,18 @@ pub async fn delete(
     Caller { tenant, actor }: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    if !db::delete_endpoint(&ctx.pool, &actor, &tenant, &id).await? {
-        return Err(not_found(&id));
+    delete_for(&ctx, &tenant, &actor, &id).await
+}
+
+/// Deletes one of `tenant`'s endpoints, recorded as `actor`.
+pub(super) async fn delete_for(
+    ctx: &Ctx,
+    tenant: &str,
+    actor: &str,
+    id: &str,
+) -> Result<Json<Value>, ApiError> {
+    if !db::delete_endpoint(&ctx.pool, actor, tenant, id).await? {
+        return Err(not_found(id));
     }
     Ok(Json(
         json!({"id": id, "object": "webhook_endpoint.deleted", "deleted": true}),
@@ -243,13 +292,24 @@ pub async fn rotate_secret(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    rotate_secret_for(&ctx, &tenant, &actor, &id, body).await
+}
+
+/// Gives one of `tenant`'s endpoints a new secret, recorded as `actor`.
+pub(super) async fn rotate_secret_for(
+    ctx: &Ctx,
+    tenant: &str,
+    actor: &str,
+    id: &str,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
     let b: RotateBody = object(body)?;
     let grace = b
         .keep_old_secret_active_for_24_hours
         .then(|| chrono::Utc::now() + chrono::Duration::hours(24));
-    let e = db::rotate_endpoint_secret(&ctx.pool, &actor, &tenant, &id, &sign::new_secret(), grace)
+    let e = db::rotate_endpoint_secret(&ctx.pool, actor, tenant, id, &sign::new_secret(), grace)
         .await?
-        .ok_or_else(|| not_found(&id))?;
+        .ok_or_else(|| not_found(id))?;
     Ok(Json(view(&e, true)))
 }
 

@@ -142,14 +142,30 @@ async fn pack_due(ctx: &Ctx, owner: &str) -> anyhow::Result<()> {
 /// Sends a packed batch; a refusal moves its jobs to real-time, a transient failure leaves it
 /// `submitting` for the poller to send again once the lease lapses.
 async fn submit(ctx: &Ctx, owner: &str, id: &str, d: &Deployment, jobs: &[Packable]) {
-    let items: Vec<BatchItem> = jobs
-        .iter()
-        .map(|j| BatchItem {
+    let mut items: Vec<BatchItem> = Vec::with_capacity(jobs.len());
+    for j in jobs {
+        let request = if j.mask_on_send {
+            // Masked here, restored from a recomputed mapping when the results come back.
+            match ctx
+                .config
+                .redaction
+                .mask_for_call(&j.tenant, &j.model, &j.request)
+            {
+                Ok((masked, _)) => masked,
+                Err(e) => {
+                    tracing::error!(batch = id, job_id = %j.id, error = %e, "a request could not be masked; the batch is not sent");
+                    return;
+                }
+            }
+        } else {
+            j.request.clone()
+        };
+        items.push(BatchItem {
             custom_id: j.id.clone(),
             model: d.model.clone(),
-            request: j.request.clone(),
-        })
-        .collect();
+            request,
+        });
+    }
     let send = ctx
         .providers
         .submit_batch(d, &items, &ctx.config.batch.completion_window, id);

@@ -41,6 +41,24 @@ fn redrive_route(ctx: &Ctx, job: &JobInfo, now: DateTime<Utc>) -> (&'static str,
     }
 }
 
+/// Puts the masked values back into the answer of a job that was masked when sent, from the
+/// mapping recomputed from its stored request (the same request masks the same way).
+fn restore(ctx: &Ctx, job: &JobInfo, body: &mut serde_json::Value) {
+    let Some(request) = &job.masked_request else {
+        return;
+    };
+    match ctx
+        .config
+        .redaction
+        .mask_for_call(&job.tenant, &job.model, request)
+    {
+        Ok((_, masking)) => masking.restore_answer(body),
+        Err(e) => {
+            tracing::error!(job_id = %job.id, error = %e, "could not recompute the masking; the answer keeps its placeholders")
+        }
+    }
+}
+
 /// Whether `job` was cancelled while it waited in provider batch `batch_id`.
 fn cancelled_in(job: &JobInfo, batch_id: &str) -> bool {
     job.status == JobState::Cancelled.as_str() && job.provider_batch_id.as_deref() == Some(batch_id)
@@ -123,8 +141,10 @@ pub(super) fn outcome(
             o.status = JobState::Succeeded.as_str();
             o.attempt_status = if c.refusal { "refused" } else { "succeeded" };
             o.provider_request_id = c.request_id.map(|s| storable_str(&s).into_owned());
+            let mut body = c.body;
+            restore(ctx, job, &mut body);
             // Postgres cannot store U+0000: the answer is kept with U+FFFD in its place.
-            o.response = Some(storable(c.body));
+            o.response = Some(storable(body));
         }
         Some(ItemResult::Errored(e)) => {
             o.attempt_status = "failed";

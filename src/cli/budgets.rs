@@ -19,15 +19,15 @@ pub enum BudgetsCommand {
         #[arg(long, default_value = "table", value_parser = ["table", "json"])]
         format: String,
     },
-    /// Set limits on a deployment or a tenant; takes effect at once in every process.
+    /// Set limits on a deployment, a tenant or an API key; takes effect at once in every process.
     Set(SetArgs),
-    /// Lift limits of a deployment or a tenant back to unlimited; takes effect at once.
+    /// Lift limits of a deployment, a tenant or an API key back to unlimited; takes effect at once.
     Clear(ClearArgs),
 }
 
 /// What to lift.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("scope").required(true).args(["deployment", "tenant"])))]
+#[command(group(clap::ArgGroup::new("scope").required(true).args(["deployment", "tenant", "key"])))]
 #[command(group(clap::ArgGroup::new("limits").required(true).multiple(true)
     .args(["tpm", "rpm", "batch_enqueued_tokens", "daily_usd", "monthly_usd"])))]
 pub struct ClearArgs {
@@ -37,6 +37,9 @@ pub struct ClearArgs {
     /// A tenant.
     #[arg(long)]
     pub tenant: Option<String>,
+    /// An API key, by its id from `sluice keys list` (`key_…`): its own rpm and tpm.
+    #[arg(long)]
+    pub key: Option<String>,
     /// Lift the tokens-per-minute limit.
     #[arg(long)]
     pub tpm: bool,
@@ -56,7 +59,7 @@ pub struct ClearArgs {
 
 /// What to change.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("scope").required(true).args(["deployment", "tenant"])))]
+#[command(group(clap::ArgGroup::new("scope").required(true).args(["deployment", "tenant", "key"])))]
 pub struct SetArgs {
     /// A deployment, `provider/model`.
     #[arg(long)]
@@ -64,14 +67,17 @@ pub struct SetArgs {
     /// A tenant.
     #[arg(long)]
     pub tenant: Option<String>,
-    /// Tokens per minute.
+    /// An API key, by its id from `sluice keys list` (`key_…`): its own rpm and tpm.
     #[arg(long)]
+    pub key: Option<String>,
+    /// Tokens per minute.
+    #[arg(long, allow_negative_numbers = true)]
     pub tpm: Option<i64>,
     /// Requests per minute.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub rpm: Option<i64>,
     /// Deployments: prompt tokens enqueued at once in provider batches.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub batch_enqueued_tokens: Option<i64>,
     /// Tenants: USD cap per UTC day.
     #[arg(long)]
@@ -105,7 +111,18 @@ pub async fn run(config: &Config, command: BudgetsCommand) -> anyhow::Result<()>
             }
         }
         BudgetsCommand::Set(a) => {
-            let scope = scope_of(config, &pool, &a.deployment, &a.tenant).await?;
+            let scope = scope_of(config, &pool, &a.deployment, &a.tenant, &a.key).await?;
+            if matches!(scope, Scope::Key(_))
+                && (a.daily_usd.is_some()
+                    || a.monthly_usd.is_some()
+                    || a.policy.is_some()
+                    || a.weight.is_some()
+                    || a.batch_enqueued_tokens.is_some())
+            {
+                anyhow::bail!(
+                    "a key has only --rpm and --tpm of its own; USD caps, --policy and --weight apply to its tenant (--tenant)"
+                );
+            }
             if matches!(scope, Scope::Deployment(_))
                 && (a.daily_usd.is_some()
                     || a.monthly_usd.is_some()
@@ -157,13 +174,25 @@ pub async fn run(config: &Config, command: BudgetsCommand) -> anyhow::Result<()>
     Ok(())
 }
 
-/// The scope named by `--deployment` or `--tenant`, which must be configured or exist.
+/// The scope named by `--deployment`, `--tenant` or `--key`, which must be configured or exist.
 async fn scope_of(
     config: &Config,
     pool: &sqlx::PgPool,
     deployment: &Option<String>,
     tenant: &Option<String>,
+    key: &Option<String>,
 ) -> anyhow::Result<Scope> {
+    if let Some(k) = key {
+        if k.starts_with(crate::db::tenants::KEY_PREFIX) {
+            anyhow::bail!(
+                "--key takes the key's id shown by `sluice keys list` (key_…), not the key itself"
+            );
+        }
+        if !crate::db::keys::exists(pool, k).await? {
+            anyhow::bail!("no API key with id `{k}` (see `sluice keys list`)");
+        }
+        return Ok(Scope::Key(k.clone()));
+    }
     match (deployment, tenant) {
         (Some(d), _) => {
             let Some(parsed) = crate::domain::catalog::Deployment::parse(d) else {
@@ -191,13 +220,16 @@ async fn scope_of(
             }
             Ok(Scope::Tenant(t.clone()))
         }
-        (None, None) => anyhow::bail!("name a --deployment or a --tenant"),
+        (None, None) => anyhow::bail!("name a --deployment, a --tenant or a --key"),
     }
 }
 
 /// `sluice budgets clear`: lifts the named limits, audited as `budget.clear`.
 async fn clear(config: &Config, pool: &sqlx::PgPool, a: ClearArgs) -> anyhow::Result<()> {
-    let scope = scope_of(config, pool, &a.deployment, &a.tenant).await?;
+    let scope = scope_of(config, pool, &a.deployment, &a.tenant, &a.key).await?;
+    if matches!(scope, Scope::Key(_)) && (a.daily_usd || a.monthly_usd || a.batch_enqueued_tokens) {
+        anyhow::bail!("a key has only rpm and tpm of its own; use --rpm or --tpm");
+    }
     if matches!(scope, Scope::Deployment(_)) && (a.daily_usd || a.monthly_usd) {
         anyhow::bail!("USD caps apply to tenants; use --tenant");
     }

@@ -28,8 +28,15 @@ pub enum KeysCommand {
         /// Stop working after this long, e.g. 90d.
         #[arg(long, value_parser = super::parse_duration)]
         expires_in: Option<Duration>,
+        /// This key's own requests per minute, on top of its tenant's budgets (change it later
+        /// with `sluice budgets set --key ID --rpm N`).
+        #[arg(long, allow_negative_numbers = true)]
+        rpm: Option<i64>,
+        /// This key's own tokens per minute.
+        #[arg(long, allow_negative_numbers = true)]
+        tpm: Option<i64>,
     },
-    /// List keys (never the keys themselves): id, name, scopes, expiry, last use.
+    /// List keys (never the keys themselves): id, name, scopes, limits, expiry, last use.
     List {
         #[arg(long)]
         tenant: Option<String>,
@@ -93,8 +100,17 @@ pub async fn run_keys(config: &Config, command: KeysCommand) -> anyhow::Result<(
             name,
             scopes,
             expires_in,
+            rpm,
+            tpm,
         } => {
             check_tenant(&tenant)?;
+            for (flag, v) in [("--rpm", rpm), ("--tpm", tpm)] {
+                if v.is_some_and(|v| v <= 0) {
+                    anyhow::bail!(
+                        "{flag} must be a positive number (leave it out for no limit of its own)"
+                    );
+                }
+            }
             let scopes =
                 Scope::parse_list(&scopes).map_err(|m| anyhow::anyhow!("--scopes: {m}"))?;
             let expires_in = expires_in.map(|d| span("--expires-in", d)).transpose()?;
@@ -104,6 +120,8 @@ pub async fn run_keys(config: &Config, command: KeysCommand) -> anyhow::Result<(
                 name,
                 scopes: scopes.iter().map(|s| s.as_str().to_string()).collect(),
                 expires_in,
+                rpm,
+                tpm,
             };
             let created = keys::create(&pool, &new, &cli_actor()).await?;
             if created.tenant_created {
@@ -131,6 +149,8 @@ pub async fn run_keys(config: &Config, command: KeysCommand) -> anyhow::Result<(
                 "name",
                 "prefix",
                 "scopes",
+                "rpm",
+                "tpm",
                 "expires",
                 "last used",
                 "revoked",
@@ -142,6 +162,8 @@ pub async fn run_keys(config: &Config, command: KeysCommand) -> anyhow::Result<(
                     r.name,
                     format!("{}…", r.key_prefix),
                     r.scopes.join(","),
+                    r.rpm.map_or_else(|| "-".into(), |v| v.to_string()),
+                    r.tpm.map_or_else(|| "-".into(), |v| v.to_string()),
                     time(r.expires_at),
                     time(r.last_used_at),
                     time(r.revoked_at),

@@ -1,4 +1,5 @@
-//! `sluice webhooks list | add | test | replay | rotate-secret`: a tenant's webhook endpoints,
+//! `sluice webhooks list | add | update | delete | test | replay | rotate-secret`: a tenant's
+//! webhook endpoints,
 //! read and changed in Postgres directly (admin, like `sluice keys`), with the same rules and
 //! code as `/v1/webhook_endpoints`. Changes are recorded in the audit log as the OS user.
 
@@ -32,6 +33,31 @@ pub enum WebhooksCommand {
         events: Vec<String>,
         #[arg(long, default_value = "")]
         name: String,
+    },
+    /// Change an endpoint: its URL, events or name, or disable / enable it.
+    Update {
+        id: String,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        url: Option<String>,
+        /// Event types, comma-separated (replaces the list).
+        #[arg(long, value_delimiter = ',')]
+        events: Option<Vec<String>>,
+        #[arg(long)]
+        name: Option<String>,
+        /// Stop sending to it: messages due meanwhile fail (send them later with `replay`).
+        #[arg(long, conflicts_with = "enable")]
+        disable: bool,
+        /// Send to it again, forgetting its failures.
+        #[arg(long)]
+        enable: bool,
+    },
+    /// Delete an endpoint; its pending messages fail.
+    Delete {
+        id: String,
+        #[arg(long)]
+        tenant: String,
     },
     /// Send a sample event to an endpoint now and print its answer.
     Test {
@@ -101,26 +127,76 @@ pub async fn run(config: &Config, command: WebhooksCommand) -> anyhow::Result<()
             events,
             name,
         } => {
-            match url::Url::parse(&url) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-                _ => bail!("`{url}` is not an http(s) URL such as https://example.com/hooks"),
-            }
+            check_url(&url)?;
             let events: Vec<String> = if events.is_empty() {
                 EVENT_TYPES.iter().map(|s| s.to_string()).collect()
             } else {
                 events
             };
-            if let Some(bad) = events.iter().find(|e| !is_event_type(e)) {
-                bail!(
-                    "unknown event type `{bad}`; use some of {}",
-                    EVENT_TYPES.join(",")
-                );
-            }
+            check_events(&events)?;
             let e = db::create_endpoint(&pool, &cli_actor(), &tenant, &name, &url, &events, &sign::new_secret())
                 .await
                 .with_context(|| format!("adding an endpoint for tenant `{tenant}` (does the tenant exist? `sluice keys create --tenant {tenant}` creates it)"))?;
             eprintln!("endpoint {} added; its signing secret (shown once):", e.id);
             println!("{}", e.secret);
+        }
+        WebhooksCommand::Update {
+            id,
+            tenant,
+            url,
+            events,
+            name,
+            disable,
+            enable,
+        } => {
+            if let Some(u) = &url {
+                check_url(u)?;
+            }
+            if let Some(e) = &events {
+                if e.is_empty() {
+                    bail!("--events must name at least one event type");
+                }
+                check_events(e)?;
+            }
+            let enabled = match (disable, enable) {
+                (true, _) => Some(false),
+                (_, true) => Some(true),
+                _ => None,
+            };
+            if url.is_none() && events.is_none() && name.is_none() && enabled.is_none() {
+                bail!("nothing to change: give --url, --events, --name, --disable or --enable");
+            }
+            let change = db::EndpointChange {
+                name: name.as_deref(),
+                url: url.as_deref(),
+                event_types: events.as_deref(),
+                enabled,
+            };
+            match db::update_endpoint(&pool, &cli_actor(), &tenant, &id, &change).await? {
+                Some(e) => {
+                    let status = match &e.disabled_reason {
+                        Some(r) if e.status == "disabled" => format!("disabled: {r}"),
+                        _ => e.status.clone(),
+                    };
+                    eprintln!(
+                        "updated endpoint {}: {} [{}] {status}",
+                        e.id,
+                        e.url,
+                        e.event_types.join(",")
+                    );
+                }
+                None => bail!(
+                    "tenant `{tenant}` has no webhook endpoint `{id}` (see `sluice webhooks list --tenant {tenant}`)"
+                ),
+            }
+        }
+        WebhooksCommand::Delete { id, tenant } => {
+            if !db::delete_endpoint(&pool, &cli_actor(), &tenant, &id).await? {
+                bail!(
+                    "tenant `{tenant}` has no webhook endpoint `{id}` (see `sluice webhooks list --tenant {tenant}`)"
+                );
+            }
+            eprintln!("deleted endpoint {id}; its pending messages will not be sent");
         }
         WebhooksCommand::Test {
             id,
@@ -182,4 +258,23 @@ pub async fn run(config: &Config, command: WebhooksCommand) -> anyhow::Result<()
         }
     }
     Ok(())
+}
+
+/// Refuses anything but an absolute http(s) URL.
+fn check_url(url: &str) -> anyhow::Result<()> {
+    match url::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+        _ => bail!("`{url}` is not an http(s) URL such as https://example.com/hooks"),
+    }
+}
+
+/// Refuses an unknown event type, naming it.
+fn check_events(events: &[String]) -> anyhow::Result<()> {
+    match events.iter().find(|e| !is_event_type(e)) {
+        Some(bad) => bail!(
+            "unknown event type `{bad}`; use some of {}",
+            EVENT_TYPES.join(",")
+        ),
+        None => Ok(()),
+    }
 }

@@ -1,5 +1,5 @@
-//! Budget settings and the budget report: the limits an operator sets on a deployment or a
-//! tenant (`sluice budgets set|clear`, the admin API, start-up seeding from config), and what
+//! Budget settings and the budget report: the limits an operator sets on a deployment, a
+//! tenant or an API key (`sluice budgets set|clear`, the admin API, start-up seeding from config), and what
 //! `sluice budgets show` and `GET /v1/budgets` read back — each limit beside what is reserved
 //! or spent against it.
 
@@ -146,6 +146,7 @@ async fn report_as(
          LEFT JOIN LATERAL (SELECT sum(usd) AS held FROM budget_holds
              WHERE b.scope = 'tenant' AND tenant = b.key AND expires_at > now()) h ON true
          WHERE $1::text IS NULL OR (b.scope = 'tenant' AND b.key = $1) OR b.scope = 'deployment'
+            OR (b.scope = 'key' AND b.key IN (SELECT id FROM api_keys WHERE tenant = $1))
          ORDER BY b.scope, b.key",
     )
     .bind(tenant)
@@ -189,6 +190,15 @@ pub enum Limit {
 }
 
 impl Limit {
+    /// Every limit, in the order the report shows them.
+    pub const ALL: [Limit; 5] = [
+        Limit::Tpm,
+        Limit::Rpm,
+        Limit::BatchEnqueuedTokens,
+        Limit::DailyUsd,
+        Limit::MonthlyUsd,
+    ];
+
     /// Its column in `budgets` (also its key in the audit log's before/after values).
     pub fn column(self) -> &'static str {
         match self {

@@ -41,6 +41,8 @@ struct CandidateRow {
     max_tokens: i32,
     priority: i16,
     weight: i32,
+    /// The API key that submitted the job (its `scope = 'key'` budget applies).
+    api_key_id: Option<String>,
     cancel_requested: bool,
     /// No attempt of this job has failed yet (a better circuit-breaker probe).
     fresh: bool,
@@ -95,7 +97,7 @@ pub async fn claim_in(
     let rows: Vec<CandidateRow> = sqlx::query_as(
         &format!("SELECT j.id, j.tenant, j.deployments->>j.deployment_index AS deployment, j.deployments,
             j.deployment_index, j.est_prompt_tokens,
-            j.max_tokens, j.priority, t.weight, j.cancel_requested_at IS NOT NULL AS cancel_requested,
+            j.max_tokens, j.priority, t.weight, j.api_key_id, j.cancel_requested_at IS NOT NULL AS cancel_requested,
             COALESCE(jsonb_array_length(j.errors), 0) = 0 AS fresh, now() AS now
          FROM jobs j JOIN tenants t ON t.name = j.tenant
          WHERE j.id = ANY($1) AND j.status = '{QUEUED}'
@@ -183,10 +185,7 @@ pub async fn claim_in(
             Decision::Admit => {
                 admit_ids.push(row.id.clone());
                 admit_tokens.push(cand.tokens);
-                for scope in [
-                    Scope::Deployment(cand.deployment.clone()),
-                    Scope::Tenant(cand.tenant.clone()),
-                ] {
+                for scope in cand.scopes() {
                     if state.rates.contains_key(&scope) {
                         let (s, k) = scope.parts();
                         let slot = usage.entry((s.to_string(), k.to_string())).or_default();
@@ -295,7 +294,8 @@ pub async fn claim_in(
              WHERE j.id = x.id AND j.status = '{QUEUED}'
              RETURNING j.id, j.tenant, j.model, j.deployments, j.deployment, j.request, j.route, j.attempt,
                 j.max_attempts, j.deadline, j.deployment_index, j.deployment_attempts, j.max_tokens,
-                j.est_prompt_tokens, j.premium, j.cache_ttl_secs, j.custom_id, j.repair_note"),
+                j.est_prompt_tokens, j.premium, j.cache_ttl_secs, j.custom_id, j.repair_note,
+                j.mask_on_send"),
         )
         .bind(&admit_ids)
         .bind(worker)
@@ -389,6 +389,7 @@ fn candidate(
         tokens: prompt + output,
         usd,
         weight: i64::from(r.weight),
+        key: r.api_key_id.clone(),
     }
 }
 
@@ -418,16 +419,24 @@ async fn load_state(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
+    let keys: Vec<String> = rows
+        .iter()
+        .filter_map(|r| r.api_key_id.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     // A breaker that opened paused its deployment, so its row is among the budget rows.
     let budgets: Vec<BudgetRow> = sqlx::query_as(
         "SELECT b.scope, b.key, b.tpm, b.rpm, b.daily_usd, b.monthly_usd, b.usd_policy, b.paused_until,
             c.state AS breaker_state, c.opened_until AS breaker_until, c.probe_owner AS breaker_probe
          FROM budgets b LEFT JOIN circuit_breakers c ON b.scope = 'deployment' AND c.deployment = b.key
          WHERE (b.scope = 'deployment' AND b.key = ANY($1)) OR (b.scope = 'tenant' AND b.key = ANY($2))
+            OR (b.scope = 'key' AND b.key = ANY($3))
          ORDER BY b.scope, b.key FOR UPDATE OF b",
     )
     .bind(&deployments)
     .bind(&tenants)
+    .bind(&keys)
     .fetch_all(&mut **tx)
     .await?;
     let mut state = BudgetState::default();

@@ -37,6 +37,10 @@ pub struct NewJobRow {
     pub cache_ttl_secs: Option<i32>,
     /// Matches per PII detector (never the values), e.g. `{"card": 2}`.
     pub redactions: Value,
+    /// Stored as submitted, masked whenever it is sent (a redaction policy with `restore`).
+    pub mask_on_send: bool,
+    /// The API key that submitted the job (`None`: AMQP, schedules); its limits apply.
+    pub api_key_id: Option<String>,
 }
 
 /// What happened to one submitted job.
@@ -152,18 +156,19 @@ pub async fn insert_jobs(
     let created: Vec<String> = sqlx::query_scalar(
         "INSERT INTO jobs (id, tenant, batch_id, custom_id, idempotency_key, model, deployments, deployment_index,
             request, tags, route_requested, route, route_reason, deadline, webhook_url, priority, max_tokens,
-            max_attempts, est_prompt_tokens, premium, cache_ttl_secs, deployment, publish_after, redactions)
+            max_attempts, est_prompt_tokens, premium, cache_ttl_secs, deployment, publish_after, redactions,
+            mask_on_send, api_key_id)
          SELECT x.id, $1, $2, x.custom_id, x.idempotency_key, x.model, x.deployments, x.deployment_index,
             x.request, x.tags, x.route_requested, x.route, x.route_reason, x.deadline, x.webhook_url, x.priority,
             x.max_tokens, x.max_attempts, x.est_prompt_tokens, x.premium, x.cache_ttl_secs,
             x.deployments->>x.deployment_index,
             CASE WHEN x.route = 'batch' THEN NULL ELSE now() + make_interval(secs => $4) END,
-            COALESCE(x.redactions, '{}')
+            COALESCE(x.redactions, '{}'), COALESCE(x.mask_on_send, false), x.api_key_id
          FROM jsonb_to_recordset($3) AS x(id text, custom_id text, idempotency_key text, model text,
             deployments jsonb, deployment_index integer, request jsonb, tags jsonb, route_requested text,
             route text, route_reason text, deadline timestamptz, webhook_url text, priority smallint,
             max_tokens integer, max_attempts integer, est_prompt_tokens integer, premium text,
-            cache_ttl_secs integer, redactions jsonb)
+            cache_ttl_secs integer, redactions jsonb, mask_on_send boolean, api_key_id text)
          ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
          RETURNING id",
     )
@@ -316,6 +321,9 @@ pub struct Claimed {
     /// A schema-validation error of the previous answer, sent along as a repair message.
     #[sqlx(default)]
     pub repair_note: Option<String>,
+    /// Masked whenever it is sent, its answer restored (a redaction policy with `restore`).
+    #[sqlx(default)]
+    pub mask_on_send: bool,
 }
 
 /// The recorded result of one claimed job: its next state, and the ledger row of the upstream
@@ -418,7 +426,7 @@ pub async fn record(
                                     THEN now() END
             FROM input i
             WHERE j.id = i.job_id AND j.status = '{RUNNING}' AND j.attempted_by = $2 AND j.attempt = i.attempt
-            RETURNING j.id, j.tenant, j.reserved_tokens, j.reserved_sec, j.est_prompt_tokens
+            RETURNING j.id, j.tenant, j.api_key_id, j.reserved_tokens, j.reserved_sec, j.est_prompt_tokens
          ), learned AS (
             -- What the provider reported for prompt tokens against sluice's estimate, so
             -- reservations can scale their estimates (`budget::learned_prompt_tokens`). Halved
@@ -468,8 +476,9 @@ pub async fn record(
             SELECT s.scope, s.key, m.reserved_sec AS sec,
                 sum(m.reserved_tokens - i.input_tokens - i.output_tokens) AS tokens
             FROM moved m JOIN input i ON i.job_id = m.id
-            CROSS JOIN LATERAL (VALUES ('deployment', i.deployment), ('tenant', m.tenant)) AS s(scope, key)
-            WHERE m.reserved_sec IS NOT NULL
+            CROSS JOIN LATERAL (VALUES ('deployment', i.deployment), ('tenant', m.tenant),
+                ('key', m.api_key_id)) AS s(scope, key)
+            WHERE m.reserved_sec IS NOT NULL AND s.key IS NOT NULL
             GROUP BY 1, 2, 3
          ), settled AS (
             UPDATE budget_usage u SET tokens = u.tokens - r.tokens

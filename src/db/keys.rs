@@ -22,6 +22,9 @@ pub struct NewKey {
     /// Scope names (`submit`, `read`, `admin`); checked by the database too.
     pub scopes: Vec<String>,
     pub expires_in: Option<chrono::Duration>,
+    /// The key's own limits (its `budgets` row with `scope = 'key'`); `None`: unlimited.
+    pub rpm: Option<i64>,
+    pub tpm: Option<i64>,
 }
 
 impl NewKey {
@@ -32,6 +35,8 @@ impl NewKey {
             name: String::new(),
             scopes: vec!["submit".into(), "read".into(), "admin".into()],
             expires_in: None,
+            rpm: None,
+            tpm: None,
         }
     }
 }
@@ -51,6 +56,11 @@ pub struct KeyRow {
     /// When the key stopped (or, in a rotation's grace period, will stop) working.
     pub revoked_at: Option<DateTime<Utc>>,
     pub rotated_to: Option<String>,
+    /// The key's own limits (`sluice budgets set --key`); `None`: unlimited.
+    #[sqlx(default)]
+    pub rpm: Option<i64>,
+    #[sqlx(default)]
+    pub tpm: Option<i64>,
 }
 
 /// A key that works now, as the request path needs it.
@@ -124,6 +134,25 @@ pub async fn create(pool: &PgPool, new: &NewKey, actor: &str) -> Result<CreatedK
         },
     )
     .await?;
+    if new.rpm.is_some() || new.tpm.is_some() {
+        let limits: (Option<i64>, Option<i64>) = sqlx::query_as(
+            "INSERT INTO budgets (scope, key, tpm, rpm, source) VALUES ('key', $1, $2, $3, 'cli')
+             RETURNING tpm, rpm",
+        )
+        .bind(&id)
+        .bind(new.tpm)
+        .bind(new.rpm)
+        .fetch_one(&mut *tx)
+        .await?;
+        let entry = Entry {
+            actor,
+            action: "budget.set",
+            target: &format!("key:{id}"),
+            before: None,
+            after: Some(json!({"tpm": limits.0, "rpm": limits.1})),
+        };
+        record(&mut tx, &entry).await?;
+    }
     tx.commit().await?;
     Ok(CreatedKey {
         id,
@@ -133,14 +162,25 @@ pub async fn create(pool: &PgPool, new: &NewKey, actor: &str) -> Result<CreatedK
     })
 }
 
-/// Keys, newest first, of one tenant or all.
+/// Keys, newest first, of one tenant or all, with their own limits.
 pub async fn list(pool: &PgPool, tenant: Option<&str>) -> Result<Vec<KeyRow>, DbError> {
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM api_keys WHERE $1::text IS NULL OR tenant = $1 ORDER BY id DESC"
-    ))
+    sqlx::query_as(
+        "SELECT k.id, k.tenant, k.name, k.key_prefix, k.scopes, k.created_at, k.expires_at,
+            k.last_used_at, k.revoked_at, k.rotated_to, b.rpm, b.tpm
+         FROM api_keys k LEFT JOIN budgets b ON b.scope = 'key' AND b.key = k.id
+         WHERE $1::text IS NULL OR k.tenant = $1 ORDER BY k.id DESC",
+    )
     .bind(tenant)
     .fetch_all(pool)
     .await
+}
+
+/// Whether a key with this id exists (revoked or not): limits can only be set on one that does.
+pub async fn exists(pool: &PgPool, id: &str) -> Result<bool, DbError> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM api_keys WHERE id = $1)")
+        .bind(id)
+        .fetch_one(pool)
+        .await
 }
 
 /// The key valid now for `key` (not revoked, not expired, tenant not disabled), marking it used
@@ -248,8 +288,19 @@ pub async fn rotate(
         name: old.name.clone(),
         scopes: old.scopes.clone(),
         expires_in: lifetime,
+        rpm: None,
+        tpm: None,
     };
     let (id, key) = insert(&mut tx, &new, expiry(lifetime)).await?;
+    // The successor keeps the key's own limits.
+    sqlx::query(
+        "INSERT INTO budgets (scope, key, tpm, rpm, source)
+         SELECT 'key', $2, tpm, rpm, 'cli' FROM budgets WHERE scope = 'key' AND key = $1",
+    )
+    .bind(&old.id)
+    .bind(&id)
+    .execute(&mut *tx)
+    .await?;
     let old_after: KeyRow = sqlx::query_as(&format!(
         "UPDATE api_keys SET revoked_at = LEAST(COALESCE(revoked_at, $2), $2), rotated_to = $3
          WHERE id = $1 RETURNING {COLUMNS}"

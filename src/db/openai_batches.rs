@@ -50,14 +50,16 @@ pub struct NewBatch<'a> {
     pub completion_window: &'a str,
     pub expires_at: DateTime<Utc>,
     pub metadata: &'a Value,
+    /// The key that created the batch: its jobs record it, so its limits apply.
+    pub api_key_id: &'a str,
 }
 
 /// Records a new batch in `validating`.
 pub async fn create(pool: &PgPool, b: &NewBatch<'_>) -> Result<BatchRecord, DbError> {
     sqlx::query_as(&format!(
         "INSERT INTO batches (id, tenant, source, metadata, endpoint, input_file_id, completion_window,
-            status, expires_at)
-         VALUES ($1, $2, 'openai', $3, $4, $5, $6, 'validating', $7)
+            status, expires_at, api_key_id)
+         VALUES ($1, $2, 'openai', $3, $4, $5, $6, 'validating', $7, $8)
          RETURNING {COLUMNS}"
     ))
     .bind(b.id)
@@ -67,6 +69,7 @@ pub async fn create(pool: &PgPool, b: &NewBatch<'_>) -> Result<BatchRecord, DbEr
     .bind(b.input_file_id)
     .bind(b.completion_window)
     .bind(b.expires_at)
+    .bind(b.api_key_id)
     .fetch_one(pool)
     .await
 }
@@ -127,6 +130,8 @@ pub struct ToValidate {
     pub input_file_id: Option<String>,
     pub endpoint: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
+    /// The key that created the batch, recorded on each of its jobs.
+    pub api_key_id: Option<String>,
 }
 
 /// Locks the oldest batch in `validating` that no other process is validating.
@@ -134,7 +139,7 @@ pub async fn lock_validating(
     tx: &mut Transaction<'_, Postgres>,
 ) -> Result<Option<ToValidate>, DbError> {
     sqlx::query_as(
-        "SELECT id, tenant, input_file_id, endpoint, expires_at FROM batches
+        "SELECT id, tenant, input_file_id, endpoint, expires_at, api_key_id FROM batches
          WHERE status = 'validating' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
     )
     .fetch_optional(&mut **tx)

@@ -31,9 +31,13 @@ pub async fn waiting(pool: &PgPool) -> Result<Vec<(String, i64, f64)>, DbError> 
 pub struct Packable {
     pub id: String,
     pub tenant: String,
+    /// The alias the job asked for (its redaction policy's key).
+    pub model: String,
     pub request: Value,
     pub est_prompt_tokens: i32,
     pub max_tokens: i32,
+    /// Masked before it goes into the batch file (a redaction policy with `restore`).
+    pub mask_on_send: bool,
 }
 
 /// Tokens enqueued in open provider batches of `deployment`, and its limit if any.
@@ -70,7 +74,7 @@ pub async fn pack(
         .await?;
     let (open, limit) = enqueued(&mut tx, deployment).await?;
     let mut jobs: Vec<Packable> = sqlx::query_as(&format!(
-        "SELECT id, tenant, request, est_prompt_tokens, max_tokens FROM jobs
+        "SELECT id, tenant, model, request, est_prompt_tokens, max_tokens, mask_on_send FROM jobs
          WHERE status = '{QUEUED}' AND route = 'batch' AND deployment = $1
          ORDER BY priority DESC, created_at LIMIT $2 FOR UPDATE SKIP LOCKED"
     ))
@@ -263,7 +267,8 @@ pub async fn polled(
 /// The requests of a provider batch's jobs (to submit it again after a crash).
 pub async fn packed_jobs(pool: &PgPool, id: &str) -> Result<Vec<Packable>, DbError> {
     sqlx::query_as(
-        "SELECT j.id, j.tenant, j.request, j.est_prompt_tokens, j.max_tokens FROM provider_batch_items i
+        "SELECT j.id, j.tenant, j.model, j.request, j.est_prompt_tokens, j.max_tokens, j.mask_on_send
+         FROM provider_batch_items i
          JOIN jobs j ON j.id = i.job_id WHERE i.provider_batch_id = $1 ORDER BY j.id",
     )
     .bind(id)
@@ -347,12 +352,18 @@ pub struct JobInfo {
     pub premium: Option<String>,
     pub status: String,
     pub provider_batch_id: Option<String>,
+    pub tenant: String,
+    pub model: String,
+    /// The stored request of a job masked when sent (`mask_on_send`), to recompute the
+    /// mapping that restores its answer; `None` for every other job.
+    pub masked_request: Option<Value>,
 }
 
 /// The jobs `ids`, for re-drive decisions and to know which were cancelled.
 pub async fn job_info(pool: &PgPool, ids: &[String]) -> Result<Vec<JobInfo>, DbError> {
     sqlx::query_as(
-        "SELECT id, deadline, deployment_attempts, max_attempts, premium, status, provider_batch_id
+        "SELECT id, deadline, deployment_attempts, max_attempts, premium, status, provider_batch_id,
+            tenant, model, CASE WHEN mask_on_send THEN request END AS masked_request
          FROM jobs WHERE id = ANY($1)",
     )
     .bind(ids)

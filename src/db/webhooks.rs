@@ -143,17 +143,27 @@ pub async fn get_endpoint(
     .await
 }
 
-/// Changes the given fields; `None` keeps a field. Re-enables a disabled endpoint whose URL
-/// changes (the address that failed is gone). `actor` is recorded in the audit log.
+/// What to change on an endpoint; `None` keeps a field.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EndpointChange<'a> {
+    pub name: Option<&'a str>,
+    pub url: Option<&'a str>,
+    pub event_types: Option<&'a [String]>,
+    /// `Some(false)` disables the endpoint (reason `disabled by the operator`), `Some(true)`
+    /// enables it again and forgets its failures.
+    pub enabled: Option<bool>,
+}
+
+/// Changes the given fields. Re-enables a disabled endpoint whose URL changes (the address
+/// that failed is gone). `actor` is recorded in the audit log.
 pub async fn update_endpoint(
     pool: &PgPool,
     actor: &str,
     tenant: &str,
     id: &str,
-    name: Option<&str>,
-    url: Option<&str>,
-    event_types: Option<&[String]>,
+    change: &EndpointChange<'_>,
 ) -> Result<Option<Endpoint>, DbError> {
+    let (name, url, event_types) = (change.name, change.url, change.event_types);
     let mut tx = pool.begin().await?;
     let Some(before) = lock_endpoint(&mut tx, tenant, id).await? else {
         return Ok(None);
@@ -161,11 +171,14 @@ pub async fn update_endpoint(
     let after: Endpoint = sqlx::query_as(&format!(
         "UPDATE webhook_endpoints SET name = COALESCE($3, name), url = COALESCE($4, url),
              event_types = COALESCE($5, event_types),
-             status = CASE WHEN $4 IS NOT NULL AND $4 <> url THEN 'enabled' ELSE status END,
-             disabled_reason = CASE WHEN $4 IS NOT NULL AND $4 <> url THEN NULL ELSE disabled_reason END,
-             failing_since = CASE WHEN $4 IS NOT NULL AND $4 <> url THEN NULL ELSE failing_since END,
+             status = CASE WHEN $6 = false THEN 'disabled'
+                 WHEN $6 OR ($4 IS NOT NULL AND $4 <> url) THEN 'enabled' ELSE status END,
+             disabled_reason = CASE WHEN $6 = false THEN 'disabled by the operator'
+                 WHEN $6 OR ($4 IS NOT NULL AND $4 <> url) THEN NULL ELSE disabled_reason END,
+             failing_since = CASE WHEN $6 OR ($4 IS NOT NULL AND $4 <> url) THEN NULL ELSE failing_since END,
              updated_at = CASE WHEN ($3 IS NOT NULL AND $3 <> name) OR ($4 IS NOT NULL AND $4 <> url)
-                 OR ($5::text[] IS NOT NULL AND $5 <> event_types) THEN now() ELSE updated_at END
+                 OR ($5::text[] IS NOT NULL AND $5 <> event_types)
+                 OR ($6 IS NOT NULL AND ($6 <> (status = 'enabled'))) THEN now() ELSE updated_at END
          WHERE id = $1 AND tenant = $2 RETURNING {ENDPOINT_COLUMNS}"
     ))
     .bind(id)
@@ -173,6 +186,7 @@ pub async fn update_endpoint(
     .bind(name)
     .bind(url)
     .bind(event_types)
+    .bind(change.enabled)
     .fetch_one(&mut *tx)
     .await?;
     audit(&mut tx, actor, "update", id, Some(&before), Some(&after)).await?;

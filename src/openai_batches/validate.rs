@@ -227,7 +227,10 @@ fn check_line(
         obj.insert("deadline".into(), json!(deadline.to_rfc3339()));
     }
     crate::submit::prepare_one(ctx, &batch.tenant, value, catalog, now)
-        .map(Some)
+        .map(|mut row| {
+            row.api_key_id = batch.api_key_id.clone();
+            Some(row)
+        })
         .map_err(|e| LineError::at(n, "invalid_request", e.to_string(), Some(&e.field)))
 }
 

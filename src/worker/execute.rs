@@ -132,6 +132,13 @@ pub async fn execute(
         Some(note) => std::borrow::Cow::Owned(schema::with_repair(&job.request, note)),
         None => std::borrow::Cow::Borrowed(&job.request),
     };
+    let (request, masking) = match masked_for_call(ctx, &job, request) {
+        Ok(r) => r,
+        Err(e) => {
+            on_failure(ctx, &ctx.catalog(), &job, &deployment, e, now, &mut outcome).await;
+            return (outcome, None);
+        }
+    };
     metrics::gauge!("sluice_calls_in_flight").increment(1.0);
     let started = Instant::now();
     if job.attempt == 1 && crate::failpoint::armed(PANIC_FAILPOINT) {
@@ -169,7 +176,10 @@ pub async fn execute(
         Err(_) => Some(Signal::Failure),
     };
     match result {
-        Ok(c) => {
+        Ok(mut c) => {
+            if let Some(m) = &masking {
+                m.restore_answer(&mut c.body);
+            }
             if let Some(wait) = c.exhausted_for.filter(|w| !w.is_zero()) {
                 // The provider says its limit is spent: every worker holds off a moment (a 429,
                 // if it comes, carries the full retry-after). Capped, because our own budget
@@ -229,6 +239,36 @@ pub async fn execute(
         Err(e) => on_failure(ctx, &catalog, &job, &deployment, e, now, &mut outcome).await,
     }
     (outcome, signal)
+}
+
+/// The request as it may leave sluice: a job marked `mask_on_send` is masked here, and the
+/// in-memory mapping that puts the values back into its answer is returned with it.
+fn masked_for_call<'a>(
+    ctx: &Ctx,
+    job: &Claimed,
+    request: std::borrow::Cow<'a, serde_json::Value>,
+) -> Result<
+    (
+        std::borrow::Cow<'a, serde_json::Value>,
+        Option<crate::domain::redact::Masking>,
+    ),
+    ProviderError,
+> {
+    if !job.mask_on_send {
+        return Ok((request, None));
+    }
+    let (masked, masking) = ctx
+        .config
+        .redaction
+        .mask_for_call(&job.tenant, &job.model, &request)
+        .map_err(|m| {
+            ProviderError::new(
+                ErrorClass::Fatal,
+                "redaction_failed",
+                format!("the request could not be masked, so it was not sent: {m}"),
+            )
+        })?;
+    Ok((std::borrow::Cow::Owned(masked), Some(masking)))
 }
 
 /// The answer (already billed) missed the job's JSON schema: the first time, schedule one

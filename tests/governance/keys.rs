@@ -149,6 +149,9 @@ fn routes() -> Vec<(String, String)> {
                 continue;
             };
             let chain = chunk.split(".route(").next().unwrap_or("");
+            // The last route of a file: its chain ends with the function that lists the routes
+            // (the handlers after it, such as `set_budget(`, are not methods of the route).
+            let chain = chain.split("\n}").next().unwrap_or(chain);
             let chain = chain.split(".fallback(").next().unwrap_or(chain);
             let chain = chain.split(".merge(").next().unwrap_or(chain);
             for m in ["get", "post", "put", "patch", "delete"] {

@@ -21,7 +21,7 @@ fn mask(env: &mut TestEnv, tenant: &str) {
         tenant.into(),
         PolicyConfig {
             mode: Mode::Mask,
-            detectors: vec![],
+            ..Default::default()
         },
     );
 }
@@ -106,6 +106,7 @@ async fn a_blocking_policy_refuses_the_job_naming_the_detector_not_the_value() {
         PolicyConfig {
             mode: Mode::Block,
             detectors: vec!["card".into()],
+            ..Default::default()
         },
     );
     let app = env.start(api_only()).await;

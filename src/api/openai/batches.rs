@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use super::ListPage;
-use crate::api::{ApiError, Tenant};
+use crate::api::{ApiError, Submitter, Tenant};
 use crate::app::Ctx;
 use crate::db::jobs::BatchSummary;
 use crate::db::openai_batches::{BatchRecord, NewBatch};
@@ -231,7 +231,7 @@ fn check_metadata(m: &Option<Value>) -> Result<Value, ApiError> {
     security(("bearer" = [])))]
 pub async fn create(
     State(ctx): State<Arc<Ctx>>,
-    Tenant(tenant): Tenant,
+    Submitter { tenant, key_id }: Submitter,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<BatchObject>, ApiError> {
     let (_, value) = crate::api::jobs::parse_body(body)?;
@@ -274,6 +274,7 @@ pub async fn create(
             completion_window: &req.completion_window,
             expires_at,
             metadata: &metadata,
+            api_key_id: &key_id,
         },
     )
     .await?;

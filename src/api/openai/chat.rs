@@ -13,7 +13,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::api::{ApiError, Tenant};
+use crate::api::{ApiError, Submitter};
 use crate::app::Ctx;
 use crate::realtime::RunEnd;
 
@@ -39,7 +39,7 @@ fn error(status: StatusCode, kind: &str, code: &str, message: &str) -> Response 
 pub async fn create(
     State(ctx): State<Arc<Ctx>>,
     Extension(ApiWorker(worker_id)): Extension<ApiWorker>,
-    Tenant(tenant): Tenant,
+    Submitter { tenant, key_id }: Submitter,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let (_, value) = crate::api::jobs::parse_body(body)?;
@@ -63,9 +63,10 @@ pub async fn create(
         .and_then(|o| o.get("include_usage").and_then(Value::as_bool))
         .unwrap_or(false);
     let job = json!({"body": Value::Object(request), "route": "cheap"});
-    let row = crate::submit::prepare(&ctx, &tenant, vec![job], chrono::Utc::now())?
+    let mut row = crate::submit::prepare(&ctx, &tenant, vec![job], chrono::Utc::now())?
         .pop()
         .ok_or_else(|| ApiError::bad("empty request"))?;
+    row.api_key_id = Some(key_id);
     let end = crate::realtime::run(
         &ctx,
         &worker_id,

@@ -2,9 +2,11 @@
 //! numbers, IBANs checked with mod-97, US social security numbers, strings that look like API
 //! keys or bearer tokens) plus custom regexes, and the two things a policy does with a match:
 //! `mask` (replace each distinct value with a typed placeholder such as `[CARD_1]`) or `block`
-//! (refuse, naming the detector and never the value). Pure: no I/O, no config.
+//! (refuse, naming the detector and never the value), and putting masked values back into an
+//! answer (`restore`). Pure: no I/O, no config.
 
 mod detect;
+mod restore;
 
 use std::collections::BTreeMap;
 
@@ -203,17 +205,6 @@ impl Redactor {
         let mut masking = Masking::default();
         visit_texts_mut(request, &mut |t| *t = self.mask(t, &mut masking));
         masking
-    }
-}
-
-impl Masking {
-    /// `text` (an answer) with each placeholder handed out here put back to its value.
-    pub fn restore(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for (value, placeholder) in &self.by_value {
-            out = out.replace(placeholder, value);
-        }
-        out
     }
 }
 
