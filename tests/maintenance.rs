@@ -157,6 +157,72 @@ async fn an_emptied_work_queue_gets_its_jobs_back_soon_and_a_waiting_backlog_is_
     env.cleanup().await;
 }
 
+/// A backlog older than `republish_after` whose messages all wait in its queue is never
+/// published twice; when some of its messages are lost, only as many jobs as are missing are
+/// published again (oldest first), and every job then runs once.
+#[tokio::test]
+async fn an_old_backlog_gets_back_only_as_many_messages_as_were_lost() {
+    let mut env = TestEnv::new().await;
+    env.config.worker.republish_after = Duration::from_millis(500);
+    env.config.worker.republish_idle_after = Duration::from_millis(500);
+    let api = env
+        .start(Roles {
+            api: true,
+            ..Default::default()
+        })
+        .await;
+    let acme = Client::new(&api, &env.key("acme").await);
+    let ids = submit_n(&acme, 6, "backlog").await;
+    wait_until(T, "the work messages are in the broker", || async {
+        env.work_queue_depth("acme").await.0 == 6
+    })
+    .await;
+    // Older than `republish_after`, all messages still there: nothing is sent again.
+    let ctx = api.ctx.clone();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    for _ in 0..3 {
+        sluice::worker::maintenance::tick(&ctx).await.unwrap();
+    }
+    assert_eq!(
+        env.work_queue_depth("acme").await.0,
+        6,
+        "a waiting backlog is not duplicated"
+    );
+    // Two messages lost: exactly two jobs come back.
+    for _ in 0..2 {
+        assert!(env.get_message("sluice.work.acme").await.is_some());
+    }
+    assert_eq!(env.work_queue_depth("acme").await.0, 4);
+    wait_until(T, "the two lost messages are published again", || async {
+        sluice::worker::maintenance::tick(&ctx).await.unwrap();
+        env.work_queue_depth("acme").await.0 >= 6
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    for _ in 0..3 {
+        sluice::worker::maintenance::tick(&ctx).await.unwrap();
+    }
+    assert_eq!(
+        env.work_queue_depth("acme").await.0,
+        6,
+        "only the missing messages were sent again"
+    );
+    let workers = env
+        .start(Roles {
+            worker: true,
+            ..Default::default()
+        })
+        .await;
+    for id in &ids {
+        let done = acme.wait_job(id, T).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+    }
+    env.check_invariants().await;
+    workers.stop().await;
+    api.stop().await;
+    env.cleanup().await;
+}
+
 /// Every connection of a worker's main pool is taken (a stall) while one of its calls runs.
 /// The heartbeat has its own pool, so it keeps beating; another process's rescuer sees a live
 /// worker and rescues nothing; the call finishes once, billed once.

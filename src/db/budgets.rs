@@ -146,8 +146,7 @@ pub async fn claim_in(
             .zip(&candidates)
             .map(|(r, c)| (r.id.as_str(), c.deployment.as_str(), r.fresh))
             .collect();
-        super::breakers::grant_probes(tx, &jobs, &probing, &mut decisions, now, breakers)
-            .await?;
+        super::breakers::grant_probes(tx, &jobs, &probing, &mut decisions, now, breakers).await?;
     }
 
     let mut out = ClaimOutcome {

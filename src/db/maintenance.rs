@@ -132,51 +132,74 @@ pub async fn stage_due_retries(pool: &PgPool) -> Result<u64, DbError> {
     Ok(done.rows_affected())
 }
 
-/// Tenants holding a real-time job that is `queued`, published (no publish mark) and untouched
-/// for `idle`: the ones whose work queue the sweeper looks at (one index probe per tenant).
-pub async fn tenants_with_unclaimed(pool: &PgPool, idle: Duration) -> Result<Vec<String>, DbError> {
-    sqlx::query_scalar(&format!(
-        "SELECT t.name FROM tenants t WHERE EXISTS (
-            SELECT 1 FROM jobs j
+/// Tenants with real-time jobs published, still `queued` and untouched for `idle`; with each,
+/// whether one of them is untouched for `after` too. One index probe per tenant.
+pub async fn tenants_with_unclaimed(
+    pool: &PgPool,
+    idle: Duration,
+    after: Duration,
+) -> Result<Vec<(String, bool)>, DbError> {
+    sqlx::query_as(&format!(
+        "SELECT t.name, o.oldest < now() - make_interval(secs => $2) FROM tenants t
+         CROSS JOIN LATERAL (
+            SELECT min(j.updated_at) AS oldest FROM jobs j
             WHERE j.tenant = t.name AND j.status = '{QUEUED}' AND j.publish_after IS NULL
-              AND j.route IS DISTINCT FROM 'batch' AND j.updated_at < now() - make_interval(secs => $1))
+              AND j.route IS DISTINCT FROM 'batch') o
+         WHERE o.oldest < now() - make_interval(secs => $1)
          ORDER BY t.name"
     ))
     .bind(idle.as_secs_f64())
+    .bind(after.as_secs_f64())
     .fetch_all(pool)
     .await
 }
 
-/// The sweeper for lost work messages: marks for the relay up to `limit` real-time jobs that
-/// are still `queued` though published (no publish mark) and untouched for `after`, or for only
-/// `idle` when their tenant is one of `idle_tenants` (whose work queue holds no ready message:
-/// nothing there will ever deliver them). Their message went with a purged or deleted queue, or
-/// was lost in transit. A duplicate message is harmless (claims are conditional); `updated_at`
-/// moves, so a job is sent again at most once per period. One index probe per tenant.
+/// How many of `tenant`'s real-time jobs are published and still `queued` (each should have a
+/// work message), counting no further than `cap`.
+pub async fn count_awaiting_message(pool: &PgPool, tenant: &str, cap: i64) -> Result<i64, DbError> {
+    sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM (SELECT 1 FROM jobs j
+            WHERE j.tenant = $1 AND j.status = '{QUEUED}' AND j.publish_after IS NULL
+              AND j.route IS DISTINCT FROM 'batch' LIMIT $2) x"
+    ))
+    .bind(tenant)
+    .bind(cap)
+    .fetch_one(pool)
+    .await
+}
+
+/// The sweeper for lost work messages: for each `(tenant, age, limit)` of `plan`, marks for the
+/// relay up to `limit` of the tenant's real-time jobs that are still `queued` though published
+/// (no publish mark) and untouched for `age`, oldest first. Their message went with a purged or
+/// deleted queue, or was lost in transit. A duplicate message is harmless (claims are
+/// conditional); `updated_at` moves, so a job is sent again at most once per period.
 pub async fn mark_lost_for_republish(
     pool: &PgPool,
-    idle_tenants: &[String],
-    idle: Duration,
-    after: Duration,
-    limit: i64,
+    plan: &[(String, Duration, i64)],
 ) -> Result<u64, DbError> {
+    if plan.is_empty() {
+        return Ok(0);
+    }
+    let tenants: Vec<&str> = plan.iter().map(|(t, _, _)| t.as_str()).collect();
+    let ages: Vec<f64> = plan.iter().map(|(_, a, _)| a.as_secs_f64()).collect();
+    let limits: Vec<i64> = plan.iter().map(|(_, _, n)| *n).collect();
     let done = sqlx::query(&format!(
-        "UPDATE jobs SET publish_after = now(), updated_at = now()
-         WHERE id IN (
-            SELECT lost.id FROM tenants t CROSS JOIN LATERAL (
+        "WITH lost AS MATERIALIZED (
+            -- Picked once: as an `IN (…)` subquery the planner may scan it again per row, and
+            -- each new scan, seeing the rows just updated, would walk past the limit.
+            SELECT l.id FROM unnest($1::text[], $2::float8[], $3::bigint[]) AS p(tenant, age, n)
+            CROSS JOIN LATERAL (
                 SELECT j.id FROM jobs j
-                WHERE j.tenant = t.name AND j.status = '{QUEUED}' AND j.publish_after IS NULL
+                WHERE j.tenant = p.tenant AND j.status = '{QUEUED}' AND j.publish_after IS NULL
                   AND j.route IS DISTINCT FROM 'batch'
-                  AND j.updated_at < now() - make_interval(secs =>
-                        CASE WHEN t.name = ANY($1) THEN $2 ELSE $3 END)
-                ORDER BY j.updated_at LIMIT $4 FOR UPDATE SKIP LOCKED) lost
-            LIMIT $4)
-           AND status = '{QUEUED}' AND publish_after IS NULL"
+                  AND j.updated_at < now() - make_interval(secs => p.age)
+                ORDER BY j.updated_at LIMIT p.n FOR UPDATE SKIP LOCKED) l)
+         UPDATE jobs SET publish_after = now(), updated_at = now()
+         FROM lost WHERE jobs.id = lost.id AND jobs.status = '{QUEUED}' AND jobs.publish_after IS NULL"
     ))
-    .bind(idle_tenants)
-    .bind(idle.as_secs_f64())
-    .bind(after.as_secs_f64())
-    .bind(limit)
+    .bind(&tenants)
+    .bind(&ages)
+    .bind(&limits)
     .execute(pool)
     .await?;
     Ok(done.rows_affected())

@@ -457,11 +457,11 @@ impl Broker {
         }
     }
 
-    /// How many messages wait ready (not delivered to a consumer) in `tenant`'s work queue;
-    /// `None` when the queue does not exist (deleted: every message it held is gone). The look
-    /// is a passive declare on a channel of its own, so a missing queue (which closes the
-    /// channel) never disturbs publishing.
-    pub async fn ready_messages(&self, tenant: &str) -> Result<Option<u32>, QueueError> {
+    /// How many messages wait ready (not delivered to a consumer) in `tenant`'s work queue, and
+    /// how many consumers it has; `None` when the queue does not exist (deleted: every message
+    /// it held is gone). The look is a passive declare on a channel of its own, so a missing
+    /// queue (which closes the channel) never disturbs publishing.
+    pub async fn work_queue_counts(&self, tenant: &str) -> Result<Option<(u32, u32)>, QueueError> {
         let queue = self.topo.work_queue(tenant);
         let look = async {
             self.channel().await?;
@@ -485,7 +485,7 @@ impl Broker {
             match declared {
                 Ok(q) => {
                     let _ = probe.close(200, "done".into()).await;
-                    Ok(Some(q.message_count()))
+                    Ok(Some((q.message_count(), q.consumer_count())))
                 }
                 Err(e) if is_not_found(&e) => Ok(None),
                 Err(e) => Err(e.into()),

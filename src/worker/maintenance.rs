@@ -102,28 +102,44 @@ async fn rescue(ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Republishes queued jobs whose work message is gone: at once (after `republish_idle_after`)
-/// for a tenant whose work queue holds no ready message, otherwise after `republish_after`.
+/// Republishes queued jobs whose work message is gone. A tenant whose work queue holds no
+/// ready message gets its unclaimed jobs back after `republish_idle_after`. Otherwise jobs are
+/// sent again after `republish_after` only as far as messages are missing: the jobs waiting
+/// for a message outnumber what the queue holds (ready, plus at most `prefetch` handed to each
+/// consumer). So a long backlog that is merely waiting is never duplicated.
 async fn sweep_lost(ctx: &Ctx) -> anyhow::Result<()> {
     let w = &ctx.config.worker;
-    let mut idle = Vec::new();
-    for tenant in q::tenants_with_unclaimed(&ctx.pool, w.republish_idle_after).await? {
-        match ctx.broker.ready_messages(&tenant).await {
-            Ok(Some(0) | None) => idle.push(tenant),
+    let mut plan = Vec::new();
+    for (tenant, old) in
+        q::tenants_with_unclaimed(&ctx.pool, w.republish_idle_after, w.republish_after).await?
+    {
+        match ctx.broker.work_queue_counts(&tenant).await {
+            Ok(counts @ (Some((0, _)) | None)) => {
+                tracing::debug!(%tenant, ?counts, "work queue empty or gone: its unclaimed jobs are published again");
+                plan.push((tenant, w.republish_idle_after, REPUBLISH_BATCH))
+            }
+            Ok(Some((ready, consumers))) if old => {
+                let held = i64::from(ready)
+                    .saturating_add(i64::from(consumers).saturating_mul(i64::from(w.prefetch)));
+                let waiting = q::count_awaiting_message(
+                    &ctx.pool,
+                    &tenant,
+                    held.saturating_add(REPUBLISH_BATCH),
+                )
+                .await?;
+                let missing = waiting.saturating_sub(held).min(REPUBLISH_BATCH);
+                tracing::debug!(%tenant, ready, consumers, waiting, missing, "work messages against jobs waiting for one");
+                if missing > 0 {
+                    plan.push((tenant, w.republish_after, missing));
+                }
+            }
             Ok(Some(_)) => {}
             Err(e) => {
                 tracing::warn!(%tenant, error = %e, "could not look at a work queue; the sweeper tries again next round");
             }
         }
     }
-    let lost = q::mark_lost_for_republish(
-        &ctx.pool,
-        &idle,
-        w.republish_idle_after,
-        w.republish_after,
-        REPUBLISH_BATCH,
-    )
-    .await?;
+    let lost = q::mark_lost_for_republish(&ctx.pool, &plan).await?;
     if lost > 0 {
         tracing::warn!(
             jobs = lost,
