@@ -290,7 +290,7 @@ pub async fn claim_in(
                 updated_at = now(), publish_after = NULL, reserved_tokens = x.tokens, reserved_sec = $4,
                 deployment = j.deployments->>j.deployment_index
              FROM unnest($1::text[], $3::bigint[]) AS x(id, tokens)
-             WHERE j.id = x.id AND j.status = '{QUEUED}'
+             WHERE j.id = x.id AND j.id = ANY($1) AND j.status = '{QUEUED}'
              RETURNING j.id, j.tenant, j.model, j.deployments, j.deployment, j.request, j.route, j.attempt,
                 j.max_attempts, j.deadline, j.deployment_index, j.deployment_attempts, j.max_tokens,
                 j.est_prompt_tokens, j.premium, j.cache_ttl_secs, j.custom_id, j.repair_note,
@@ -313,7 +313,7 @@ pub async fn claim_in(
             "UPDATE jobs j SET deployment_index = x.next, deployment_attempts = 0,
                 errors = j.errors || jsonb_build_array(x.entry), updated_at = now()
              FROM unnest($1::text[], $2::int[], $3::jsonb[]) AS x(id, next, entry)
-             WHERE j.id = x.id AND j.status = '{QUEUED}'"
+             WHERE j.id = x.id AND j.id = ANY($1) AND j.status = '{QUEUED}'"
         ))
         .bind(&ids)
         .bind(&next)

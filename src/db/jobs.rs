@@ -425,7 +425,8 @@ pub async fn record(
                 finalized_at = CASE WHEN i.status IN ('{SUCCEEDED}', '{FAILED}', '{CANCELLED}', '{EXPIRED}') OR {CANCELS}
                                     THEN now() END
             FROM input i
-            WHERE j.id = i.job_id AND j.status = '{RUNNING}' AND j.attempted_by = $2 AND j.attempt = i.attempt
+            WHERE j.id = i.job_id AND j.id = ANY($3) AND j.status = '{RUNNING}' AND j.attempted_by = $2
+              AND j.attempt = i.attempt
             RETURNING j.id, j.tenant, j.api_key_id, j.reserved_tokens, j.reserved_sec, j.est_prompt_tokens
          ), learned AS (
             -- What the provider reported for prompt tokens against sluice's estimate, so
@@ -459,7 +460,7 @@ pub async fn record(
                 i.output_usd_per_mtok, i.cached_input_usd_per_mtok, i.discount, i.cost_usd,
                 CASE WHEN m.id IS NULL THEN 0 ELSE i.saved_usd END, i.provider_batch_id, i.latency_ms,
                 i.provider_request_id, $2, i.started_at, now()
-            FROM input i JOIN jobs j ON j.id = i.job_id LEFT JOIN moved m ON m.id = i.job_id
+            FROM input i JOIN jobs j ON j.id = i.job_id AND j.id = ANY($3) LEFT JOIN moved m ON m.id = i.job_id
             WHERE i.called
             ON CONFLICT (job_id, attempt) DO NOTHING
             RETURNING job_id, tenant, status, input_tokens, output_tokens, cached_tokens, cost_usd
@@ -470,7 +471,7 @@ pub async fn record(
                 output_tokens = j.output_tokens + d.output_tokens,
                 cached_tokens = j.cached_tokens + d.cached_tokens,
                 cost_usd = j.cost_usd + d.cost_usd
-            FROM discarded d WHERE j.id = d.job_id
+            FROM discarded d WHERE j.id = d.job_id AND j.id = ANY($3)
             RETURNING 1
          ), refunds AS (
             SELECT s.scope, s.key, m.reserved_sec AS sec,
@@ -501,6 +502,9 @@ pub async fn record(
     ))
     .bind(sqlx::types::Json(outcomes))
     .bind(worker)
+    // The same ids as an array: the planner sizes `= ANY` right and probes the primary key,
+    // where it guesses 100 rows for `jsonb_to_recordset` and may scan a young jobs table.
+    .bind(outcomes.iter().map(|o| o.job_id.as_str()).collect::<Vec<_>>())
     .fetch_all(pool)
     .await
 }

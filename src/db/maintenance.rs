@@ -237,7 +237,7 @@ pub async fn park(pool: &PgPool, ids: &[String], until: &[i64]) -> Result<(), Db
     sqlx::query(&format!(
         "UPDATE jobs j SET publish_after = to_timestamp(x.until), updated_at = now()
          FROM unnest($1::text[], $2::bigint[]) AS x(id, until)
-         WHERE j.id = x.id AND j.status = '{QUEUED}'"
+         WHERE j.id = x.id AND j.id = ANY($1) AND j.status = '{QUEUED}'"
     ))
     .bind(ids)
     .bind(until)
