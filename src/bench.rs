@@ -112,6 +112,7 @@ pub async fn run(base: Config, command: BenchCommand) -> anyhow::Result<()> {
     config.amqp.prefix = format!("bench{id}.");
     config.server.listen = "127.0.0.1:0".into();
     crate::db::create_if_missing(&config.database).await?;
+    let amqp = (config.amqp.url.clone(), config.amqp.prefix.clone());
     let result = match command {
         BenchCommand::E2e {
             jobs,
@@ -138,8 +139,40 @@ pub async fn run(base: Config, command: BenchCommand) -> anyhow::Result<()> {
             latency,
         } => retry_delay(config, jobs, error_rate, latency).await,
     };
+    drop_queues(&db_url, &amqp.0, &amqp.1).await;
     drop_db(&db_url).await;
     result
+}
+
+/// Deletes the bench's queues (each tenant's work queue, ingest, rejected), so a run that
+/// stopped with a backlog leaves no messages behind in the broker. Best effort.
+async fn drop_queues(db_url: &str, amqp_url: &str, prefix: &str) {
+    let topo = crate::queue::Topology::new(prefix);
+    let mut queues = vec![topo.ingest_queue(), topo.rejected_queue()];
+    if let Ok(pool) = sqlx::PgPool::connect(db_url).await {
+        let tenants: Vec<String> = sqlx::query_scalar("SELECT name FROM tenants")
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_default();
+        queues.extend(tenants.iter().map(|t| topo.work_queue(t)));
+        pool.close().await;
+    }
+    let Ok(conn) = crate::queue::connect(amqp_url, "sluice-bench-cleanup").await else {
+        return;
+    };
+    for q in queues {
+        // A channel per delete: an error closes the channel it happened on.
+        if let Ok(ch) = conn.create_channel().await {
+            let _ = ch
+                .queue_delete(
+                    q.as_str().into(),
+                    lapin::options::QueueDeleteOptions::default(),
+                )
+                .await;
+            let _ = ch.close(200, "done".into()).await;
+        }
+    }
+    let _ = conn.close(200, "done".into()).await;
 }
 
 fn bench_db_url(url: &str, id: &str) -> anyhow::Result<String> {
