@@ -153,12 +153,9 @@ impl FromRequestParts<Arc<Ctx>> for Tenant {
         parts: &mut Parts,
         ctx: &Arc<Ctx>,
     ) -> Result<Self, Self::Rejection> {
-        match crate::auth::http::authenticate(&ctx.keys, parts).await? {
-            crate::auth::Principal::Key { tenant, .. } => Ok(Tenant(tenant)),
-            crate::auth::Principal::Admin => Err(crate::auth::http::AuthError::Forbidden(
-                "the admin key manages sluice under /v1/admin/…; use a tenant key for this".into(),
-            )),
-        }
+        Submitter::from_request_parts(parts, ctx)
+            .await
+            .map(|s| Tenant(s.tenant))
     }
 }
 
