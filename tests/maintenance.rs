@@ -10,7 +10,7 @@ use common::{Client, TestEnv, job, wait_until};
 use lapin::options::QueuePurgeOptions;
 use lapin::{Connection, ConnectionProperties};
 use serde_json::json;
-use sluice::app::Roles;
+use sluice::app::{Roles, Running};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -62,16 +62,23 @@ async fn queued_jobs_whose_work_messages_were_purged_are_published_again_and_run
     })
     .await;
     assert_eq!(purge_work_queue(&env, "acme").await, 3);
-    let workers = env
-        .start(Roles {
-            worker: true,
-            maintenance: true,
-            ..Default::default()
-        })
-        .await;
-    for id in &ids {
-        let done = c.wait_job(id, T).await;
-        assert_eq!(done["status"], "succeeded", "{done}");
+    let roles = Roles {
+        worker: true,
+        maintenance: true,
+        ..Default::default()
+    };
+    run_to_success(env, api, roles, &[(&c, &ids)]).await;
+}
+
+/// Starts workers with `roles`, waits until each client's jobs succeeded, checks the
+/// invariants, and stops everything.
+async fn run_to_success(env: TestEnv, api: Running, roles: Roles, jobs: &[(&Client, &[String])]) {
+    let workers = env.start(roles).await;
+    for (c, ids) in jobs {
+        for id in *ids {
+            let done = c.wait_job(id, T).await;
+            assert_eq!(done["status"], "succeeded", "{done}");
+        }
     }
     env.check_invariants().await;
     workers.stop().await;
@@ -137,24 +144,11 @@ async fn an_emptied_work_queue_gets_its_jobs_back_soon_and_a_waiting_backlog_is_
         3,
         "each lost job republished once"
     );
-    let workers = env
-        .start(Roles {
-            worker: true,
-            ..Default::default()
-        })
-        .await;
-    for id in &lost {
-        let done = acme.wait_job(id, T).await;
-        assert_eq!(done["status"], "succeeded", "{done}");
-    }
-    for id in &waiting {
-        let done = globex.wait_job(id, T).await;
-        assert_eq!(done["status"], "succeeded", "{done}");
-    }
-    env.check_invariants().await;
-    workers.stop().await;
-    api.stop().await;
-    env.cleanup().await;
+    let roles = Roles {
+        worker: true,
+        ..Default::default()
+    };
+    run_to_success(env, api, roles, &[(&acme, &lost), (&globex, &waiting)]).await;
 }
 
 /// A backlog older than `republish_after` whose messages all wait in its queue is never
@@ -207,20 +201,11 @@ async fn an_old_backlog_gets_back_only_as_many_messages_as_were_lost() {
         6,
         "only the missing messages were sent again"
     );
-    let workers = env
-        .start(Roles {
-            worker: true,
-            ..Default::default()
-        })
-        .await;
-    for id in &ids {
-        let done = acme.wait_job(id, T).await;
-        assert_eq!(done["status"], "succeeded", "{done}");
-    }
-    env.check_invariants().await;
-    workers.stop().await;
-    api.stop().await;
-    env.cleanup().await;
+    let roles = Roles {
+        worker: true,
+        ..Default::default()
+    };
+    run_to_success(env, api, roles, &[(&acme, &ids)]).await;
 }
 
 /// Every connection of a worker's main pool is taken (a stall) while one of its calls runs.

@@ -121,34 +121,7 @@ async fn every_submission_path_records_the_key_and_amqp_jobs_have_none() {
         )
         .await;
     assert_eq!(s, 200, "{chat}");
-    let line = json!({"custom_id": "l1", "method": "POST", "url": "/v1/chat/completions",
-        "body": {"model": "summarize", "messages": [{"role": "user", "content": "from a file"}]}});
-    let form = reqwest::multipart::Form::new()
-        .text("purpose", "batch")
-        .part(
-            "file",
-            reqwest::multipart::Part::bytes(format!("{line}\n").into_bytes()).file_name("in.jsonl"),
-        );
-    let file: Value = c
-        .http
-        .post(format!("{}/v1/files", c.base))
-        .bearer_auth(&key)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let (s, batch) = c
-        .post(
-            "/v1/batches",
-            &json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}),
-            None,
-        )
-        .await;
-    assert_eq!(s, 200, "{batch}");
-    let batch_id = batch["id"].as_str().unwrap().to_string();
+    let batch_id = super::batches_list::openai_batch(&c).await;
     let bytes = serde_json::to_vec(&job("over amqp")).unwrap();
     let headers = [("sluice-api-key", key.as_str()), ("sluice-schema", "1")];
     env.publish_job("acme", &bytes, &headers, Some("amqp-1"))
