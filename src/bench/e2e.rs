@@ -425,36 +425,32 @@ async fn wait_all_published(
     start: Instant,
     jobs: usize,
 ) -> anyhow::Result<()> {
-    loop {
-        let (total, unpublished): (i64, i64) = sqlx::query_as(
-            "SELECT count(*), count(*) FILTER (WHERE publish_after IS NOT NULL) FROM jobs",
-        )
-        .fetch_one(pool)
-        .await?;
-        if total as usize >= jobs && unpublished == 0 {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            start.elapsed() < give_up_after(jobs),
-            "gave up: {unpublished} of {total} jobs still unpublished"
-        );
-        tokio::time::sleep(poll_every(jobs)).await;
-    }
+    wait_for_jobs(pool, start, jobs, "publish_after IS NULL", "published").await
 }
 
 async fn wait_all_terminal(pool: &sqlx::PgPool, jobs: usize, start: Instant) -> anyhow::Result<()> {
+    let done = "status IN ('succeeded', 'failed', 'cancelled', 'expired')";
+    wait_for_jobs(pool, start, jobs, done, "finished").await
+}
+
+/// Polls until `jobs` jobs are recorded and every one matches `condition` (a fixed SQL
+/// predicate on `jobs`), giving up after [`give_up_after`].
+async fn wait_for_jobs(
+    pool: &sqlx::PgPool,
+    start: Instant,
+    jobs: usize,
+    condition: &str,
+    what: &str,
+) -> anyhow::Result<()> {
+    let sql = format!("SELECT count(*), count(*) FILTER (WHERE {condition}) FROM jobs");
     loop {
-        let (total, done): (i64, i64) = sqlx::query_as(
-            "SELECT count(*), count(*) FILTER (WHERE status IN ('succeeded', 'failed', 'cancelled', 'expired')) FROM jobs",
-        )
-        .fetch_one(pool)
-        .await?;
-        if total as usize >= jobs && done == total {
+        let (total, matching): (i64, i64) = sqlx::query_as(&sql).fetch_one(pool).await?;
+        if usize::try_from(total).unwrap_or(0) >= jobs && matching == total {
             return Ok(());
         }
         anyhow::ensure!(
             start.elapsed() < give_up_after(jobs),
-            "gave up after {:?}: {done} of {jobs} jobs finished",
+            "gave up after {:?}: {matching} of {jobs} jobs {what}",
             give_up_after(jobs)
         );
         tokio::time::sleep(poll_every(jobs)).await;
