@@ -31,6 +31,8 @@ pub struct Ctx {
     pub health: Health,
     /// Circuit-breaker signals of synchronous calls, applied in rounds (see `worker::breaker_feed`).
     pub breaker_feed: crate::worker::breaker_feed::BreakerFeed,
+    /// The synchronous path's database work, gathered in rounds (see `realtime::rounds`).
+    pub rounds: crate::realtime::rounds::Rounds,
     catalog: RwLock<Arc<Catalog>>,
 }
 
@@ -53,6 +55,7 @@ impl Ctx {
             keys: KeyCache::with_admin(pool.clone(), config.admin.key_hash()),
             health: Health::default(),
             breaker_feed: Default::default(),
+            rounds: Default::default(),
             catalog: RwLock::new(Arc::new(catalog)),
             config,
             pool,
@@ -193,6 +196,18 @@ pub async fn start(ctx: Arc<Ctx>, roles: Roles) -> anyhow::Result<Running> {
         let (c, stop) = (ctx.clone(), shutdown.clone());
         spawn_supervised(&tracker, &ctx, "breaker_feed", &shutdown, move || {
             c.breaker_feed.clone().run(c.clone(), stop.clone())
+        });
+        let (c, id, stop) = (ctx.clone(), worker_id.clone(), shutdown.clone());
+        spawn_supervised(&tracker, &ctx, "sync_admit", &shutdown, move || {
+            c.rounds.run_admit(c.clone(), id.clone(), stop.clone())
+        });
+        let (c, id, stop) = (ctx.clone(), worker_id.clone(), shutdown.clone());
+        spawn_supervised(&tracker, &ctx, "sync_record", &shutdown, move || {
+            c.rounds.run_record(c.clone(), id.clone(), stop.clone())
+        });
+        let (c, stop) = (ctx.clone(), shutdown.clone());
+        spawn_supervised(&tracker, &ctx, "sync_read", &shutdown, move || {
+            c.rounds.run_read(c.clone(), stop.clone())
         });
     }
     if !roles.api

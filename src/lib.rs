@@ -16,6 +16,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod batch;
+pub mod batcher;
 pub mod bench;
 pub mod cli;
 pub mod config;

@@ -527,3 +527,49 @@ async fn the_openapi_document_is_3_1_and_describes_the_front_door() {
     running.stop().await;
     env.cleanup().await;
 }
+
+/// Concurrent synchronous calls share their database rounds (`realtime::rounds`): each caller
+/// still gets its own answer, and each job is recorded once with its ledger row.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_chat_completions_each_get_their_own_answer_and_are_recorded_once() {
+    let env = TestEnv::new().await;
+    let running = env
+        .start(Roles {
+            api: true,
+            ..Roles::default()
+        })
+        .await;
+    let c = Client::new(&running, &env.key("acme").await);
+    let calls: Vec<_> = (0..64)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let body = json!({"model": "summarize", "max_tokens": 16,
+                    "messages": [{"role": "user", "content": format!("call number {i}")}]});
+                let resp = chat(&c, &body).await;
+                (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    for (i, call) in calls.into_iter().enumerate() {
+        let (status, v) = call.await.unwrap();
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["object"], "chat.completion", "{v}");
+        // The mock's answer repeats the prompt's words: this caller's own answer.
+        let text = v["choices"][0]["message"]["content"].as_str().unwrap_or("");
+        assert!(text.ends_with(&format!("call number {i}")), "{i}: {v}");
+    }
+    assert_eq!(
+        env.count("SELECT count(*) FROM jobs WHERE status = 'succeeded' AND cost_usd > 0")
+            .await,
+        64
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM attempts WHERE status = 'succeeded'")
+            .await,
+        64
+    );
+    env.check_invariants().await;
+    running.stop().await;
+    env.cleanup().await;
+}

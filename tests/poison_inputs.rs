@@ -18,6 +18,8 @@ mod cli;
 mod http;
 #[path = "poison_inputs/setup.rs"]
 mod setup;
+#[path = "poison_inputs/sync_rounds.rs"]
+mod sync_rounds;
 
 use std::time::Duration;
 

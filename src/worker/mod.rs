@@ -13,7 +13,7 @@ pub mod breaker_feed;
 pub mod cancel;
 pub mod execute;
 pub mod maintenance;
-mod record;
+pub mod record;
 pub mod retry_timer;
 
 use std::collections::{HashMap, HashSet};

@@ -67,14 +67,15 @@ pub async fn create(
         .pop()
         .ok_or_else(|| ApiError::bad("empty request"))?;
     row.api_key_id = Some(key_id);
-    let end = crate::realtime::run(
-        &ctx,
-        &worker_id,
-        &tenant,
-        row,
-        ctx.config.server.chat_budget_wait,
-    )
+    // The run is a task of its own: a caller who hangs up or times out does not stop a claimed
+    // job halfway (it is run and recorded, its cost booked).
+    let run_ctx = ctx.clone();
+    let end = tokio::spawn(async move {
+        let wait = run_ctx.config.server.chat_budget_wait;
+        crate::realtime::run(&run_ctx, &worker_id, &tenant, row, wait).await
+    })
     .await
+    .map_err(|e| ApiError::Unexpected(anyhow::anyhow!("the synchronous run ended early: {e}")))?
     .map_err(ApiError::Unexpected)?;
     let job = match end {
         RunEnd::Finished(job) => job,

@@ -1,8 +1,9 @@
-//! Running one job to its end in the calling task, for `POST /v1/chat/completions`: the same
+//! Running one job to its end, for `POST /v1/chat/completions`: the same
 //! claim (budgets, breakers, pauses), the same attempt (`worker::execute`: cache, call, price,
 //! retry decision, fallback) and the same record (one ledger row per attempt, spend settled)
 //! as the worker pool, looped until the job finishes. A budget wait longer than the caller will
-//! wait cancels the job and says when to come back.
+//! wait cancels the job and says when to come back. The database steps of concurrent runs are
+//! gathered into rounds (see [`rounds`]).
 //!
 //! The job is in Postgres first, with its publish mark far enough ahead that the relay leaves it
 //! alone while this task runs it; if the process dies, the relay publishes it later and a worker
@@ -15,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::Ctx;
 use crate::db::jobs::{JobRow, NewJobRow};
+
+pub mod rounds;
 
 /// How a synchronous run ended.
 #[derive(Debug)]
@@ -44,15 +47,15 @@ pub async fn run(
     let id = row.id.clone();
     let ids = [id.clone()];
     let breakers = crate::worker::breaker_settings(ctx);
-    // The job and its first claim commit together (one commit instead of two).
-    let mut tx = ctx.pool.begin().await?;
+    // The job and its first claim commit together, in a round with other requests' jobs.
     // The relay's safety net, set past any run: a crash leaves the job to the workers.
     let hold = budget_wait.saturating_add(RUN_AT_MOST);
-    crate::db::jobs::insert_jobs(&mut tx, tenant, None, std::slice::from_ref(&row), hold).await?;
-    let first =
-        crate::db::budgets::claim_in(&mut tx, &ids, worker_id, &ctx.catalog(), breakers).await?;
-    tx.commit().await?;
-    let mut first = Some(first);
+    let admit = rounds::Admit {
+        tenant: tenant.to_string(),
+        row,
+        hold,
+    };
+    let mut first = Some(rounds::admit(ctx, worker_id, admit).await?);
 
     let started = Instant::now();
     let give_up_budget = started + budget_wait;
@@ -73,17 +76,19 @@ pub async fn run(
             let never = CancellationToken::new();
             let (outcome, signal) =
                 crate::worker::execute::execute(ctx, worker_id, job, claimed_at, &never).await;
-            record(ctx, worker_id, &outcome).await?;
-            if let (Some(deployment), Some(signal)) = (outcome.deployment.clone(), signal) {
+            let (status, run_after) = (outcome.status, outcome.run_after);
+            let deployment = outcome.deployment.clone();
+            rounds::record(ctx, worker_id, outcome).await?;
+            if let (Some(deployment), Some(signal)) = (deployment, signal) {
                 ctx.breaker_feed.send(crate::db::breakers::Event {
                     deployment,
                     job_id: id.clone(),
                     signal,
                 });
             }
-            match outcome.status {
+            match status {
                 "retry_scheduled" => {
-                    let at = outcome.run_after.unwrap_or_else(Utc::now);
+                    let at = run_after.unwrap_or_else(Utc::now);
                     let wait = (at - Utc::now()).to_std().unwrap_or_default();
                     tokio::time::sleep(wait.min(ctx.config.worker.retry_max)).await;
                     crate::db::maintenance::stage_due_retries(&ctx.pool).await?;
@@ -121,35 +126,8 @@ pub async fn run(
     }
 }
 
-/// Records one outcome, retrying a transient failure five times over a few seconds (the call
-/// is paid for); a deterministic one fails at once.
-async fn record(
-    ctx: &Ctx,
-    worker_id: &str,
-    outcome: &crate::db::jobs::Outcome,
-) -> anyhow::Result<()> {
-    use backon::Retryable;
-    let pauses = backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(2))
-        .with_jitter()
-        .with_max_times(5);
-    (|| crate::db::jobs::record(&ctx.pool, worker_id, std::slice::from_ref(outcome)))
-        .retry(pauses)
-        .when(crate::db::errors::is_transient)
-        .notify(|e, _| tracing::warn!(error = %e, "recording the outcome failed; retrying"))
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "could not record the outcome of job {}: {e}",
-                outcome.job_id
-            )
-        })?;
-    Ok(())
-}
-
 async fn finished_or_not(ctx: &Ctx, tenant: &str, id: &str) -> anyhow::Result<JobRow> {
-    crate::db::jobs::get(&ctx.pool, tenant, id)
+    rounds::read(ctx, tenant, id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("job {id} vanished"))
 }
