@@ -573,3 +573,46 @@ async fn concurrent_chat_completions_each_get_their_own_answer_and_are_recorded_
     running.stop().await;
     env.cleanup().await;
 }
+
+/// A caller who hangs up while its call is at the provider: the run goes on in its own task,
+/// and the job is recorded as succeeded with its ledger row instead of staying claimed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chat_completion_whose_caller_hangs_up_is_still_run_and_recorded() {
+    let env = TestEnv::new().await;
+    let running = env
+        .start(Roles {
+            api: true,
+            ..Roles::default()
+        })
+        .await;
+    let c = Client::new(&running, &env.key("acme").await);
+    let body = json!({"model": "summarize", "max_tokens": 16,
+        "messages": [{"role": "user", "content": "hang up on me [[mock:sleep=1500ms]]"}]});
+    let call = c
+        .http
+        .post(format!("{}/v1/chat/completions", c.base))
+        .bearer_auth(&c.key)
+        .json(&body)
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(call.is_err(), "the caller gave up first: {call:?}");
+    common::wait_until(
+        Duration::from_secs(30),
+        "the abandoned call is recorded",
+        || async {
+            env.count("SELECT count(*) FROM jobs WHERE status = 'succeeded' AND cost_usd > 0")
+                .await
+                == 1
+        },
+    )
+    .await;
+    assert_eq!(
+        env.count("SELECT count(*) FROM attempts WHERE status = 'succeeded'")
+            .await,
+        1
+    );
+    env.check_invariants().await;
+    running.stop().await;
+    env.cleanup().await;
+}
