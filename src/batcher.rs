@@ -22,6 +22,8 @@ type Request<I, O> = (I, oneshot::Sender<O>);
 #[derive(Debug)]
 pub struct Batcher<I, O> {
     name: &'static str,
+    /// Whether an item whose caller has gone is still done (an outcome to record must be).
+    keep_abandoned: bool,
     tx: mpsc::Sender<Request<I, O>>,
     rx: Arc<Mutex<mpsc::Receiver<Request<I, O>>>>,
 }
@@ -30,6 +32,7 @@ impl<I, O> Clone for Batcher<I, O> {
     fn clone(&self) -> Self {
         Self {
             name: self.name,
+            keep_abandoned: self.keep_abandoned,
             tx: self.tx.clone(),
             rx: self.rx.clone(),
         }
@@ -63,9 +66,16 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         Self {
             name,
+            keep_abandoned: false,
             tx,
             rx: Arc::new(Mutex::new(rx)),
         }
+    }
+
+    /// Does every item even when its caller has gone (by default such items are left out).
+    pub fn keeping_abandoned(mut self) -> Self {
+        self.keep_abandoned = true;
+        self
     }
 
     /// Hands `item` to the loop and waits for its answer.
@@ -81,7 +91,7 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     /// answers each item with what `work` returns for it (`work` returns one answer per item,
     /// in order), until `stop`. Then the queue is closed, what is in it is done, the rounds
     /// running end, and the loop returns; later calls get their item back. Items whose caller
-    /// has gone are left out of a round. A round that panics takes the loop down with it (the
+    /// has gone are left out of a round unless [`Batcher::keeping_abandoned`]. A round that panics takes the loop down with it (the
     /// supervisor sees the death and starts the loop again); its callers get an error.
     pub async fn run<F, Fut>(
         self,
@@ -94,6 +104,7 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
         Fut: Future<Output = Vec<O>> + Send + 'static,
     {
         let (round, parallel) = (round.max(1), parallel.max(1));
+        let keep = self.keep_abandoned;
         let mut rx = self.rx.lock().await;
         let mut running = tokio::task::JoinSet::new();
         let mut buf: Vec<Request<I, O>> = Vec::with_capacity(round);
@@ -124,8 +135,10 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
             } else if rx.recv_many(&mut buf, round).await == 0 {
                 break;
             }
-            let (items, replies): (Vec<I>, Vec<oneshot::Sender<O>>) =
-                buf.drain(..).filter(|(_, r)| !r.is_closed()).unzip();
+            let (items, replies): (Vec<I>, Vec<oneshot::Sender<O>>) = buf
+                .drain(..)
+                .filter(|(_, r)| keep || !r.is_closed())
+                .unzip();
             if items.is_empty() {
                 continue;
             }
@@ -295,5 +308,35 @@ mod tests {
         assert_eq!((first, second), (Some(1), Some(2)));
         stop.cancel();
         lp.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_item_is_left_out_unless_the_batcher_keeps_them() {
+        for keep in [false, true] {
+            let b: Batcher<u32, u32> = Batcher::new("test", 8);
+            let b = if keep { b.keeping_abandoned() } else { b };
+            let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+            // The caller of 1 goes away before any loop runs.
+            let gone = tokio::spawn({
+                let b = b.clone();
+                async move { b.call(1).await.ok() }
+            });
+            while b.tx.capacity() == 8 {
+                tokio::task::yield_now().await;
+            }
+            gone.abort();
+            let _ = gone.await;
+            let stop = CancellationToken::new();
+            let s = seen.clone();
+            let lp = tokio::spawn(b.clone().run(8, 1, stop.clone(), move |items: Vec<u32>| {
+                s.lock().unwrap().extend(items.iter().copied());
+                async move { items }
+            }));
+            assert_eq!(b.call(2).await.ok(), Some(2));
+            stop.cancel();
+            lp.await.unwrap();
+            let want: &[u32] = if keep { &[1, 2] } else { &[2] };
+            assert_eq!(seen.lock().unwrap().as_slice(), want, "keep = {keep}");
+        }
     }
 }

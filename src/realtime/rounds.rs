@@ -58,7 +58,8 @@ impl Default for Rounds {
     fn default() -> Self {
         Self {
             admit: Batcher::new("sync_admit", QUEUE),
-            record: Batcher::new("sync_record", QUEUE),
+            // A paid call's outcome is recorded even if its caller is gone.
+            record: Batcher::new("sync_record", QUEUE).keeping_abandoned(),
             read: Batcher::new("sync_read", QUEUE),
         }
     }
