@@ -10,8 +10,8 @@
 //!
 //! No request can hold the others back: a round that Postgres refuses is split until the
 //! offending request stands alone (`db::errors::isolate`); that request gets the error and the
-//! rest go on. Each round is a supervised loop (`sync_admit`, `sync_record`, `sync_read` in
-//! `/readyz`).
+//! rest go on. Each kind of round has its supervised loop (`sync_admit`, `sync_record`,
+//! `sync_read` in `/readyz`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -26,9 +26,9 @@ use crate::db::jobs::{JOB_COLUMNS, JobRow, NewJobRow, Outcome};
 
 /// Most requests in one round.
 const ROUND: usize = 128;
-/// Admit and record rounds run one at a time: both lock the same budget rows, and measured with
-/// three of each at once, rounds got smaller and slower (760 against 1,203 requests a second at
-/// concurrency 128). Reads lock nothing and run side by side.
+/// Admit and record rounds run one at a time: measured with three of each at once, rounds got
+/// smaller and slower (760 against 1,203 requests a second at concurrency 128), likely because
+/// rounds of one kind lock the same budget rows. Reads lock nothing and run side by side.
 const SERIAL: usize = 1;
 const READS_AT_ONCE: usize = 2;
 /// Requests waiting for a round at most; past this, callers wait for room.
