@@ -1,4 +1,5 @@
-//! Gathering the database work of concurrent requests into rounds: each request hands its item
+//! Gathering the database work of concurrent requests into rounds (the synchronous path's
+//! steps in `realtime::rounds`, circuit-breaker signals in `worker::breaker_feed`): each request hands its item
 //! to a [`Batcher`] and awaits its own answer, and one supervised loop takes whatever has
 //! gathered (up to a round's size) and does it in one transaction. Under load a round forms
 //! while the previous one runs, so no timer delays a request; alone, a request is a round of
@@ -78,6 +79,13 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
         self
     }
 
+    /// Hands `item` to the loop without waiting for room or for an answer; false when the
+    /// queue is full or closed. (Only useful with [`Batcher::keeping_abandoned`].)
+    pub fn offer(&self, item: I) -> bool {
+        let (reply, _) = oneshot::channel();
+        self.tx.try_send((item, reply)).is_ok()
+    }
+
     /// Hands `item` to the loop and waits for its answer.
     pub async fn call(&self, item: I) -> Result<O, CallError<I>> {
         let (reply, answer) = oneshot::channel();
@@ -91,8 +99,9 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     /// answers each item with what `work` returns for it (`work` returns one answer per item,
     /// in order), until `stop`. Then the queue is closed, what is in it is done, the rounds
     /// running end, and the loop returns; later calls get their item back. Items whose caller
-    /// has gone are left out of a round unless [`Batcher::keeping_abandoned`]. A round that panics takes the loop down with it (the
-    /// supervisor sees the death and starts the loop again); its callers get an error.
+    /// has gone are left out of a round unless [`Batcher::keeping_abandoned`]. A round that
+    /// panics takes the loop down with it (the supervisor sees the death and starts the loop
+    /// again); its callers get an error.
     pub async fn run<F, Fut>(
         self,
         round: usize,

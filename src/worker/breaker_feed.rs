@@ -12,10 +12,10 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Ctx;
+use crate::batcher::Batcher;
 use crate::db::breakers::Event;
 
 /// Signals waiting at most; past this the loop is far behind or down, and new ones are dropped.
@@ -23,21 +23,14 @@ const CAPACITY: usize = 10_000;
 /// Most signals applied in one round.
 const ROUND: usize = 1_000;
 
-/// The sending side, shared by every request, and the receiving side, kept here so a loop the
-/// supervisor restarts picks up where the last one stopped.
+/// The signals' queue, shared by every request (a `Batcher` nobody waits on: every signal
+/// is applied even though its sender has moved on).
 #[derive(Debug, Clone)]
-pub struct BreakerFeed {
-    tx: mpsc::Sender<Event>,
-    rx: Arc<Mutex<mpsc::Receiver<Event>>>,
-}
+pub struct BreakerFeed(Batcher<Event, ()>);
 
 impl Default for BreakerFeed {
     fn default() -> Self {
-        let (tx, rx) = mpsc::channel(CAPACITY);
-        Self {
-            tx,
-            rx: Arc::new(Mutex::new(rx)),
-        }
+        Self(Batcher::new("breaker_feed", CAPACITY).keeping_abandoned())
     }
 }
 
@@ -45,33 +38,23 @@ impl BreakerFeed {
     /// Hands one signal over without waiting; a full feed drops it (counted in
     /// `sluice_breaker_signals_dropped_total`).
     pub fn send(&self, event: Event) {
-        if self.tx.try_send(event).is_err() {
+        if !self.0.offer(event) {
             metrics::counter!("sluice_breaker_signals_dropped_total").increment(1);
         }
     }
 
-    /// Applies gathered signals until `stop`, then applies what is left and returns.
-    pub async fn run(self, ctx: Arc<Ctx>, stop: CancellationToken) {
-        let mut rx = self.rx.lock().await;
-        let mut round = Vec::with_capacity(ROUND);
-        loop {
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => {
-                    while round.len() < ROUND && let Ok(e) = rx.try_recv() {
-                        round.push(e);
-                    }
-                    super::update_breakers(&ctx, &round).await;
-                    return;
-                }
-                n = rx.recv_many(&mut round, ROUND) => {
-                    if n == 0 {
-                        return;
-                    }
-                }
+    /// Applies gathered signals, one round at a time, until `stop`; then applies what is left.
+    pub fn run(
+        self,
+        ctx: Arc<Ctx>,
+        stop: CancellationToken,
+    ) -> impl Future<Output = ()> + Send + use<> {
+        self.0.run(ROUND, 1, stop, move |events| {
+            let ctx = ctx.clone();
+            async move {
+                super::update_breakers(&ctx, &events).await;
+                vec![(); events.len()]
             }
-            super::update_breakers(&ctx, &round).await;
-            round.clear();
-        }
+        })
     }
 }
