@@ -583,6 +583,16 @@ pub async fn get(pool: &PgPool, tenant: &str, id: &str) -> Result<Option<JobRow>
     .await
 }
 
+/// The jobs among `ids`, of any tenant, in one statement (the caller checks the tenant).
+pub async fn get_many(pool: &PgPool, ids: &[&str]) -> Result<Vec<JobRow>, DbError> {
+    sqlx::query_as(&format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE id = ANY($1)"
+    ))
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+}
+
 /// Filters for listing jobs.
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {

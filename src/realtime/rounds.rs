@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::Ctx;
 use crate::batcher::{Batcher, CallError};
 use crate::db::budgets::ClaimOutcome;
-use crate::db::jobs::{JOB_COLUMNS, JobRow, NewJobRow, Outcome};
+use crate::db::jobs::{JobRow, NewJobRow, Outcome};
 
 /// Most requests in one round.
 const ROUND: usize = 128;
@@ -236,13 +236,7 @@ async fn record_round(ctx: &Ctx, worker: &str, outcomes: Vec<Outcome>) -> Vec<()
 /// Reads every job in one statement; each answer only if the job is its caller's tenant's.
 async fn read_round(ctx: &Ctx, items: Vec<(String, String)>) -> Vec<ReadAnswer> {
     let ids: Vec<&str> = items.iter().map(|(_, id)| id.as_str()).collect();
-    let rows: Result<Vec<JobRow>, sqlx::Error> = sqlx::query_as(&format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE id = ANY($1)"
-    ))
-    .bind(&ids)
-    .fetch_all(&ctx.pool)
-    .await;
-    match rows {
+    match crate::db::jobs::get_many(&ctx.pool, &ids).await {
         Err(e) => {
             let message = format!("reading the job failed: {e}");
             items.iter().map(|_| Err(message.clone())).collect()
