@@ -183,13 +183,19 @@ async fn admit_chunk(
     }
     let ids: Vec<String> = chunk.iter().map(|a| a.row.id.clone()).collect();
     let breakers = crate::worker::breaker_settings(ctx);
+    let started = std::time::Instant::now();
     let mut tx = ctx.pool.begin().await?;
+    let begun = started.elapsed();
     for ((tenant, hold), rows) in &groups {
         crate::db::jobs::insert_jobs(&mut tx, tenant, None, rows, *hold).await?;
     }
+    let inserted = started.elapsed();
     let claim =
         crate::db::budgets::claim_in(&mut tx, &ids, worker, &ctx.catalog(), breakers).await?;
+    let claimed = started.elapsed();
     tx.commit().await?;
+    // Where a round's time goes (BENCHMARKS.md: `RUST_LOG=…,sluice::realtime=debug`).
+    tracing::debug!(jobs = chunk.len(), ?begun, ?inserted, ?claimed, committed = ?started.elapsed(), "admit round");
     Ok(split(claim, ids))
 }
 
