@@ -266,9 +266,14 @@ pub async fn idempotency_conflicts(
 }
 
 /// Notes that these jobs' work messages are in the broker, so the relay leaves them alone.
+/// A row locked by someone else (a worker claiming it, which clears the mark itself) is
+/// skipped rather than waited for: waiting here held the claim's locks too, and a job left
+/// marked is only published once more by the relay, a duplicate workers drop.
 pub async fn mark_published(pool: &PgPool, ids: &[String]) -> Result<(), DbError> {
     sqlx::query(
-        "UPDATE jobs SET publish_after = NULL WHERE id = ANY($1) AND publish_after IS NOT NULL",
+        "UPDATE jobs SET publish_after = NULL WHERE id = ANY($1) AND id IN (
+            SELECT id FROM jobs WHERE id = ANY($1) AND publish_after IS NOT NULL
+            ORDER BY id FOR UPDATE SKIP LOCKED)",
     )
     .bind(ids)
     .execute(pool)
@@ -427,18 +432,23 @@ pub async fn record(
             FROM input i
             WHERE j.id = i.job_id AND j.id = ANY($3) AND j.status = '{RUNNING}' AND j.attempted_by = $2
               AND j.attempt = i.attempt
-            RETURNING j.id, j.tenant, j.api_key_id, j.reserved_tokens, j.reserved_sec, j.est_prompt_tokens
+            -- The input's own figures ride along, so the steps below read `moved` alone: a
+            -- join of two CTEs is planned as a nested loop (the planner guesses one row for
+            -- each), which is quadratic in the round's size.
+            RETURNING j.id, j.tenant, j.api_key_id, j.reserved_tokens, j.reserved_sec, j.est_prompt_tokens,
+                i.deployment, i.called, i.attempt_status, i.input_tokens, i.output_tokens, i.cost_usd,
+                i.repair_note
          ), learned AS (
             -- What the provider reported for prompt tokens against sluice's estimate, so
             -- reservations can scale their estimates (`budget::learned_prompt_tokens`). Halved
             -- past ten million tokens, so the ratio follows a provider that changes its count.
             INSERT INTO deployment_usage AS u (deployment, est_prompt_tokens, actual_prompt_tokens)
-            SELECT i.deployment, sum(m.est_prompt_tokens), sum(i.input_tokens)
-            FROM moved m JOIN input i ON i.job_id = m.id
-            WHERE i.called AND i.attempt_status IN ('succeeded', 'refused') AND i.deployment IS NOT NULL
-              AND i.input_tokens > 0 AND m.est_prompt_tokens > 0 AND i.repair_note IS NULL
-            GROUP BY i.deployment
-            ORDER BY i.deployment
+            SELECT m.deployment, sum(m.est_prompt_tokens), sum(m.input_tokens)
+            FROM moved m
+            WHERE m.called AND m.attempt_status IN ('succeeded', 'refused') AND m.deployment IS NOT NULL
+              AND m.input_tokens > 0 AND m.est_prompt_tokens > 0 AND m.repair_note IS NULL
+            GROUP BY m.deployment
+            ORDER BY m.deployment
             ON CONFLICT (deployment) DO UPDATE SET
                 est_prompt_tokens = CASE WHEN u.est_prompt_tokens > 10000000
                     THEN u.est_prompt_tokens / 2 ELSE u.est_prompt_tokens END + excluded.est_prompt_tokens,
@@ -454,13 +464,16 @@ pub async fn record(
                 http_status, input_tokens, output_tokens, cached_tokens, input_usd_per_mtok,
                 output_usd_per_mtok, cached_input_usd_per_mtok, discount, cost_usd, saved_usd,
                 provider_batch_id, latency_ms, provider_request_id, worker, started_at, finished_at)
+            -- `IN (SELECT id FROM moved)` is a hashed subplan; a join with `moved` would be a
+            -- nested loop (see `moved`).
             SELECT i.attempt_id, i.job_id, j.tenant, i.attempt, i.provider, i.upstream_model, i.route,
-                CASE WHEN m.id IS NULL THEN 'discarded' ELSE i.attempt_status END, i.error_code,
-                i.http_status, i.input_tokens, i.output_tokens, i.cached_tokens, i.input_usd_per_mtok,
-                i.output_usd_per_mtok, i.cached_input_usd_per_mtok, i.discount, i.cost_usd,
-                CASE WHEN m.id IS NULL THEN 0 ELSE i.saved_usd END, i.provider_batch_id, i.latency_ms,
-                i.provider_request_id, $2, i.started_at, now()
-            FROM input i JOIN jobs j ON j.id = i.job_id AND j.id = ANY($3) LEFT JOIN moved m ON m.id = i.job_id
+                CASE WHEN i.job_id IN (SELECT id FROM moved) THEN i.attempt_status ELSE 'discarded' END,
+                i.error_code, i.http_status, i.input_tokens, i.output_tokens, i.cached_tokens,
+                i.input_usd_per_mtok, i.output_usd_per_mtok, i.cached_input_usd_per_mtok, i.discount,
+                i.cost_usd,
+                CASE WHEN i.job_id IN (SELECT id FROM moved) THEN i.saved_usd ELSE 0 END,
+                i.provider_batch_id, i.latency_ms, i.provider_request_id, $2, i.started_at, now()
+            FROM input i JOIN jobs j ON j.id = i.job_id AND j.id = ANY($3)
             WHERE i.called
             ON CONFLICT (job_id, attempt) DO NOTHING
             RETURNING job_id, tenant, status, input_tokens, output_tokens, cached_tokens, cost_usd
@@ -475,9 +488,9 @@ pub async fn record(
             RETURNING 1
          ), refunds AS (
             SELECT s.scope, s.key, m.reserved_sec AS sec,
-                sum(m.reserved_tokens - i.input_tokens - i.output_tokens) AS tokens
-            FROM moved m JOIN input i ON i.job_id = m.id
-            CROSS JOIN LATERAL (VALUES ('deployment', i.deployment), ('tenant', m.tenant),
+                sum(m.reserved_tokens - m.input_tokens - m.output_tokens) AS tokens
+            FROM moved m
+            CROSS JOIN LATERAL (VALUES ('deployment', m.deployment), ('tenant', m.tenant),
                 ('key', m.api_key_id)) AS s(scope, key)
             WHERE m.reserved_sec IS NOT NULL AND s.key IS NOT NULL
             GROUP BY 1, 2, 3
@@ -490,7 +503,7 @@ pub async fn record(
          ), spent AS (
             INSERT INTO tenant_spend (tenant, day, usd)
             SELECT c.tenant, (now() AT TIME ZONE 'utc')::date, sum(c.usd)
-            FROM (SELECT m.tenant, i.cost_usd AS usd FROM moved m JOIN input i ON i.job_id = m.id
+            FROM (SELECT m.tenant, m.cost_usd AS usd FROM moved m
                   UNION ALL SELECT d.tenant, d.cost_usd FROM discarded d) AS c
             GROUP BY c.tenant HAVING sum(c.usd) <> 0
             ON CONFLICT (tenant, day) DO UPDATE SET usd = tenant_spend.usd + excluded.usd
