@@ -94,6 +94,13 @@ pub async fn claim_in(
     catalog: &Catalog,
     breakers: breaker::Settings,
 ) -> Result<ClaimOutcome, DbError> {
+    // The statements below join a round's ids (`unnest` of the bound arrays) to `jobs`. The
+    // planner guesses one row for `jobs` under `id = ANY(..) AND status = ..` and picks a
+    // nested loop that re-reads the whole array for each job: quadratic, 23 of 35 ms in a
+    // round of 175 (auto_explain, BENCHMARKS.md). A hash join is linear at any round size.
+    sqlx::query("SET LOCAL enable_nestloop = off")
+        .execute(&mut **tx)
+        .await?;
     let rows: Vec<CandidateRow> = sqlx::query_as(
         &format!("SELECT j.id, j.tenant, j.deployments->>j.deployment_index AS deployment, j.deployments,
             j.deployment_index, j.est_prompt_tokens,
