@@ -16,8 +16,16 @@ use crate::domain::routing::{self, BatchTiming};
 use crate::ids::new_id;
 use crate::queue::WorkItem;
 
-/// How long a submitter waits for the broker's confirms before leaving the jobs to the relay.
-const PUBLISH_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a submitter waits for the broker's confirms before leaving the jobs to the relay:
+/// 1 s, plus 1 ms a job for large requests (a busy broker confirmed 1,000 messages in over a
+/// second, and each timeout resets the publisher and leaves the jobs to wait for the relay),
+/// and never over 5 s.
+fn publish_wait(jobs: usize) -> std::time::Duration {
+    let per_job = std::time::Duration::from_millis(u64::try_from(jobs).unwrap_or(u64::MAX));
+    std::time::Duration::from_secs(1)
+        .saturating_add(per_job)
+        .min(std::time::Duration::from_secs(5))
+}
 
 /// Input limits from config.
 pub fn limits(config: &Config) -> InputLimits {
@@ -237,7 +245,7 @@ pub async fn dispatch(ctx: &Ctx, tenant: &str, inserted: &[Inserted]) {
     }
     crate::failpoint::hit("api.after_commit_before_publish");
     // Bounded: a hung broker must not hold the caller's answer; the jobs are already committed.
-    match tokio::time::timeout(PUBLISH_WAIT, ctx.broker.publish_work(&fresh)).await {
+    match tokio::time::timeout(publish_wait(fresh.len()), ctx.broker.publish_work(&fresh)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::warn!(error = %e, jobs = fresh.len(), "publish failed; the relay will publish these jobs");
