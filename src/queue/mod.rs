@@ -262,6 +262,15 @@ pub async fn ack(acker: &Acker) {
     let _ = tokio::time::timeout(ACK_TIMEOUT, acker.ack(BasicAckOptions::default())).await;
 }
 
+/// Acknowledges many deliveries at once, bounded in time as a whole: the acknowledgements are
+/// handed to the connection together instead of each waiting for the one before it.
+pub async fn ack_all<'a>(ackers: impl IntoIterator<Item = &'a Acker>) {
+    let acks = ackers
+        .into_iter()
+        .map(|a| a.ack(BasicAckOptions::default()));
+    let _ = tokio::time::timeout(ACK_TIMEOUT, futures::future::join_all(acks)).await;
+}
+
 /// Hands a delivery back to the broker for another try, bounded in time.
 pub async fn requeue(acker: &Acker) {
     let options = BasicNackOptions {

@@ -532,9 +532,8 @@ async fn record_loop(
                 })
             })
             .collect();
-        for (_, _, acker, _registration, _) in buf.drain(..) {
-            crate::queue::ack(&acker).await;
-        }
+        crate::queue::ack_all(buf.iter().map(|(_, _, acker, ..)| acker)).await;
+        buf.clear();
         update_breakers(&ctx, &events).await;
     }
 }
