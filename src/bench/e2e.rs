@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use clap::ValueEnum;
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use serde_json::{Value, json};
@@ -512,7 +512,7 @@ pub async fn broker_ceiling(config: &Config, n: usize, size: usize) -> anyhow::R
     consumer_ch
         .basic_qos(1000, BasicQosOptions { global: false })
         .await?;
-    let mut consumer = consumer_ch
+    let consumer = consumer_ch
         .basic_consume(
             queue.as_str().into(),
             "ceiling".into(),
@@ -525,17 +525,18 @@ pub async fn broker_ceiling(config: &Config, n: usize, size: usize) -> anyhow::R
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     let start = Instant::now();
+    // Acknowledged as sluice's worker does: one ack per message, each batch of what has
+    // arrived handed to the connection together (`queue::ack_all`).
     let consume = tokio::spawn(async move {
         let mut got = 0;
+        let mut chunks = consumer.ready_chunks(CONFIRM_WINDOW);
         while got < n {
-            match consumer.next().await {
-                Some(Ok(d)) => {
-                    d.ack(BasicAckOptions::default()).await?;
-                    got += 1;
-                }
-                Some(Err(e)) => return Err(anyhow::Error::from(e)),
-                None => anyhow::bail!("the ceiling consumer ended after {got} messages"),
-            }
+            let Some(chunk) = chunks.next().await else {
+                anyhow::bail!("the ceiling consumer ended after {got} messages");
+            };
+            let deliveries = chunk.into_iter().collect::<Result<Vec<_>, _>>()?;
+            crate::queue::ack_all(deliveries.iter().map(|d| &d.acker)).await;
+            got += deliveries.len();
         }
         Ok(())
     });
