@@ -262,13 +262,15 @@ pub async fn ack(acker: &Acker) {
     let _ = tokio::time::timeout(ACK_TIMEOUT, acker.ack(BasicAckOptions::default())).await;
 }
 
-/// Acknowledges many deliveries at once, bounded in time as a whole: the acknowledgements are
-/// handed to the connection together instead of each waiting for the one before it.
+/// Acknowledges many deliveries at once: the acknowledgements are handed to the connection
+/// together instead of each waiting for the one before it (each bounded as in [`ack`]).
 pub async fn ack_all<'a>(ackers: impl IntoIterator<Item = &'a Acker>) {
-    let acks = ackers
-        .into_iter()
-        .map(|a| a.ack(BasicAckOptions::default()));
-    let _ = tokio::time::timeout(ACK_TIMEOUT, futures::future::join_all(acks)).await;
+    futures::future::join_all(ackers.into_iter().map(ack)).await;
+}
+
+/// [`requeue`] for many deliveries at once, as [`ack_all`] does.
+pub async fn requeue_all<'a>(ackers: impl IntoIterator<Item = &'a Acker>) {
+    futures::future::join_all(ackers.into_iter().map(requeue)).await;
 }
 
 /// Hands a delivery back to the broker for another try, bounded in time.

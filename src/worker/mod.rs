@@ -336,9 +336,7 @@ fn take_fair(ready: Vec<Delivery>, limit: usize) -> (Vec<Delivery>, Vec<Delivery
 }
 
 async fn nack_all(deliveries: Vec<Delivery>) {
-    for d in deliveries {
-        crate::queue::requeue(&d.acker).await;
-    }
+    crate::queue::requeue_all(deliveries.iter().map(|d| &d.acker)).await;
 }
 
 /// Claims deliveries in batches within the budgets and starts a call for each claimed job.
@@ -468,11 +466,7 @@ async fn claim_batch(
         let ids: Vec<String> = park.iter().map(|(id, _, _)| id.clone()).collect();
         let untils: Vec<i64> = park.iter().map(|(_, u, _)| *u).collect();
         match crate::db::maintenance::park(&ctx.pool, &ids, &untils).await {
-            Ok(()) => {
-                for (_, _, d) in park {
-                    crate::queue::ack(&d.acker).await;
-                }
-            }
+            Ok(()) => crate::queue::ack_all(park.iter().map(|(_, _, d)| &d.acker)).await,
             Err(e) => {
                 tracing::warn!(error = %e, "could not park budget-blocked jobs; handing them back");
                 nack_all(park.into_iter().map(|(_, _, d)| d).collect()).await;
@@ -483,9 +477,7 @@ async fn claim_batch(
     if !by_id.is_empty() {
         tracing::debug!(jobs = ?by_id.keys().collect::<Vec<_>>(), "acknowledging deliveries of jobs that are not queued");
     }
-    for d in by_id.into_values() {
-        crate::queue::ack(&d.acker).await;
-    }
+    crate::queue::ack_all(by_id.values().map(|d| &d.acker)).await;
 }
 
 /// Records outcomes in batches, then acknowledges their deliveries. A transient failure is
