@@ -266,3 +266,18 @@ pub async fn dispatch(ctx: &Ctx, tenant: &str, inserted: &[Inserted]) {
         tracing::warn!(error = %e, "could not mark jobs published");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::publish_wait;
+    use std::time::Duration;
+
+    #[test]
+    fn the_confirm_wait_grows_a_millisecond_a_job_up_to_five_seconds() {
+        assert_eq!(publish_wait(0), Duration::from_secs(1));
+        assert_eq!(publish_wait(1), Duration::from_millis(1_001));
+        assert_eq!(publish_wait(1_000), Duration::from_secs(2));
+        assert_eq!(publish_wait(4_000), Duration::from_secs(5));
+        assert_eq!(publish_wait(usize::MAX), Duration::from_secs(5));
+    }
+}
