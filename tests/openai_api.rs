@@ -286,6 +286,44 @@ async fn chat(c: &Client, body: &Value) -> reqwest::Response {
         .unwrap()
 }
 
+/// A success recorded as it was is answered from its outcome, without reading the row back;
+/// one Postgres took only once altered (a NUL in the answer, stored as U+FFFD) is answered from
+/// the row. Either way the caller gets what the job's row holds, and the row is written first.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chat_answer_is_what_the_job_row_holds_even_when_storing_it_altered_it() {
+    let env = TestEnv::new().await;
+    let running = env
+        .start(Roles {
+            api: true,
+            ..Roles::default()
+        })
+        .await;
+    let c = Client::new(&running, &env.key("acme").await);
+    for (prompt, nul) in [("plain answer", false), ("answer with [[mock:nul]]", true)] {
+        let body = json!({"model": "summarize", "max_tokens": 32,
+                          "messages": [{"role": "user", "content": prompt}]});
+        let resp = chat(&c, &body).await;
+        assert_eq!(resp.status().as_u16(), 200, "{prompt}");
+        let answer: Value = resp.json().await.unwrap();
+        let stored: Value = sqlx::query_scalar(
+            "SELECT response FROM jobs WHERE status = 'succeeded' AND request::text LIKE '%' || $1 || '%'",
+        )
+        .bind(prompt)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        assert_eq!(answer, stored, "{prompt}");
+        let content = answer["choices"][0]["message"]["content"].as_str().unwrap();
+        assert_eq!(content.contains('\u{fffd}'), nul, "{content}");
+        assert!(!content.contains('\u{0}'), "{content}");
+    }
+    assert_eq!(
+        env.count("SELECT count(*) FROM attempts WHERE status = 'succeeded'")
+            .await,
+        2
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn chat_completions_stream_server_sent_events_with_a_usage_chunk_and_record_the_job() {
     let env = TestEnv::new().await;

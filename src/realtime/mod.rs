@@ -24,6 +24,8 @@ pub mod rounds;
 pub enum RunEnd {
     /// The job finished (any final state); its row.
     Finished(Box<JobRow>),
+    /// The job succeeded and its row holds this answer as it was recorded: no read needed.
+    Succeeded(Box<serde_json::Value>),
     /// No budget before the caller's wait runs out; the job was cancelled. Retry after this.
     NoBudget(Duration),
     /// Admission refused the job (a hard spending cap, or a request over a limit); its row.
@@ -78,13 +80,22 @@ pub async fn run(
                 crate::worker::execute::execute(ctx, worker_id, job, claimed_at, &never).await;
             let (status, run_after) = (outcome.status, outcome.run_after);
             let deployment = outcome.deployment.clone();
-            rounds::record(ctx, worker_id, outcome).await?;
+            // A success recorded as it was is answered from the outcome; anything else is
+            // answered from the job's row, read back.
+            let answer = outcome
+                .response
+                .clone()
+                .filter(|_| status == crate::domain::state::sql::SUCCEEDED);
+            let stored = rounds::record(ctx, worker_id, outcome).await?;
             if let (Some(deployment), Some(signal)) = (deployment, signal) {
                 ctx.breaker_feed.send(crate::db::breakers::Event {
                     deployment,
                     job_id: id.clone(),
                     signal,
                 });
+            }
+            if let (Some(answer), crate::worker::record::Stored::AsGiven) = (answer, stored) {
+                return Ok(RunEnd::Succeeded(Box::new(answer)));
             }
             match status {
                 "retry_scheduled" => {

@@ -6,7 +6,8 @@
 //! commits per request, Postgres's CPU the bound at under 500 requests a second. A round does
 //! the same work with the statements the worker pool uses for a batch: `insert_jobs` and
 //! `db::budgets::claim_in` (admission in fairness order, budgets locked once per round),
-//! `worker::record::record_all`, and one read by id.
+//! `worker::record::record_each`, and one read by id (only for a job that did not simply
+//! succeed: a success recorded as it was is answered from its outcome).
 //!
 //! No request can hold the others back: a round that Postgres refuses is split until the
 //! offending request stands alone (`db::errors::isolate`); that request gets the error and the
@@ -23,6 +24,7 @@ use crate::app::Ctx;
 use crate::batcher::{Batcher, CallError};
 use crate::db::budgets::ClaimOutcome;
 use crate::db::jobs::{JobRow, NewJobRow, Outcome};
+use crate::worker::record::Stored;
 
 /// Most requests in one round.
 const ROUND: usize = 128;
@@ -50,7 +52,7 @@ type ReadAnswer = Result<Option<JobRow>, String>;
 #[derive(Debug, Clone)]
 pub struct Rounds {
     admit: Batcher<Admit, AdmitAnswer>,
-    record: Batcher<Outcome, ()>,
+    record: Batcher<Outcome, Stored>,
     read: Batcher<(String, String), ReadAnswer>,
 }
 
@@ -117,10 +119,11 @@ pub async fn admit(ctx: &Ctx, worker: &str, item: Admit) -> anyhow::Result<Claim
     answer.map_err(anyhow::Error::msg)
 }
 
-/// Records the outcome, in a round with other requests' outcomes.
-pub async fn record(ctx: &Ctx, worker: &str, outcome: Outcome) -> anyhow::Result<()> {
+/// Records the outcome, in a round with other requests' outcomes; says whether the job row
+/// now holds it as given.
+pub async fn record(ctx: &Ctx, worker: &str, outcome: Outcome) -> anyhow::Result<Stored> {
     match ctx.rounds.record.call(outcome).await {
-        Ok(()) => Ok(()),
+        Ok(stored) => Ok(stored),
         Err(CallError::Stopped(o)) => only(record_round(ctx, worker, vec![o]).await),
         Err(e) => anyhow::bail!("{e}"),
     }
@@ -234,9 +237,8 @@ fn split(mut claim: ClaimOutcome, ids: Vec<String>) -> Vec<(String, ClaimOutcome
 }
 
 /// Records every outcome (`record_all` isolates one Postgres refuses and quarantines it).
-async fn record_round(ctx: &Ctx, worker: &str, outcomes: Vec<Outcome>) -> Vec<()> {
-    crate::worker::record::record_all(&ctx.pool, worker, &outcomes).await;
-    vec![(); outcomes.len()]
+async fn record_round(ctx: &Ctx, worker: &str, outcomes: Vec<Outcome>) -> Vec<Stored> {
+    crate::worker::record::record_each(&ctx.pool, worker, &outcomes).await
 }
 
 /// Reads every job in one statement; each answer only if the job is its caller's tenant's.

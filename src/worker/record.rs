@@ -11,6 +11,8 @@
 //!
 //! An outcome that cannot even be quarantined is logged and left to the stray-claim check.
 
+use std::collections::HashSet;
+
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -21,20 +23,43 @@ use crate::domain::text;
 /// The error code of a job whose outcome Postgres refused to store.
 pub const UNSTORABLE: &str = "unstorable_result";
 
+/// What became of one outcome handed to [`record_each`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Recorded exactly as it was given.
+    AsGiven,
+    /// Recorded only once made storable or quarantined: the job row differs from the outcome.
+    Altered,
+    /// Not recorded (the job was no longer this worker's, or even the quarantine failed).
+    NotStored,
+}
+
 /// Records `outcomes` (see the module header); returns the ids of the jobs recorded.
 pub async fn record_all(pool: &PgPool, worker: &str, outcomes: &[Outcome]) -> Vec<String> {
+    record_each(pool, worker, outcomes)
+        .await
+        .into_iter()
+        .zip(outcomes)
+        .filter(|(stored, _)| *stored != Stored::NotStored)
+        .map(|(_, o)| o.job_id.clone())
+        .collect()
+}
+
+/// Records `outcomes` (see the module header); returns what became of each, in order.
+pub async fn record_each(pool: &PgPool, worker: &str, outcomes: &[Outcome]) -> Vec<Stored> {
     let out = crate::db::errors::isolate(outcomes, |chunk| {
         crate::db::jobs::record(pool, worker, chunk)
     })
     .await;
-    let mut recorded = out.written;
+    let as_given: HashSet<String> = out.written.into_iter().collect();
+    let mut altered = HashSet::new();
     for (i, error) in out.rejected {
         let mut o = outcomes[i].clone();
         tracing::warn!(job_id = %o.job_id, %error, "Postgres refused this outcome; making it storable");
         if make_storable(&mut o) {
             match record_one(pool, worker, &o).await {
                 Ok(ids) => {
-                    recorded.extend(ids);
+                    altered.extend(ids);
                     continue;
                 }
                 Err(e) => tracing::warn!(job_id = %o.job_id, error = %e, "still refused"),
@@ -44,20 +69,33 @@ pub async fn record_all(pool: &PgPool, worker: &str, outcomes: &[Outcome]) -> Ve
         match record_one(pool, worker, &o).await {
             Ok(ids) => {
                 tracing::error!(job_id = %o.job_id, %error, "outcome quarantined: the job failed with {UNSTORABLE}");
-                recorded.extend(ids);
+                altered.extend(ids);
             }
             Err(e) => {
                 tracing::error!(job_id = %o.job_id, error = %e, "could not record even the quarantined outcome")
             }
         }
     }
-    if recorded.len() < outcomes.len() {
+    let stored: Vec<Stored> = outcomes
+        .iter()
+        .map(|o| {
+            if altered.contains(&o.job_id) {
+                Stored::Altered
+            } else if as_given.contains(&o.job_id) {
+                Stored::AsGiven
+            } else {
+                Stored::NotStored
+            }
+        })
+        .collect();
+    let lost = stored.iter().filter(|s| **s == Stored::NotStored).count();
+    if lost > 0 {
         tracing::warn!(
-            lost = outcomes.len() - recorded.len(),
+            lost,
             "some jobs were re-queued while this worker ran them; their results were discarded"
         );
     }
-    recorded
+    stored
 }
 
 async fn record_one(pool: &PgPool, worker: &str, o: &Outcome) -> Result<Vec<String>, sqlx::Error> {

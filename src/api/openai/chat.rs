@@ -78,6 +78,7 @@ pub async fn create(
     .map_err(|e| ApiError::Unexpected(anyhow::anyhow!("the synchronous run ended early: {e}")))?
     .map_err(ApiError::Unexpected)?;
     let job = match end {
+        RunEnd::Succeeded(completion) => return Ok(answer(*completion, stream, include_usage)),
         RunEnd::Finished(job) => job,
         RunEnd::NoBudget(wait) => {
             let mut resp = error(
@@ -111,17 +112,22 @@ pub async fn create(
             ));
         }
     };
-    let Some(completion) = job.response.clone().filter(|_| job.status == "succeeded") else {
-        return Ok(failure(&job));
-    };
+    match job.response.clone().filter(|_| job.status == "succeeded") {
+        Some(completion) => Ok(answer(completion, stream, include_usage)),
+        None => Ok(failure(&job)),
+    }
+}
+
+/// The answer for a job that succeeded: its `chat.completion`, or those events when streamed.
+fn answer(completion: Value, stream: bool, include_usage: bool) -> Response {
     if !stream {
-        return Ok((StatusCode::OK, axum::Json(completion)).into_response());
+        return (StatusCode::OK, axum::Json(completion)).into_response();
     }
     let events = super::sse::events(&completion, include_usage);
     let body = Body::from_stream(futures::stream::iter(
         events.into_iter().map(Ok::<_, std::convert::Infallible>),
     ));
-    Ok((
+    (
         StatusCode::OK,
         [
             (header::CONTENT_TYPE, "text/event-stream"),
@@ -129,7 +135,7 @@ pub async fn create(
         ],
         body,
     )
-        .into_response())
+        .into_response()
 }
 
 /// The answer for a job that did not succeed: the upstream's own 4xx, else 502 (or 504 when
