@@ -566,6 +566,133 @@ async fn the_openapi_document_is_3_1_and_describes_the_front_door() {
     env.cleanup().await;
 }
 
+/// Every route the API serves, as `(method, path template)`, written out by hand from
+/// `api::router` and the admin routers it merges. A route added there belongs here too, so the
+/// test below fails until it is documented. `/v1/models/{*model}` is axum's wildcard; OpenAPI
+/// names it `{model}`.
+const SERVED: &[(&str, &str)] = &[
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("get", "/openapi.json"),
+    ("get", "/v1/models"),
+    ("get", "/v1/models/{model}"),
+    ("get", "/v1/limits"),
+    ("get", "/v1/budgets"),
+    ("post", "/v1/jobs"),
+    ("get", "/v1/jobs"),
+    ("get", "/v1/jobs/{id}"),
+    ("post", "/v1/jobs/{id}/cancel"),
+    ("post", "/v1/batches"),
+    ("get", "/v1/batches"),
+    ("get", "/v1/batches/{id}"),
+    ("post", "/v1/batches/{id}/cancel"),
+    ("get", "/v1/batches/{id}/results"),
+    ("get", "/v1/dead_letters"),
+    ("post", "/v1/dead_letters/requeue"),
+    ("post", "/v1/dead_letters/purge"),
+    ("post", "/v1/webhook_endpoints"),
+    ("get", "/v1/webhook_endpoints"),
+    ("get", "/v1/webhook_endpoints/{id}"),
+    ("post", "/v1/webhook_endpoints/{id}"),
+    ("delete", "/v1/webhook_endpoints/{id}"),
+    ("post", "/v1/webhook_endpoints/{id}/rotate_secret"),
+    ("post", "/v1/webhook_endpoints/{id}/test"),
+    ("post", "/v1/files"),
+    ("get", "/v1/files"),
+    ("get", "/v1/files/{id}"),
+    ("delete", "/v1/files/{id}"),
+    ("get", "/v1/files/{id}/content"),
+    ("post", "/v1/chat/completions"),
+    ("get", "/v1/admin/tenants"),
+    ("post", "/v1/admin/tenants"),
+    ("post", "/v1/admin/tenants/{name}/disable"),
+    ("get", "/v1/admin/keys"),
+    ("post", "/v1/admin/keys"),
+    ("post", "/v1/admin/keys/{id}/revoke"),
+    ("post", "/v1/admin/keys/{id}/rotate"),
+    ("get", "/v1/admin/budgets"),
+    ("post", "/v1/admin/budgets"),
+    ("post", "/v1/admin/budgets/clear"),
+    ("get", "/v1/admin/tenants/{tenant}/webhook_endpoints"),
+    ("post", "/v1/admin/tenants/{tenant}/webhook_endpoints"),
+    ("get", "/v1/admin/tenants/{tenant}/webhook_endpoints/{id}"),
+    ("post", "/v1/admin/tenants/{tenant}/webhook_endpoints/{id}"),
+    (
+        "delete",
+        "/v1/admin/tenants/{tenant}/webhook_endpoints/{id}",
+    ),
+    (
+        "post",
+        "/v1/admin/tenants/{tenant}/webhook_endpoints/{id}/rotate_secret",
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openapi_document_describes_every_route_the_api_serves_and_no_other() {
+    let env = TestEnv::new().await;
+    let running = env
+        .start(Roles {
+            api: true,
+            ..Roles::default()
+        })
+        .await;
+    let c = Client::new(&running, "unused");
+    let (status, doc) = c.get("/openapi.json").await;
+    assert_eq!(status, 200);
+    let paths = doc["paths"].as_object().expect("the document has paths");
+    let mut documented = Vec::new();
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            if ![
+                "get", "post", "put", "patch", "delete", "head", "options", "trace",
+            ]
+            .contains(&method.as_str())
+            {
+                continue;
+            }
+            let responses = op["responses"].as_object().map_or(0, |r| r.len());
+            assert!(responses > 0, "{method} {path} documents no response");
+            documented.push((method.clone(), path.clone()));
+        }
+    }
+    let undocumented: Vec<_> = SERVED
+        .iter()
+        .filter(|(m, p)| !documented.iter().any(|(dm, dp)| dm == m && dp == p))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "served but not in /openapi.json: {undocumented:?}"
+    );
+    let unserved: Vec<_> = documented
+        .iter()
+        .filter(|(m, p)| !SERVED.contains(&(m.as_str(), p.as_str())))
+        .collect();
+    assert!(
+        unserved.is_empty(),
+        "in /openapi.json but not in SERVED: {unserved:?}"
+    );
+    // The list is the router's: each route answers (401 without a key, or its own answer),
+    // never the fallback's 404 or a 405.
+    for (method, path) in SERVED {
+        let url = format!("{}{}", c.base, path.replace(['{', '}'], ""));
+        let resp = c
+            .http
+            .request(method.to_uppercase().parse().unwrap(), &url)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        assert!(
+            status != 404 && status != 405,
+            "{method} {path} is not routed: {status} {}",
+            resp.text().await.unwrap_or_default()
+        );
+    }
+    running.stop().await;
+    env.cleanup().await;
+}
+
 /// Concurrent synchronous calls share their database rounds (`realtime::rounds`): each caller
 /// still gets its own answer, and each job is recorded once with its ledger row.
 #[tokio::test(flavor = "multi_thread")]

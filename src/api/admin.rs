@@ -94,6 +94,9 @@ pub async fn audit_jobs(
     Ok(())
 }
 
+/// The paragraph every admin route's description starts with.
+pub(super) const ADMIN_ONLY: &str = "Needs the admin key (`SLUICE_ADMIN_KEY`) as the bearer token; a tenant key is refused with 403.";
+
 fn valid_tenant(name: &str) -> Result<(), ApiError> {
     if tenants::valid_tenant_name(name) {
         Ok(())
@@ -107,6 +110,11 @@ fn valid_tenant(name: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Lists every tenant.
+#[utoipa::path(get, path = "/v1/admin/tenants", tag = "admin", description = ADMIN_ONLY,
+    responses((status = 200, body = Object), (status = 401, body = super::ErrorBody),
+              (status = 403, body = super::ErrorBody)),
+    security(("bearer" = [])))]
 async fn list_tenants(
     State(ctx): State<Arc<Ctx>>,
     _a: AdminCaller,
@@ -120,6 +128,14 @@ struct NewTenant {
     name: String,
 }
 
+/// Creates a tenant.
+#[utoipa::path(post, path = "/v1/admin/tenants", tag = "admin", description = ADMIN_ONLY,
+    request_body(content = Object, description = "`{\"name\"}`: lowercase letters, digits, '-', '_' or '.'"),
+    responses((status = 200, description = "`{\"name\", \"created\": true}`", body = Object),
+              (status = 400, body = super::ErrorBody), (status = 401, body = super::ErrorBody),
+              (status = 403, body = super::ErrorBody),
+              (status = 409, description = "The tenant already exists", body = super::ErrorBody)),
+    security(("bearer" = [])))]
 async fn create_tenant(
     State(ctx): State<Arc<Ctx>>,
     AdminCaller(actor): AdminCaller,
@@ -136,6 +152,13 @@ async fn create_tenant(
     Ok(Json(json!({"name": body.name, "created": true})))
 }
 
+/// Disables a tenant: its keys stop working.
+#[utoipa::path(post, path = "/v1/admin/tenants/{name}/disable", tag = "admin", description = ADMIN_ONLY,
+    params(("name" = String, Path, description = "The tenant")),
+    responses((status = 200, description = "`{\"name\", \"disabled\": true, \"changed\"}`", body = Object),
+              (status = 401, body = super::ErrorBody), (status = 403, body = super::ErrorBody),
+              (status = 404, body = super::ErrorBody)),
+    security(("bearer" = [])))]
 async fn disable_tenant(
     State(ctx): State<Arc<Ctx>>,
     AdminCaller(actor): AdminCaller,
@@ -156,6 +179,12 @@ struct KeyFilter {
     tenant: Option<String>,
 }
 
+/// Lists API keys (never the keys themselves), of one tenant or all.
+#[utoipa::path(get, path = "/v1/admin/keys", tag = "admin", description = ADMIN_ONLY,
+    params(("tenant" = Option<String>, Query, description = "Only this tenant's keys")),
+    responses((status = 200, body = Object), (status = 401, body = super::ErrorBody),
+              (status = 403, body = super::ErrorBody)),
+    security(("bearer" = [])))]
 async fn list_keys(
     State(ctx): State<Arc<Ctx>>,
     _a: AdminCaller,
@@ -200,6 +229,15 @@ pub fn parse_span(field: &str, s: &str) -> Result<chrono::Duration, ApiError> {
         })
 }
 
+/// Creates an API key for a tenant (creating the tenant if it is new); the key is shown once.
+#[utoipa::path(post, path = "/v1/admin/keys", tag = "admin", description = ADMIN_ONLY,
+    request_body(content = Object, description = "`{\"tenant\", \"name\"?, \"scopes\"?, \"expires_in\"?, \"rpm\"?, \"tpm\"?}`: \
+        `scopes` a list (default `submit`, `read`, `admin`), `expires_in` a duration like `90d`, \
+        `rpm` and `tpm` the key's own positive limits per minute."),
+    responses((status = 200, description = "`{\"id\", \"tenant\", \"key\", \"scopes\", \"rpm\", \"tpm\", \"tenant_created\"}`", body = Object),
+              (status = 400, body = super::ErrorBody), (status = 401, body = super::ErrorBody),
+              (status = 403, body = super::ErrorBody)),
+    security(("bearer" = [])))]
 async fn create_key(
     State(ctx): State<Arc<Ctx>>,
     AdminCaller(actor): AdminCaller,
@@ -243,6 +281,13 @@ async fn create_key(
     ))
 }
 
+/// Revokes an API key at once.
+#[utoipa::path(post, path = "/v1/admin/keys/{id}/revoke", tag = "admin", description = ADMIN_ONLY,
+    params(("id" = String, Path, description = "The key's id (`key_…`)")),
+    responses((status = 200, description = "The key's row", body = Object),
+              (status = 401, body = super::ErrorBody), (status = 403, body = super::ErrorBody),
+              (status = 404, body = super::ErrorBody)),
+    security(("bearer" = [])))]
 async fn revoke_key(
     State(ctx): State<Arc<Ctx>>,
     AdminCaller(actor): AdminCaller,
@@ -259,6 +304,14 @@ struct RotateBody {
     grace: Option<String>,
 }
 
+/// Replaces an API key with a new one (shown once); the old one works for a grace period.
+#[utoipa::path(post, path = "/v1/admin/keys/{id}/rotate", tag = "admin", description = ADMIN_ONLY,
+    params(("id" = String, Path, description = "The key's id (`key_…`)")),
+    request_body(content = Option<Object>, description = "`{\"grace\"?}`: how long the old key keeps working, a duration like `24h` (the default)"),
+    responses((status = 200, description = "`{\"id\", \"key\", \"tenant\", \"old_key_id\", \"old_key_valid_until\"}`", body = Object),
+              (status = 400, body = super::ErrorBody), (status = 401, body = super::ErrorBody),
+              (status = 403, body = super::ErrorBody), (status = 404, body = super::ErrorBody)),
+    security(("bearer" = [])))]
 async fn rotate_key(
     State(ctx): State<Arc<Ctx>>,
     AdminCaller(actor): AdminCaller,

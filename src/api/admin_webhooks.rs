@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use serde_json::Value;
 
 use super::ApiError;
-use super::admin::AdminCaller;
+use super::admin::{ADMIN_ONLY, AdminCaller};
 use super::webhook_endpoints::{self as we, ListQuery};
 use crate::app::Ctx;
 
@@ -43,6 +43,16 @@ async fn known(ctx: &Ctx, tenant: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Lists a tenant's webhook endpoints, newest first, cursor-paginated with `after`.
+#[utoipa::path(get, path = "/v1/admin/tenants/{tenant}/webhook_endpoints", tag = "admin",
+    description = ADMIN_ONLY,
+    params(("tenant" = String, Path),
+           ("after" = Option<String>, Query, description = "The last id of the previous page"),
+           ("limit" = Option<i64>, Query, description = "1 to 100, default 20")),
+    responses((status = 200, body = Object), (status = 400, body = super::ErrorBody),
+              (status = 401, body = super::ErrorBody), (status = 403, body = super::ErrorBody),
+              (status = 404, description = "No such tenant", body = super::ErrorBody)),
+    security(("bearer" = [])))]
 async fn list(
     State(ctx): State<Arc<Ctx>>,
     _a: AdminCaller,
@@ -53,6 +63,15 @@ async fn list(
     we::list_for(&ctx, &tenant, query).await
 }
 
+/// Creates a webhook endpoint for a tenant; the answer carries `signing_secret`, shown once.
+#[utoipa::path(post, path = "/v1/admin/tenants/{tenant}/webhook_endpoints", tag = "admin",
+    description = ADMIN_ONLY, params(("tenant" = String, Path)),
+    request_body(content = Object, description = we::CREATE_BODY),
+    responses((status = 200, description = "The endpoint, with `signing_secret`", body = Object),
+              (status = 400, body = super::ErrorBody), (status = 401, body = super::ErrorBody),
+              (status = 403, body = super::ErrorBody),
+              (status = 404, description = "No such tenant", body = super::ErrorBody)),
+    security(("bearer" = [])))]
 async fn create(
     State(ctx): State<Arc<Ctx>>,
     AdminCaller(actor): AdminCaller,
@@ -63,6 +82,12 @@ async fn create(
     we::create_for(&ctx, &tenant, &actor, body).await
 }
 
+/// One of a tenant's webhook endpoints.
+#[utoipa::path(get, path = "/v1/admin/tenants/{tenant}/webhook_endpoints/{id}", tag = "admin",
+    description = ADMIN_ONLY, params(("tenant" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = Object), (status = 401, body = super::ErrorBody),
+              (status = 403, body = super::ErrorBody), (status = 404, body = super::ErrorBody)),
+    security(("bearer" = [])))]
 async fn retrieve(
     State(ctx): State<Arc<Ctx>>,
     _a: AdminCaller,
@@ -71,6 +96,14 @@ async fn retrieve(
     we::retrieve_for(&ctx, &tenant, &id).await
 }
 
+/// Changes a tenant's webhook endpoint's `url`, `event_types` or `name`.
+#[utoipa::path(post, path = "/v1/admin/tenants/{tenant}/webhook_endpoints/{id}", tag = "admin",
+    description = ADMIN_ONLY, params(("tenant" = String, Path), ("id" = String, Path)),
+    request_body(content = Option<Object>, description = we::UPDATE_BODY),
+    responses((status = 200, body = Object), (status = 400, body = super::ErrorBody),
+              (status = 401, body = super::ErrorBody), (status = 403, body = super::ErrorBody),
+              (status = 404, body = super::ErrorBody)),
+    security(("bearer" = [])))]
 async fn update(
     State(ctx): State<Arc<Ctx>>,
     AdminCaller(actor): AdminCaller,
@@ -80,6 +113,13 @@ async fn update(
     we::update_for(&ctx, &tenant, &actor, &id, body).await
 }
 
+/// Deletes a tenant's webhook endpoint.
+#[utoipa::path(delete, path = "/v1/admin/tenants/{tenant}/webhook_endpoints/{id}", tag = "admin",
+    description = ADMIN_ONLY, params(("tenant" = String, Path), ("id" = String, Path)),
+    responses((status = 200, description = "`{\"id\", \"object\": \"webhook_endpoint.deleted\", \"deleted\": true}`", body = Object),
+              (status = 401, body = super::ErrorBody), (status = 403, body = super::ErrorBody),
+              (status = 404, body = super::ErrorBody)),
+    security(("bearer" = [])))]
 async fn delete(
     State(ctx): State<Arc<Ctx>>,
     AdminCaller(actor): AdminCaller,
@@ -88,6 +128,14 @@ async fn delete(
     we::delete_for(&ctx, &tenant, &actor, &id).await
 }
 
+/// Gives a tenant's webhook endpoint a new signing secret, returned once.
+#[utoipa::path(post, path = "/v1/admin/tenants/{tenant}/webhook_endpoints/{id}/rotate_secret",
+    tag = "admin", description = ADMIN_ONLY, params(("tenant" = String, Path), ("id" = String, Path)),
+    request_body(content = Option<Object>, description = we::ROTATE_BODY),
+    responses((status = 200, description = "The endpoint, with the new `signing_secret`", body = Object),
+              (status = 400, body = super::ErrorBody), (status = 401, body = super::ErrorBody),
+              (status = 403, body = super::ErrorBody), (status = 404, body = super::ErrorBody)),
+    security(("bearer" = [])))]
 async fn rotate_secret(
     State(ctx): State<Arc<Ctx>>,
     AdminCaller(actor): AdminCaller,

@@ -12,6 +12,13 @@ use super::ApiError;
 use crate::app::Ctx;
 
 /// Renders every metric; the gauges Postgres knows are refreshed first (bounded).
+///
+/// Prometheus text format; needs no API key.
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "Every metric, in Prometheus text format",
+               content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
+              (status = 503, description = "The metrics recorder is not installed in this process",
+               body = super::ErrorBody)))]
 pub async fn scrape(State(ctx): State<Arc<Ctx>>) -> Result<Response, ApiError> {
     let body = crate::metrics::render(&ctx).await.ok_or_else(|| {
         ApiError::Unavailable("the metrics recorder is not installed in this process".into())

@@ -37,10 +37,7 @@ use crate::app::Ctx;
 pub fn ops_router(ctx: Arc<Ctx>) -> Router {
     crate::metrics::install();
     let router = Router::new()
-        .route(
-            "/healthz",
-            get(|| async { axum::Json(json!({"status": "ok"})) }),
-        )
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::scrape))
         .fallback(|| async { ApiError::NotFound("no such route".into()) });
@@ -53,10 +50,7 @@ pub fn router(ctx: Arc<Ctx>, worker_id: String) -> Router {
     let upload_limit = ctx.config.server.max_upload_bytes;
     crate::metrics::install();
     let router = Router::new()
-        .route(
-            "/healthz",
-            get(|| async { axum::Json(json!({"status": "ok"})) }),
-        )
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::scrape))
         .route("/v1/models", get(models::list))
@@ -122,6 +116,13 @@ pub fn router(ctx: Arc<Ctx>, worker_id: String) -> Router {
         ctx.config.server.request_timeout,
     )
     .with_state(ctx)
+}
+
+/// Whether this process is up (it answers); says nothing of its dependencies, see `/readyz`.
+#[utoipa::path(get, path = "/healthz", tag = "meta",
+    responses((status = 200, description = "`{\"status\": \"ok\"}`", body = Object)))]
+async fn healthz() -> axum::Json<serde_json::Value> {
+    axum::Json(json!({"status": "ok"}))
 }
 
 /// Whether this process can serve: database, broker and every supervised role.

@@ -45,8 +45,12 @@ fn model_object(id: &str, r: &crate::domain::catalog::Resolved) -> Value {
     })
 }
 
-/// `GET /v1/limits`: the input limits jobs are checked against, so clients (`sluice submit`)
-/// can check a whole file with the server's own rules before uploading anything.
+/// The input limits jobs are checked against.
+///
+/// So clients (`sluice submit`) can check a whole file with the server's own rules before
+/// uploading anything: `{"object": "limits", "job": {...}, "max_jobs_per_request": n}`.
+#[utoipa::path(get, path = "/v1/limits", tag = "models",
+    responses((status = 200, body = Object)), security(("bearer" = [])))]
 pub async fn limits(State(ctx): State<Arc<Ctx>>, _t: Tenant) -> Json<Value> {
     Json(json!({
         "object": "limits",

@@ -106,6 +106,19 @@ fn not_found(id: &str) -> ApiError {
     ApiError::NotFound(format!("no webhook endpoint `{id}`"))
 }
 
+/// What create reads from its body (the admin route's too).
+pub(super) const CREATE_BODY: &str = "`{\"url\", \"event_types\", \"name\"?}`: `url` an http(s) URL \
+    (at most 2048 characters, private networks refused unless allowed), `event_types` at least one \
+    of sluice's event types (`job.succeeded`, `batch.completed`, …); no other fields.";
+
+/// What update reads from its body (the admin route's too).
+pub(super) const UPDATE_BODY: &str = "Any of `url`, `event_types` and `name`, checked as at \
+    creation; no other fields. An empty body is `{}`.";
+
+/// What rotate_secret reads from its body (the admin route's too).
+pub(super) const ROTATE_BODY: &str = "`{\"keep_old_secret_active_for_24_hours\"?: bool}` \
+    (default false); an empty body is `{}`.";
+
 /// Body of create and update.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -115,7 +128,14 @@ pub struct EndpointBody {
     name: Option<String>,
 }
 
-/// `POST /v1/webhook_endpoints`
+/// Creates a webhook endpoint of the caller's tenant.
+///
+/// The answer carries `signing_secret`, shown here and at rotation only.
+#[utoipa::path(post, path = "/v1/webhook_endpoints", tag = "webhooks",
+    request_body(content = Object, description = CREATE_BODY),
+    responses((status = 200, description = "The endpoint, with `signing_secret`", body = Object),
+              (status = 400, body = super::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn create(
     State(ctx): State<Arc<Ctx>>,
     Caller { tenant, actor }: Caller,
@@ -162,7 +182,12 @@ pub struct ListQuery {
     limit: Option<i64>,
 }
 
-/// `GET /v1/webhook_endpoints`: newest first, cursor-paginated with `after`.
+/// Lists the tenant's webhook endpoints, newest first, cursor-paginated with `after`.
+#[utoipa::path(get, path = "/v1/webhook_endpoints", tag = "webhooks",
+    params(("after" = Option<String>, Query, description = "The last id of the previous page"),
+           ("limit" = Option<i64>, Query, description = "1 to 100, default 20")),
+    responses((status = 200, body = Object), (status = 400, body = super::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn list(
     State(ctx): State<Arc<Ctx>>,
     Tenant(tenant): Tenant,
@@ -194,7 +219,10 @@ pub(super) async fn list_for(
     })))
 }
 
-/// `GET /v1/webhook_endpoints/{id}`
+/// One of the tenant's webhook endpoints (with `signing_secret_hint`, never the secret).
+#[utoipa::path(get, path = "/v1/webhook_endpoints/{id}", tag = "webhooks", params(("id" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = super::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn retrieve(
     State(ctx): State<Arc<Ctx>>,
     Tenant(tenant): Tenant,
@@ -215,7 +243,12 @@ pub(super) async fn retrieve_for(
     Ok(Json(view(&e, false)))
 }
 
-/// `POST /v1/webhook_endpoints/{id}`: changes `url`, `event_types` or `name`.
+/// Changes a webhook endpoint's `url`, `event_types` or `name`.
+#[utoipa::path(post, path = "/v1/webhook_endpoints/{id}", tag = "webhooks", params(("id" = String, Path)),
+    request_body(content = Option<Object>, description = UPDATE_BODY),
+    responses((status = 200, body = Object), (status = 400, body = super::ErrorBody),
+              (status = 404, body = super::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn update(
     State(ctx): State<Arc<Ctx>>,
     Caller { tenant, actor }: Caller,
@@ -252,7 +285,11 @@ pub(super) async fn update_for(
     Ok(Json(view(&e, false)))
 }
 
-/// `DELETE /v1/webhook_endpoints/{id}`
+/// Deletes a webhook endpoint.
+#[utoipa::path(delete, path = "/v1/webhook_endpoints/{id}", tag = "webhooks", params(("id" = String, Path)),
+    responses((status = 200, description = "`{\"id\", \"object\": \"webhook_endpoint.deleted\", \"deleted\": true}`", body = Object),
+              (status = 404, body = super::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn delete(
     State(ctx): State<Arc<Ctx>>,
     Caller { tenant, actor }: Caller,
@@ -284,8 +321,14 @@ pub struct RotateBody {
     keep_old_secret_active_for_24_hours: bool,
 }
 
-/// `POST /v1/webhook_endpoints/{id}/rotate_secret`: a new secret (returned once); with
-/// `keep_old_secret_active_for_24_hours`, deliveries carry both signatures for 24 hours.
+/// Gives a webhook endpoint a new signing secret, returned once.
+///
+/// With `keep_old_secret_active_for_24_hours`, deliveries carry both signatures for 24 hours.
+#[utoipa::path(post, path = "/v1/webhook_endpoints/{id}/rotate_secret", tag = "webhooks", params(("id" = String, Path)),
+    request_body(content = Option<Object>, description = ROTATE_BODY),
+    responses((status = 200, description = "The endpoint, with the new `signing_secret`", body = Object),
+              (status = 400, body = super::ErrorBody), (status = 404, body = super::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn rotate_secret(
     State(ctx): State<Arc<Ctx>>,
     Caller { tenant, actor }: Caller,
@@ -320,8 +363,14 @@ pub struct TestBody {
     event_type: Option<String>,
 }
 
-/// `POST /v1/webhook_endpoints/{id}/test`: sends a sample event now (signed, recorded like any
-/// delivery) and answers with the endpoint's HTTP status.
+/// Sends a sample event to a webhook endpoint now and answers with the endpoint's HTTP status.
+///
+/// The event is signed and recorded like any delivery. An endpoint that does not answer is a 400.
+#[utoipa::path(post, path = "/v1/webhook_endpoints/{id}/test", tag = "webhooks", params(("id" = String, Path)),
+    request_body(content = Object, description = "`{\"event_type\"}`: one of sluice's event types; no other fields."),
+    responses((status = 200, description = "`webhook_endpoint.test` with the endpoint's `status_code`", body = Object),
+              (status = 400, body = super::ErrorBody), (status = 404, body = super::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn test(
     State(ctx): State<Arc<Ctx>>,
     Tenant(tenant): Tenant,
