@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::{Client, TestEnv};
@@ -642,6 +643,10 @@ async fn the_openapi_document_describes_every_route_the_api_serves_and_no_other(
     assert_eq!(status, 200);
     let paths = doc["paths"].as_object().expect("the document has paths");
     let mut documented = Vec::new();
+    // OpenAPI 3.x: every operationId is unique, and every Response Object has a description.
+    let mut operation_ids: HashMap<String, Vec<String>> = HashMap::new();
+    let mut no_operation_id = Vec::new();
+    let mut undescribed = Vec::new();
     for (path, item) in paths {
         for (method, op) in item.as_object().unwrap() {
             if ![
@@ -651,11 +656,47 @@ async fn the_openapi_document_describes_every_route_the_api_serves_and_no_other(
             {
                 continue;
             }
-            let responses = op["responses"].as_object().map_or(0, |r| r.len());
-            assert!(responses > 0, "{method} {path} documents no response");
+            let responses = op["responses"].as_object();
+            assert!(
+                responses.is_some_and(|r| !r.is_empty()),
+                "{method} {path} documents no response"
+            );
+            for (status, response) in responses.into_iter().flatten() {
+                let response = resolve(&doc, response);
+                if response["description"]
+                    .as_str()
+                    .is_none_or(|d| d.trim().is_empty())
+                {
+                    undescribed.push(format!("{method} {path} {status}"));
+                }
+            }
+            match op["operationId"].as_str() {
+                Some(id) if !id.is_empty() => operation_ids
+                    .entry(id.to_string())
+                    .or_default()
+                    .push(format!("{method} {path}")),
+                _ => no_operation_id.push(format!("{method} {path}")),
+            }
             documented.push((method.clone(), path.clone()));
         }
     }
+    assert!(
+        no_operation_id.is_empty(),
+        "operations without an operationId: {no_operation_id:?}"
+    );
+    let mut duplicates: Vec<_> = operation_ids
+        .iter()
+        .filter(|(_, ops)| ops.len() > 1)
+        .collect();
+    duplicates.sort();
+    assert!(
+        duplicates.is_empty(),
+        "operationIds used more than once: {duplicates:?}"
+    );
+    assert!(
+        undescribed.is_empty(),
+        "responses without a description: {undescribed:?}"
+    );
     let undocumented: Vec<_> = SERVED
         .iter()
         .filter(|(m, p)| !documented.iter().any(|(dm, dp)| dm == m && dp == p))
@@ -691,6 +732,14 @@ async fn the_openapi_document_describes_every_route_the_api_serves_and_no_other(
     }
     running.stop().await;
     env.cleanup().await;
+}
+
+/// `value`, or the component it points to when it is a `{"$ref": "#/components/..."}`.
+fn resolve<'a>(doc: &'a Value, value: &'a Value) -> &'a Value {
+    match value["$ref"].as_str().and_then(|r| r.strip_prefix('#')) {
+        Some(pointer) => doc.pointer(pointer).unwrap_or(&Value::Null),
+        None => value,
+    }
 }
 
 /// Concurrent synchronous calls share their database rounds (`realtime::rounds`): each caller

@@ -97,6 +97,12 @@ pub async fn audit_jobs(
 /// The paragraph every admin route's description starts with.
 pub(super) const ADMIN_ONLY: &str = "Needs the admin key (`SLUICE_ADMIN_KEY`) as the bearer token; a tenant key is refused with 403.";
 
+/// Every admin route's 401 in the OpenAPI document.
+pub(super) const NO_KEY: &str = "Missing or unknown API key";
+
+/// Every admin route's 403 in the OpenAPI document.
+pub(super) const NOT_ADMIN: &str = "An admin key is required; a tenant key was given";
+
 fn valid_tenant(name: &str) -> Result<(), ApiError> {
     if tenants::valid_tenant_name(name) {
         Ok(())
@@ -111,9 +117,11 @@ fn valid_tenant(name: &str) -> Result<(), ApiError> {
 }
 
 /// Lists every tenant.
-#[utoipa::path(get, path = "/v1/admin/tenants", tag = "admin", description = ADMIN_ONLY,
-    responses((status = 200, body = Object), (status = 401, body = super::ErrorBody),
-              (status = 403, body = super::ErrorBody)),
+#[utoipa::path(get, path = "/v1/admin/tenants", tag = "admin", operation_id = "admin_list_tenants",
+    description = ADMIN_ONLY,
+    responses((status = 200, description = "Every tenant: `{\"object\": \"list\", \"data\"}`", body = Object),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = NOT_ADMIN, body = super::ErrorBody)),
     security(("bearer" = [])))]
 async fn list_tenants(
     State(ctx): State<Arc<Ctx>>,
@@ -129,11 +137,13 @@ struct NewTenant {
 }
 
 /// Creates a tenant.
-#[utoipa::path(post, path = "/v1/admin/tenants", tag = "admin", description = ADMIN_ONLY,
+#[utoipa::path(post, path = "/v1/admin/tenants", tag = "admin", operation_id = "admin_create_tenant",
+    description = ADMIN_ONLY,
     request_body(content = Object, description = "`{\"name\"}`: lowercase letters, digits, '-', '_' or '.'"),
     responses((status = 200, description = "`{\"name\", \"created\": true}`", body = Object),
-              (status = 400, body = super::ErrorBody), (status = 401, body = super::ErrorBody),
-              (status = 403, body = super::ErrorBody),
+              (status = 400, description = "The body is not `{\"name\"}`, or the name is not valid", body = super::ErrorBody),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = NOT_ADMIN, body = super::ErrorBody),
               (status = 409, description = "The tenant already exists", body = super::ErrorBody)),
     security(("bearer" = [])))]
 async fn create_tenant(
@@ -153,11 +163,13 @@ async fn create_tenant(
 }
 
 /// Disables a tenant: its keys stop working.
-#[utoipa::path(post, path = "/v1/admin/tenants/{name}/disable", tag = "admin", description = ADMIN_ONLY,
+#[utoipa::path(post, path = "/v1/admin/tenants/{name}/disable", tag = "admin",
+    operation_id = "admin_disable_tenant", description = ADMIN_ONLY,
     params(("name" = String, Path, description = "The tenant")),
-    responses((status = 200, description = "`{\"name\", \"disabled\": true, \"changed\"}`", body = Object),
-              (status = 401, body = super::ErrorBody), (status = 403, body = super::ErrorBody),
-              (status = 404, body = super::ErrorBody)),
+    responses((status = 200, description = "`{\"name\", \"disabled\": true, \"changed\"}`: `changed` is false if it was already disabled", body = Object),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = NOT_ADMIN, body = super::ErrorBody),
+              (status = 404, description = "No such tenant", body = super::ErrorBody)),
     security(("bearer" = [])))]
 async fn disable_tenant(
     State(ctx): State<Arc<Ctx>>,
@@ -180,10 +192,12 @@ struct KeyFilter {
 }
 
 /// Lists API keys (never the keys themselves), of one tenant or all.
-#[utoipa::path(get, path = "/v1/admin/keys", tag = "admin", description = ADMIN_ONLY,
+#[utoipa::path(get, path = "/v1/admin/keys", tag = "admin", operation_id = "admin_list_keys",
+    description = ADMIN_ONLY,
     params(("tenant" = Option<String>, Query, description = "Only this tenant's keys")),
-    responses((status = 200, body = Object), (status = 401, body = super::ErrorBody),
-              (status = 403, body = super::ErrorBody)),
+    responses((status = 200, description = "The keys' rows, never the keys: `{\"object\": \"list\", \"data\"}`", body = Object),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = NOT_ADMIN, body = super::ErrorBody)),
     security(("bearer" = [])))]
 async fn list_keys(
     State(ctx): State<Arc<Ctx>>,
@@ -230,13 +244,16 @@ pub fn parse_span(field: &str, s: &str) -> Result<chrono::Duration, ApiError> {
 }
 
 /// Creates an API key for a tenant (creating the tenant if it is new); the key is shown once.
-#[utoipa::path(post, path = "/v1/admin/keys", tag = "admin", description = ADMIN_ONLY,
+#[utoipa::path(post, path = "/v1/admin/keys", tag = "admin", operation_id = "admin_create_key",
+    description = ADMIN_ONLY,
     request_body(content = Object, description = "`{\"tenant\", \"name\"?, \"scopes\"?, \"expires_in\"?, \"rpm\"?, \"tpm\"?}`: \
         `scopes` a list (default `submit`, `read`, `admin`), `expires_in` a duration like `90d`, \
         `rpm` and `tpm` the key's own positive limits per minute."),
-    responses((status = 200, description = "`{\"id\", \"tenant\", \"key\", \"scopes\", \"rpm\", \"tpm\", \"tenant_created\"}`", body = Object),
-              (status = 400, body = super::ErrorBody), (status = 401, body = super::ErrorBody),
-              (status = 403, body = super::ErrorBody)),
+    responses((status = 200, description = "`{\"id\", \"tenant\", \"key\", \"scopes\", \"rpm\", \"tpm\", \"tenant_created\"}`; `key` is shown only here", body = Object),
+              (status = 400, description = "A malformed body, an invalid tenant name, scope or `expires_in`, \
+                  or an `rpm` or `tpm` that is not positive; `error.param` names the field", body = super::ErrorBody),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = NOT_ADMIN, body = super::ErrorBody)),
     security(("bearer" = [])))]
 async fn create_key(
     State(ctx): State<Arc<Ctx>>,
@@ -282,11 +299,13 @@ async fn create_key(
 }
 
 /// Revokes an API key at once.
-#[utoipa::path(post, path = "/v1/admin/keys/{id}/revoke", tag = "admin", description = ADMIN_ONLY,
+#[utoipa::path(post, path = "/v1/admin/keys/{id}/revoke", tag = "admin", operation_id = "admin_revoke_key",
+    description = ADMIN_ONLY,
     params(("id" = String, Path, description = "The key's id (`key_…`)")),
     responses((status = 200, description = "The key's row", body = Object),
-              (status = 401, body = super::ErrorBody), (status = 403, body = super::ErrorBody),
-              (status = 404, body = super::ErrorBody)),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = NOT_ADMIN, body = super::ErrorBody),
+              (status = 404, description = "No such key", body = super::ErrorBody)),
     security(("bearer" = [])))]
 async fn revoke_key(
     State(ctx): State<Arc<Ctx>>,
@@ -305,12 +324,15 @@ struct RotateBody {
 }
 
 /// Replaces an API key with a new one (shown once); the old one works for a grace period.
-#[utoipa::path(post, path = "/v1/admin/keys/{id}/rotate", tag = "admin", description = ADMIN_ONLY,
+#[utoipa::path(post, path = "/v1/admin/keys/{id}/rotate", tag = "admin", operation_id = "admin_rotate_key",
+    description = ADMIN_ONLY,
     params(("id" = String, Path, description = "The key's id (`key_…`)")),
     request_body(content = Option<Object>, description = "`{\"grace\"?}`: how long the old key keeps working, a duration like `24h` (the default)"),
-    responses((status = 200, description = "`{\"id\", \"key\", \"tenant\", \"old_key_id\", \"old_key_valid_until\"}`", body = Object),
-              (status = 400, body = super::ErrorBody), (status = 401, body = super::ErrorBody),
-              (status = 403, body = super::ErrorBody), (status = 404, body = super::ErrorBody)),
+    responses((status = 200, description = "`{\"id\", \"key\", \"tenant\", \"old_key_id\", \"old_key_valid_until\"}`; the new `key` is shown only here", body = Object),
+              (status = 400, description = "`grace` is not a duration like `24h` or is too long, or the key is already revoked", body = super::ErrorBody),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = NOT_ADMIN, body = super::ErrorBody),
+              (status = 404, description = "No such key", body = super::ErrorBody)),
     security(("bearer" = [])))]
 async fn rotate_key(
     State(ctx): State<Arc<Ctx>>,

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::ApiError;
-use super::admin::{ADMIN_ONLY, AdminCaller, body};
+use super::admin::{ADMIN_ONLY, AdminCaller, NO_KEY, NOT_ADMIN, body};
 use crate::app::Ctx;
 use crate::db::{audit, keys, tenants};
 use crate::domain::budget::Scope as BudgetScope;
@@ -26,9 +26,12 @@ pub fn routes() -> Router<Arc<Ctx>> {
 }
 
 /// The report of every budget as the operator sees it (a deployment's spend is every tenant's).
-#[utoipa::path(get, path = "/v1/admin/budgets", tag = "admin", description = ADMIN_ONLY,
-    responses((status = 200, body = Object), (status = 401, body = super::ErrorBody),
-              (status = 403, body = super::ErrorBody)),
+#[utoipa::path(get, path = "/v1/admin/budgets", tag = "admin", operation_id = "admin_list_budgets",
+    description = ADMIN_ONLY,
+    responses((status = 200, description = "Every budget (deployments, tenants, keys): its limits, what is \
+                  reserved or used in the current window, spend and reset times", body = Object),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = NOT_ADMIN, body = super::ErrorBody)),
     security(("bearer" = [])))]
 async fn list_budgets(
     State(ctx): State<Arc<Ctx>>,
@@ -91,14 +94,18 @@ async fn scope_of(
 }
 
 /// Sets limits of a deployment, a tenant or an API key (audited as `budget.set`).
-#[utoipa::path(post, path = "/v1/admin/budgets", tag = "admin", description = ADMIN_ONLY,
+#[utoipa::path(post, path = "/v1/admin/budgets", tag = "admin", operation_id = "admin_set_budget",
+    description = ADMIN_ONLY,
     request_body(content = Object, description = "Exactly one of `tenant`, `deployment` (`provider/model`) \
         or `key` (a key's id, `key_…`), and the limits to set: `tpm`, `rpm` (any scope), \
         `batch_enqueued_tokens` (deployment, tenant), `daily_usd`, `monthly_usd`, `policy` \
         (`defer` or `reject`) and `weight` (1 to 100) (tenant only)."),
     responses((status = 200, description = "`{\"scope\", \"key\", \"updated\": true}`", body = Object),
-              (status = 400, body = super::ErrorBody), (status = 401, body = super::ErrorBody),
-              (status = 403, body = super::ErrorBody),
+              (status = 400, description = "A malformed body, not exactly one of `tenant`, `deployment` and \
+                  `key`, a deployment that is not `provider/model`, a limit that scope does not have, \
+                  or a value out of range", body = super::ErrorBody),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = NOT_ADMIN, body = super::ErrorBody),
               (status = 404, description = "No such tenant or key", body = super::ErrorBody)),
     security(("bearer" = [])))]
 async fn set_budget(
@@ -168,13 +175,16 @@ struct ClearBody {
 }
 
 /// Lifts limits back to unlimited, like `sluice budgets clear` (audited as `budget.clear`).
-#[utoipa::path(post, path = "/v1/admin/budgets/clear", tag = "admin", description = ADMIN_ONLY,
+#[utoipa::path(post, path = "/v1/admin/budgets/clear", tag = "admin", operation_id = "admin_clear_budget",
+    description = ADMIN_ONLY,
     request_body(content = Object, description = "Exactly one of `tenant`, `deployment` or `key`, and \
         `limits`: the limits to lift, among `tpm`, `rpm`, `batch_enqueued_tokens`, `daily_usd`, \
         `monthly_usd`; no other fields."),
     responses((status = 200, description = "`{\"scope\", \"key\", \"cleared\", \"updated\": true}`", body = Object),
-              (status = 400, body = super::ErrorBody), (status = 401, body = super::ErrorBody),
-              (status = 403, body = super::ErrorBody),
+              (status = 400, description = "A malformed body, not exactly one of `tenant`, `deployment` and \
+                  `key`, no `limits`, or a limit that is unknown or that scope does not have", body = super::ErrorBody),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = NOT_ADMIN, body = super::ErrorBody),
               (status = 404, description = "No such tenant or key, or no budget to clear", body = super::ErrorBody)),
     security(("bearer" = [])))]
 async fn clear_budget(

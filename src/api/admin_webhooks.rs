@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use serde_json::Value;
 
 use super::ApiError;
-use super::admin::{ADMIN_ONLY, AdminCaller};
+use super::admin::{ADMIN_ONLY, AdminCaller, NO_KEY, NOT_ADMIN};
 use super::webhook_endpoints::{self as we, ListQuery};
 use crate::app::Ctx;
 
@@ -34,6 +34,9 @@ pub fn routes() -> Router<Arc<Ctx>> {
         )
 }
 
+/// The 404 of the routes that name an endpoint, in the OpenAPI document.
+const NO_ENDPOINT: &str = "That tenant has no such webhook endpoint";
+
 /// A 404 unless `tenant` exists (an endpoint cannot belong to no tenant).
 async fn known(ctx: &Ctx, tenant: &str) -> Result<(), ApiError> {
     if crate::db::tenants::exists(&ctx.pool, tenant).await? {
@@ -45,12 +48,15 @@ async fn known(ctx: &Ctx, tenant: &str) -> Result<(), ApiError> {
 
 /// Lists a tenant's webhook endpoints, newest first, cursor-paginated with `after`.
 #[utoipa::path(get, path = "/v1/admin/tenants/{tenant}/webhook_endpoints", tag = "admin",
-    description = ADMIN_ONLY,
+    operation_id = "admin_list_webhook_endpoints", description = ADMIN_ONLY,
     params(("tenant" = String, Path),
            ("after" = Option<String>, Query, description = "The last id of the previous page"),
            ("limit" = Option<i64>, Query, description = "1 to 100, default 20")),
-    responses((status = 200, body = Object), (status = 400, body = super::ErrorBody),
-              (status = 401, body = super::ErrorBody), (status = 403, body = super::ErrorBody),
+    responses((status = 200, description = "A page of the tenant's endpoints, newest first, each with \
+                  `signing_secret_hint`: `{\"object\": \"list\", \"data\", \"first_id\", \"last_id\", \"has_more\"}`", body = Object),
+              (status = 400, description = we::INVALID_PAGE, body = super::ErrorBody),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = NOT_ADMIN, body = super::ErrorBody),
               (status = 404, description = "No such tenant", body = super::ErrorBody)),
     security(("bearer" = [])))]
 async fn list(
@@ -65,11 +71,13 @@ async fn list(
 
 /// Creates a webhook endpoint for a tenant; the answer carries `signing_secret`, shown once.
 #[utoipa::path(post, path = "/v1/admin/tenants/{tenant}/webhook_endpoints", tag = "admin",
-    description = ADMIN_ONLY, params(("tenant" = String, Path)),
+    operation_id = "admin_create_webhook_endpoint", description = ADMIN_ONLY,
+    params(("tenant" = String, Path)),
     request_body(content = Object, description = we::CREATE_BODY),
     responses((status = 200, description = "The endpoint, with `signing_secret`", body = Object),
-              (status = 400, body = super::ErrorBody), (status = 401, body = super::ErrorBody),
-              (status = 403, body = super::ErrorBody),
+              (status = 400, description = we::INVALID_ENDPOINT, body = super::ErrorBody),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = NOT_ADMIN, body = super::ErrorBody),
               (status = 404, description = "No such tenant", body = super::ErrorBody)),
     security(("bearer" = [])))]
 async fn create(
@@ -84,9 +92,12 @@ async fn create(
 
 /// One of a tenant's webhook endpoints.
 #[utoipa::path(get, path = "/v1/admin/tenants/{tenant}/webhook_endpoints/{id}", tag = "admin",
-    description = ADMIN_ONLY, params(("tenant" = String, Path), ("id" = String, Path)),
-    responses((status = 200, body = Object), (status = 401, body = super::ErrorBody),
-              (status = 403, body = super::ErrorBody), (status = 404, body = super::ErrorBody)),
+    operation_id = "admin_retrieve_webhook_endpoint", description = ADMIN_ONLY,
+    params(("tenant" = String, Path), ("id" = String, Path)),
+    responses((status = 200, description = "The endpoint, with `signing_secret_hint`", body = Object),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = NOT_ADMIN, body = super::ErrorBody),
+              (status = 404, description = NO_ENDPOINT, body = super::ErrorBody)),
     security(("bearer" = [])))]
 async fn retrieve(
     State(ctx): State<Arc<Ctx>>,
@@ -98,11 +109,14 @@ async fn retrieve(
 
 /// Changes a tenant's webhook endpoint's `url`, `event_types` or `name`.
 #[utoipa::path(post, path = "/v1/admin/tenants/{tenant}/webhook_endpoints/{id}", tag = "admin",
-    description = ADMIN_ONLY, params(("tenant" = String, Path), ("id" = String, Path)),
+    operation_id = "admin_update_webhook_endpoint", description = ADMIN_ONLY,
+    params(("tenant" = String, Path), ("id" = String, Path)),
     request_body(content = Option<Object>, description = we::UPDATE_BODY),
-    responses((status = 200, body = Object), (status = 400, body = super::ErrorBody),
-              (status = 401, body = super::ErrorBody), (status = 403, body = super::ErrorBody),
-              (status = 404, body = super::ErrorBody)),
+    responses((status = 200, description = "The changed endpoint, with `signing_secret_hint`", body = Object),
+              (status = 400, description = we::INVALID_ENDPOINT, body = super::ErrorBody),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = NOT_ADMIN, body = super::ErrorBody),
+              (status = 404, description = NO_ENDPOINT, body = super::ErrorBody)),
     security(("bearer" = [])))]
 async fn update(
     State(ctx): State<Arc<Ctx>>,
@@ -115,10 +129,12 @@ async fn update(
 
 /// Deletes a tenant's webhook endpoint.
 #[utoipa::path(delete, path = "/v1/admin/tenants/{tenant}/webhook_endpoints/{id}", tag = "admin",
-    description = ADMIN_ONLY, params(("tenant" = String, Path), ("id" = String, Path)),
+    operation_id = "admin_delete_webhook_endpoint", description = ADMIN_ONLY,
+    params(("tenant" = String, Path), ("id" = String, Path)),
     responses((status = 200, description = "`{\"id\", \"object\": \"webhook_endpoint.deleted\", \"deleted\": true}`", body = Object),
-              (status = 401, body = super::ErrorBody), (status = 403, body = super::ErrorBody),
-              (status = 404, body = super::ErrorBody)),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = NOT_ADMIN, body = super::ErrorBody),
+              (status = 404, description = NO_ENDPOINT, body = super::ErrorBody)),
     security(("bearer" = [])))]
 async fn delete(
     State(ctx): State<Arc<Ctx>>,
@@ -130,11 +146,14 @@ async fn delete(
 
 /// Gives a tenant's webhook endpoint a new signing secret, returned once.
 #[utoipa::path(post, path = "/v1/admin/tenants/{tenant}/webhook_endpoints/{id}/rotate_secret",
-    tag = "admin", description = ADMIN_ONLY, params(("tenant" = String, Path), ("id" = String, Path)),
+    tag = "admin", operation_id = "admin_rotate_webhook_endpoint_secret", description = ADMIN_ONLY,
+    params(("tenant" = String, Path), ("id" = String, Path)),
     request_body(content = Option<Object>, description = we::ROTATE_BODY),
     responses((status = 200, description = "The endpoint, with the new `signing_secret`", body = Object),
-              (status = 400, body = super::ErrorBody), (status = 401, body = super::ErrorBody),
-              (status = 403, body = super::ErrorBody), (status = 404, body = super::ErrorBody)),
+              (status = 400, description = we::INVALID_ROTATE, body = super::ErrorBody),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = NOT_ADMIN, body = super::ErrorBody),
+              (status = 404, description = NO_ENDPOINT, body = super::ErrorBody)),
     security(("bearer" = [])))]
 async fn rotate_secret(
     State(ctx): State<Arc<Ctx>>,

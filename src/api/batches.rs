@@ -15,9 +15,9 @@ use crate::app::Ctx;
 use crate::db::jobs::{JobFilter, JobRow};
 
 /// A batch: OpenAI's batch object (for native and OpenAI batches alike) with sluice's totals.
-#[utoipa::path(get, path = "/v1/batches/{id}", tag = "batches", params(("id" = String, Path)),
-    responses((status = 200, body = super::openai::batches::BatchObject),
-              (status = 404, body = super::openai::ErrorBody)),
+#[utoipa::path(get, path = "/v1/batches/{id}", tag = "batches", operation_id = "retrieveBatch", params(("id" = String, Path)),
+    responses((status = 200, description = "The batch object with sluice's totals", body = super::openai::batches::BatchObject),
+              (status = 404, description = "No such batch for this key's tenant", body = super::openai::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get(
     State(ctx): State<Arc<Ctx>>,
@@ -30,8 +30,11 @@ pub async fn get(
 }
 
 /// Streams the finished jobs of a batch as JSONL, in job order.
-#[utoipa::path(get, path = "/v1/batches/{id}/results", tag = "batches", params(("id" = String, Path)),
-    responses((status = 200, content_type = "application/jsonl", body = String), (status = 404, body = super::ErrorBody)),
+#[utoipa::path(get, path = "/v1/batches/{id}/results", tag = "batches", operation_id = "get_batch_results",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "One JSONL line per finished job, in job order; partial while the batch runs",
+               content_type = "application/jsonl", body = String),
+              (status = 404, description = "No such batch for this key's tenant", body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn results(
     State(ctx): State<Arc<Ctx>>,

@@ -12,8 +12,10 @@ use super::{ApiError, Tenant};
 use crate::app::Ctx;
 
 /// The budget report for the caller's tenant.
-#[utoipa::path(get, path = "/v1/budgets", tag = "budgets",
-    responses((status = 200, body = Object)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/budgets", tag = "budgets", operation_id = "list_budgets",
+    responses((status = 200, description = "The tenant's budget and the deployments': limits, what is reserved or \
+                   used in the current window, spend and reset times", body = Object)),
+    security(("bearer" = [])))]
 pub async fn list(
     State(ctx): State<Arc<Ctx>>,
     Tenant(tenant): Tenant,

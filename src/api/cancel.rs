@@ -17,8 +17,10 @@ use super::{ApiError, Tenant};
 use crate::app::Ctx;
 
 /// Cancels one job; answers with the job.
-#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path)),
-    responses((status = 200, body = Object), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)),
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", operation_id = "cancel_job", params(("id" = String, Path)),
+    responses((status = 200, description = "The job, `cancelled`, or still `running` with `cancel_requested_at` until its worker stops", body = Object),
+              (status = 404, description = "No such job for this key's tenant", body = super::ErrorBody),
+              (status = 409, description = "The job has already finished", body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn job(
     State(ctx): State<Arc<Ctx>>,
@@ -42,8 +44,12 @@ pub async fn job(
 /// Cancels a batch. An OpenAI batch moves to `cancelling` (then `cancelled` once its jobs have
 /// stopped); a native batch has every unfinished job cancelled. Answers with the batch object,
 /// a native one also with how many jobs were cancelled at once or asked to stop.
-#[utoipa::path(post, path = "/v1/batches/{id}/cancel", tag = "batches", params(("id" = String, Path)),
-    responses((status = 200, body = super::openai::batches::BatchObject), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)),
+#[utoipa::path(post, path = "/v1/batches/{id}/cancel", tag = "batches", operation_id = "cancelBatch", params(("id" = String, Path)),
+    responses((status = 200, description = "The batch: an OpenAI batch now `cancelling`; a native batch with how many jobs were \
+                  `cancelled` and how many asked to stop (`cancel_requested`)", body = super::openai::batches::BatchObject),
+              (status = 404, description = "No such batch for this key's tenant", body = super::ErrorBody),
+              (status = 409, description = "The batch can no longer be cancelled: an OpenAI batch that is not validating \
+                  or in progress, or a native batch whose jobs have all finished", body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn batch(
     State(ctx): State<Arc<Ctx>>,

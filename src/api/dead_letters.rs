@@ -16,6 +16,10 @@ use super::{ApiError, Tenant};
 use crate::app::Ctx;
 use crate::db::dead_letters::{self, DeadLetterFilter};
 
+/// Requeue's and purge's 400 in the OpenAPI document.
+const INVALID_SELECTION: &str = "The body is not `{\"ids\": [...]}` or `{\"all\": true}` (with `model` \
+    and `code` optional), names both, or lists no ids or more than 10,000";
+
 /// Most ids one requeue or purge may name.
 const MAX_IDS: usize = 10_000;
 
@@ -30,8 +34,11 @@ pub struct ListQuery {
 }
 
 /// Lists the tenant's dead letters, oldest first, paginated with `after`.
-#[utoipa::path(get, path = "/v1/dead_letters", tag = "dead_letters",
-    responses((status = 200, body = Object), (status = 400, body = super::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/dead_letters", tag = "dead_letters", operation_id = "list_dead_letters",
+    responses((status = 200, description = "A page of the tenant's dead letters (jobs), oldest first: \
+                   `{\"object\": \"list\", \"data\", \"first_id\", \"last_id\", \"has_more\"}`", body = Object),
+              (status = 400, description = "An unknown query parameter, or `limit` outside 1 to 1000", body = super::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn list(
     State(ctx): State<Arc<Ctx>>,
     Tenant(tenant): Tenant,
@@ -137,8 +144,12 @@ fn skipped(filter: &DeadLetterFilter, done: &[String]) -> Vec<String> {
 }
 
 /// Sends the selected dead letters round again.
-#[utoipa::path(post, path = "/v1/dead_letters/requeue", tag = "dead_letters", request_body = Object,
-    responses((status = 200, body = Object), (status = 400, body = super::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/dead_letters/requeue", tag = "dead_letters", operation_id = "requeue_dead_letters",
+    request_body = Object,
+    responses((status = 200, description = "`{\"object\": \"dead_letters.requeue\", \"count\", \"requeued\", \"skipped\"}`: \
+                   `skipped` lists the named ids that are not (or no longer) the tenant's dead letters", body = Object),
+              (status = 400, description = INVALID_SELECTION, body = super::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn requeue(
     State(ctx): State<Arc<Ctx>>,
     super::admin::Caller { tenant, actor }: super::admin::Caller,
@@ -157,8 +168,12 @@ pub async fn requeue(
 }
 
 /// Takes the selected dead letters off the list; the jobs and their history stay.
-#[utoipa::path(post, path = "/v1/dead_letters/purge", tag = "dead_letters", request_body = Object,
-    responses((status = 200, body = Object), (status = 400, body = super::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/dead_letters/purge", tag = "dead_letters", operation_id = "purge_dead_letters",
+    request_body = Object,
+    responses((status = 200, description = "`{\"object\": \"dead_letters.purge\", \"count\", \"purged\", \"skipped\"}`: \
+                   `skipped` lists the named ids that are not (or no longer) the tenant's dead letters", body = Object),
+              (status = 400, description = INVALID_SELECTION, body = super::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn purge(
     State(ctx): State<Arc<Ctx>>,
     super::admin::Caller { tenant, actor }: super::admin::Caller,

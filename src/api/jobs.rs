@@ -36,10 +36,15 @@ pub fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<(Bytes, Value),
 }
 
 /// Submits one job, or `{"jobs": [...], "batch_id"?, "metadata"?}`.
-#[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", operation_id = "create_job",
     request_body(content = Object, description = "One job, or `{\"jobs\": [...], \"batch_id\"?, \"metadata\"?}`"),
     params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same key and body")),
-    responses((status = 200, body = Object), (status = 400, body = super::ErrorBody), (status = 422, body = super::ErrorBody)),
+    responses((status = 200, description = "The queued job (`{\"id\", \"object\": \"job\", \"status\": \"queued\", \"created\", …}`), \
+                  or for `jobs` a list of them with their `batch_id`; a replayed `Idempotency-Key` gets the first answer", body = Object),
+              (status = 400, description = "The body is not JSON, not a job or `{\"jobs\": [...]}`, or has a field of the \
+                  wrong type, or `Idempotency-Key` is not 1 to 255 characters; `error.param` names the field", body = super::ErrorBody),
+              (status = 422, description = "The request failed validation, a job can never fit its budget, or its \
+                  idempotency key was used for a different request; `error.param` names the field", body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create(
     State(ctx): State<Arc<Ctx>>,
@@ -292,9 +297,11 @@ pub struct ListQuery {
 }
 
 /// Lists the tenant's jobs, oldest first, paginated with `after`.
-#[utoipa::path(get, path = "/v1/jobs", tag = "jobs",
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", operation_id = "list_jobs",
     params(("batch_id" = Option<String>, Query), ("status" = Option<String>, Query), ("after" = Option<String>, Query), ("limit" = Option<i64>, Query)),
-    responses((status = 200, body = Object), (status = 400, body = super::ErrorBody)),
+    responses((status = 200, description = "A page of the tenant's jobs, oldest first: \
+                  `{\"object\": \"list\", \"data\", \"first_id\", \"last_id\", \"has_more\"}`", body = Object),
+              (status = 400, description = "An unknown query parameter or `status`, or `limit` outside 1 to 1000", body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list(
     State(ctx): State<Arc<Ctx>>,
@@ -340,8 +347,9 @@ pub async fn list(
 }
 
 /// One job of the tenant's; another tenant's job is indistinguishable from a missing one.
-#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path)),
-    responses((status = 200, body = Object), (status = 404, body = super::ErrorBody)),
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", operation_id = "get_job", params(("id" = String, Path)),
+    responses((status = 200, description = "The job: its status, route, usage, cost, response or error, and each attempt's error", body = Object),
+              (status = 404, description = "No such job for this key's tenant", body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get(
     State(ctx): State<Arc<Ctx>>,

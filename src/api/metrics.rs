@@ -14,7 +14,7 @@ use crate::app::Ctx;
 /// Renders every metric; the gauges Postgres knows are refreshed first (bounded).
 ///
 /// Prometheus text format; needs no API key.
-#[utoipa::path(get, path = "/metrics", tag = "meta",
+#[utoipa::path(get, path = "/metrics", tag = "meta", operation_id = "get_metrics",
     responses((status = 200, description = "Every metric, in Prometheus text format",
                content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
               (status = 503, description = "The metrics recorder is not installed in this process",

@@ -119,15 +119,17 @@ pub fn router(ctx: Arc<Ctx>, worker_id: String) -> Router {
 }
 
 /// Whether this process is up (it answers); says nothing of its dependencies, see `/readyz`.
-#[utoipa::path(get, path = "/healthz", tag = "meta",
+#[utoipa::path(get, path = "/healthz", tag = "meta", operation_id = "get_health",
     responses((status = 200, description = "`{\"status\": \"ok\"}`", body = Object)))]
 async fn healthz() -> axum::Json<serde_json::Value> {
     axum::Json(json!({"status": "ok"}))
 }
 
 /// Whether this process can serve: database, broker and every supervised role.
-#[utoipa::path(get, path = "/readyz", tag = "meta",
-    responses((status = 200, body = Object), (status = 503, body = Object)))]
+#[utoipa::path(get, path = "/readyz", tag = "meta", operation_id = "get_readiness",
+    responses((status = 200, description = "Ready: `{\"database\", \"broker\", \"roles\", \"down\": []}`", body = Object),
+              (status = 503, description = "Not ready: the database or the broker does not answer, or the roles in \
+                   `down` are down; the same shape", body = Object)))]
 async fn readyz(State(ctx): State<Arc<Ctx>>) -> impl IntoResponse {
     let (db, broker) = tokio::join!(crate::db::ping(&ctx.pool), ctx.broker.ping());
     let roles = ctx.health.snapshot();

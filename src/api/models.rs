@@ -10,8 +10,9 @@ use super::{ApiError, Tenant};
 use crate::app::Ctx;
 
 /// Lists the configured aliases in OpenAI's list shape.
-#[utoipa::path(get, path = "/v1/models", tag = "models",
-    responses((status = 200, body = Object)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/models", tag = "models", operation_id = "listModels",
+    responses((status = 200, description = "The aliases as model objects: `{\"object\": \"list\", \"data\"}`", body = Object)),
+    security(("bearer" = [])))]
 pub async fn list(State(ctx): State<Arc<Ctx>>, _t: Tenant) -> Json<Value> {
     let catalog = ctx.catalog();
     let data: Vec<Value> = catalog
@@ -23,8 +24,11 @@ pub async fn list(State(ctx): State<Arc<Ctx>>, _t: Tenant) -> Json<Value> {
 }
 
 /// Resolves one alias or model name; 404 with the reason if it does not resolve.
-#[utoipa::path(get, path = "/v1/models/{model}", tag = "models", params(("model" = String, Path)),
-    responses((status = 200, body = Object), (status = 404, body = super::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/models/{model}", tag = "models", operation_id = "retrieveModel",
+    params(("model" = String, Path)),
+    responses((status = 200, description = "The model object, with the `deployments` it resolves to and its `max_output_tokens`", body = Object),
+              (status = 404, description = "The name does not resolve; `error.message` says why", body = super::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn get(
     State(ctx): State<Arc<Ctx>>,
     _t: Tenant,
@@ -49,8 +53,9 @@ fn model_object(id: &str, r: &crate::domain::catalog::Resolved) -> Value {
 ///
 /// So clients (`sluice submit`) can check a whole file with the server's own rules before
 /// uploading anything: `{"object": "limits", "job": {...}, "max_jobs_per_request": n}`.
-#[utoipa::path(get, path = "/v1/limits", tag = "models",
-    responses((status = 200, body = Object)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/limits", tag = "models", operation_id = "get_limits",
+    responses((status = 200, description = "`{\"object\": \"limits\", \"job\": {...}, \"max_jobs_per_request\"}`", body = Object)),
+    security(("bearer" = [])))]
 pub async fn limits(State(ctx): State<Arc<Ctx>>, _t: Tenant) -> Json<Value> {
     Json(json!({
         "object": "limits",

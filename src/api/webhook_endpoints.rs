@@ -119,6 +119,19 @@ pub(super) const UPDATE_BODY: &str = "Any of `url`, `event_types` and `name`, ch
 pub(super) const ROTATE_BODY: &str = "`{\"keep_old_secret_active_for_24_hours\"?: bool}` \
     (default false); an empty body is `{}`.";
 
+/// Create's and update's 400 in the OpenAPI document (the admin routes' too).
+pub(super) const INVALID_ENDPOINT: &str = "The body is not a JSON object, has an unknown field, or \
+    `url` or `event_types` is missing (at creation) or invalid; `error.param` names the field";
+
+/// List's 400 in the OpenAPI document (the admin route's too).
+pub(super) const INVALID_PAGE: &str = "An unknown query parameter, or `limit` outside 1 to 100";
+
+/// Rotate_secret's 400 in the OpenAPI document (the admin route's too).
+pub(super) const INVALID_ROTATE: &str = "The body is not a JSON object, or has an unknown field";
+
+/// The 404 of every route that names an endpoint, in the OpenAPI document.
+const NO_ENDPOINT: &str = "No such webhook endpoint for this key's tenant";
+
 /// Body of create and update.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -132,9 +145,10 @@ pub struct EndpointBody {
 ///
 /// The answer carries `signing_secret`, shown here and at rotation only.
 #[utoipa::path(post, path = "/v1/webhook_endpoints", tag = "webhooks",
+    operation_id = "create_webhook_endpoint",
     request_body(content = Object, description = CREATE_BODY),
     responses((status = 200, description = "The endpoint, with `signing_secret`", body = Object),
-              (status = 400, body = super::ErrorBody)),
+              (status = 400, description = INVALID_ENDPOINT, body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create(
     State(ctx): State<Arc<Ctx>>,
@@ -184,9 +198,12 @@ pub struct ListQuery {
 
 /// Lists the tenant's webhook endpoints, newest first, cursor-paginated with `after`.
 #[utoipa::path(get, path = "/v1/webhook_endpoints", tag = "webhooks",
+    operation_id = "list_webhook_endpoints",
     params(("after" = Option<String>, Query, description = "The last id of the previous page"),
            ("limit" = Option<i64>, Query, description = "1 to 100, default 20")),
-    responses((status = 200, body = Object), (status = 400, body = super::ErrorBody)),
+    responses((status = 200, description = "A page of the tenant's endpoints, newest first, each with \
+                  `signing_secret_hint`: `{\"object\": \"list\", \"data\", \"first_id\", \"last_id\", \"has_more\"}`", body = Object),
+              (status = 400, description = INVALID_PAGE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list(
     State(ctx): State<Arc<Ctx>>,
@@ -220,8 +237,10 @@ pub(super) async fn list_for(
 }
 
 /// One of the tenant's webhook endpoints (with `signing_secret_hint`, never the secret).
-#[utoipa::path(get, path = "/v1/webhook_endpoints/{id}", tag = "webhooks", params(("id" = String, Path)),
-    responses((status = 200, body = Object), (status = 404, body = super::ErrorBody)),
+#[utoipa::path(get, path = "/v1/webhook_endpoints/{id}", tag = "webhooks",
+    operation_id = "retrieve_webhook_endpoint", params(("id" = String, Path)),
+    responses((status = 200, description = "The endpoint, with `signing_secret_hint`", body = Object),
+              (status = 404, description = NO_ENDPOINT, body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn retrieve(
     State(ctx): State<Arc<Ctx>>,
@@ -244,10 +263,12 @@ pub(super) async fn retrieve_for(
 }
 
 /// Changes a webhook endpoint's `url`, `event_types` or `name`.
-#[utoipa::path(post, path = "/v1/webhook_endpoints/{id}", tag = "webhooks", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/v1/webhook_endpoints/{id}", tag = "webhooks",
+    operation_id = "update_webhook_endpoint", params(("id" = String, Path)),
     request_body(content = Option<Object>, description = UPDATE_BODY),
-    responses((status = 200, body = Object), (status = 400, body = super::ErrorBody),
-              (status = 404, body = super::ErrorBody)),
+    responses((status = 200, description = "The changed endpoint, with `signing_secret_hint`", body = Object),
+              (status = 400, description = INVALID_ENDPOINT, body = super::ErrorBody),
+              (status = 404, description = NO_ENDPOINT, body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn update(
     State(ctx): State<Arc<Ctx>>,
@@ -286,9 +307,10 @@ pub(super) async fn update_for(
 }
 
 /// Deletes a webhook endpoint.
-#[utoipa::path(delete, path = "/v1/webhook_endpoints/{id}", tag = "webhooks", params(("id" = String, Path)),
+#[utoipa::path(delete, path = "/v1/webhook_endpoints/{id}", tag = "webhooks",
+    operation_id = "delete_webhook_endpoint", params(("id" = String, Path)),
     responses((status = 200, description = "`{\"id\", \"object\": \"webhook_endpoint.deleted\", \"deleted\": true}`", body = Object),
-              (status = 404, body = super::ErrorBody)),
+              (status = 404, description = NO_ENDPOINT, body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn delete(
     State(ctx): State<Arc<Ctx>>,
@@ -324,10 +346,12 @@ pub struct RotateBody {
 /// Gives a webhook endpoint a new signing secret, returned once.
 ///
 /// With `keep_old_secret_active_for_24_hours`, deliveries carry both signatures for 24 hours.
-#[utoipa::path(post, path = "/v1/webhook_endpoints/{id}/rotate_secret", tag = "webhooks", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/v1/webhook_endpoints/{id}/rotate_secret", tag = "webhooks",
+    operation_id = "rotate_webhook_endpoint_secret", params(("id" = String, Path)),
     request_body(content = Option<Object>, description = ROTATE_BODY),
     responses((status = 200, description = "The endpoint, with the new `signing_secret`", body = Object),
-              (status = 400, body = super::ErrorBody), (status = 404, body = super::ErrorBody)),
+              (status = 400, description = INVALID_ROTATE, body = super::ErrorBody),
+              (status = 404, description = NO_ENDPOINT, body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn rotate_secret(
     State(ctx): State<Arc<Ctx>>,
@@ -366,10 +390,13 @@ pub struct TestBody {
 /// Sends a sample event to a webhook endpoint now and answers with the endpoint's HTTP status.
 ///
 /// The event is signed and recorded like any delivery. An endpoint that does not answer is a 400.
-#[utoipa::path(post, path = "/v1/webhook_endpoints/{id}/test", tag = "webhooks", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/v1/webhook_endpoints/{id}/test", tag = "webhooks",
+    operation_id = "test_webhook_endpoint", params(("id" = String, Path)),
     request_body(content = Object, description = "`{\"event_type\"}`: one of sluice's event types; no other fields."),
     responses((status = 200, description = "`webhook_endpoint.test` with the endpoint's `status_code`", body = Object),
-              (status = 400, body = super::ErrorBody), (status = 404, body = super::ErrorBody)),
+              (status = 400, description = "`event_type` is missing or unknown, the body has another field, \
+                  or the endpoint did not answer the test delivery", body = super::ErrorBody),
+              (status = 404, description = NO_ENDPOINT, body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn test(
     State(ctx): State<Arc<Ctx>>,

@@ -225,9 +225,12 @@ fn check_metadata(m: &Option<Value>) -> Result<Value, ApiError> {
 
 /// Creates a batch over an uploaded file. It starts `validating`; the batch loop checks every
 /// line before anything is enqueued.
-#[utoipa::path(post, path = "/v1/batches", tag = "batches", request_body = CreateBatch,
-    responses((status = 200, body = BatchObject), (status = 400, body = super::ErrorBody),
-              (status = 404, body = super::ErrorBody)),
+#[utoipa::path(post, path = "/v1/batches", tag = "batches", operation_id = "createBatch", request_body = CreateBatch,
+    responses((status = 200, description = "The new batch, `validating`", body = BatchObject),
+              (status = 400, description = "A malformed body, an `endpoint` other than `/v1/chat/completions`, an invalid \
+                  `completion_window` or `metadata`, or an input file whose purpose is not `batch`; `error.param` \
+                  names the field", body = super::ErrorBody),
+              (status = 404, description = "No such `input_file_id` for this key's tenant", body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create(
     State(ctx): State<Arc<Ctx>>,
@@ -297,8 +300,9 @@ pub struct ListBatches {
 }
 
 /// Lists the tenant's batches, newest first.
-#[utoipa::path(get, path = "/v1/batches", tag = "batches", params(ListBatches),
-    responses((status = 200, body = ListPage<BatchObject>), (status = 400, body = super::ErrorBody)),
+#[utoipa::path(get, path = "/v1/batches", tag = "batches", operation_id = "listBatches", params(ListBatches),
+    responses((status = 200, description = "A page of the tenant's batches, newest first", body = ListPage<BatchObject>),
+              (status = 400, description = "An unknown query parameter, or `limit` outside 1 to 100", body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list(
     State(ctx): State<Arc<Ctx>>,

@@ -29,12 +29,15 @@ fn error(status: StatusCode, kind: &str, code: &str, message: &str) -> Response 
 }
 
 /// Runs one chat completion.
-#[utoipa::path(post, path = "/v1/chat/completions", tag = "chat",
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "chat", operation_id = "createChatCompletion",
     request_body(content = Object, description = "OpenAI's chat-completion request; `model` is a sluice alias or model. `stream` and `stream_options.include_usage` are honoured."),
     responses((status = 200, description = "`chat.completion`, or `text/event-stream` of `chat.completion.chunk`s when `stream` is true", body = Object),
-              (status = 422, body = super::ErrorBody), (status = 429, body = super::ErrorBody,
+              (status = 422, description = "The request failed validation (an unknown model, a missing or invalid \
+                  field); `error.param` names the field", body = super::ErrorBody),
+              (status = 429, description = "Over budget: none freed in time, retry after `retry-after` seconds; or \
+                  refused by a hard spending cap or a limit (`code` `budget_refused`, no `retry-after`)", body = super::ErrorBody,
                headers(("retry-after" = u64, description = "seconds until budget frees"))),
-              (status = 502, body = super::ErrorBody)),
+              (status = 502, description = "The provider failed the call, after sluice's retries and fallbacks", body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create(
     State(ctx): State<Arc<Ctx>>,

@@ -75,6 +75,9 @@ pub struct FileUpload {
     file: Vec<u8>,
 }
 
+/// The 404 of every route that names a file, in the OpenAPI document.
+const NO_FILE: &str = "No such file for this key's tenant";
+
 fn multipart_error(e: MultipartError) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::TooLarge(format!("the file is larger than this server accepts: {e}"))
@@ -92,10 +95,12 @@ fn bad_param(message: impl Into<String>, param: &str) -> ApiError {
 
 /// Uploads a file. Its bytes go to Postgres in ~1 MiB chunks as they arrive, all in one
 /// transaction: nothing of a failed or refused upload is kept.
-#[utoipa::path(post, path = "/v1/files", tag = "files",
+#[utoipa::path(post, path = "/v1/files", tag = "files", operation_id = "createFile",
     request_body(content = FileUpload, content_type = "multipart/form-data"),
-    responses((status = 200, body = FileObject), (status = 400, body = crate::api::ErrorBody),
-              (status = 413, body = crate::api::ErrorBody)),
+    responses((status = 200, description = "The stored file", body = FileObject),
+              (status = 400, description = "The upload is not readable multipart, `purpose` is missing or not `batch`, \
+                  or `file` is missing, sent twice or empty; `error.param` names the part", body = crate::api::ErrorBody),
+              (status = 413, description = "The file is larger than this server accepts (`max_upload_bytes`)", body = crate::api::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create(
     State(ctx): State<Arc<Ctx>>,
@@ -167,8 +172,10 @@ pub struct ListFiles {
 }
 
 /// Lists the tenant's files.
-#[utoipa::path(get, path = "/v1/files", tag = "files", params(ListFiles),
-    responses((status = 200, body = ListPage<FileObject>), (status = 400, body = crate::api::ErrorBody)),
+#[utoipa::path(get, path = "/v1/files", tag = "files", operation_id = "listFiles", params(ListFiles),
+    responses((status = 200, description = "A page of the tenant's files, in `order`", body = ListPage<FileObject>),
+              (status = 400, description = "An unknown query parameter, `limit` outside 1 to 10000, or `order` not \
+                  `asc` or `desc`", body = crate::api::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list(
     State(ctx): State<Arc<Ctx>>,
@@ -210,8 +217,9 @@ async fn file_of(ctx: &Ctx, tenant: &str, id: &str) -> Result<FileRow, ApiError>
 }
 
 /// One file's metadata.
-#[utoipa::path(get, path = "/v1/files/{id}", tag = "files", params(("id" = String, Path)),
-    responses((status = 200, body = FileObject), (status = 404, body = crate::api::ErrorBody)),
+#[utoipa::path(get, path = "/v1/files/{id}", tag = "files", operation_id = "retrieveFile", params(("id" = String, Path)),
+    responses((status = 200, description = "The file's metadata", body = FileObject),
+              (status = 404, description = NO_FILE, body = crate::api::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get(
     State(ctx): State<Arc<Ctx>>,
@@ -222,9 +230,10 @@ pub async fn get(
 }
 
 /// A file's bytes, streamed from Postgres one chunk at a time.
-#[utoipa::path(get, path = "/v1/files/{id}/content", tag = "files", params(("id" = String, Path)),
-    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>),
-              (status = 404, body = crate::api::ErrorBody)),
+#[utoipa::path(get, path = "/v1/files/{id}/content", tag = "files", operation_id = "downloadFile",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "The file's bytes", content_type = "application/octet-stream", body = Vec<u8>),
+              (status = 404, description = NO_FILE, body = crate::api::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn content(
     State(ctx): State<Arc<Ctx>>,
@@ -259,8 +268,9 @@ pub async fn content(
 }
 
 /// Deletes a file (its bytes at once).
-#[utoipa::path(delete, path = "/v1/files/{id}", tag = "files", params(("id" = String, Path)),
-    responses((status = 200, body = FileDeleted), (status = 404, body = crate::api::ErrorBody)),
+#[utoipa::path(delete, path = "/v1/files/{id}", tag = "files", operation_id = "deleteFile", params(("id" = String, Path)),
+    responses((status = 200, description = "The file and its bytes are deleted", body = FileDeleted),
+              (status = 404, description = NO_FILE, body = crate::api::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn delete(
     State(ctx): State<Arc<Ctx>>,
