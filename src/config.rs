@@ -471,8 +471,19 @@ impl Config {
             None => Figment::from(Serialized::defaults(Config::default()))
                 .merge(Toml::string(DEFAULT_CONFIG)),
         };
-        check_env_names(std::env::vars().map(|(k, _)| k))?;
-        Self::from_figment(base.merge(env_layer()))
+        let config = Self::from_figment(base.merge(env_layer()))?;
+        // The variables the configuration itself names (the admin key's, by default
+        // `SLUICE_ADMIN_KEY`, and the providers' keys) are read, not refused.
+        let read: Vec<&str> = std::iter::once(config.admin.key_env.as_str())
+            .chain(
+                config
+                    .providers
+                    .values()
+                    .filter_map(|p| p.api_key_env.as_deref()),
+            )
+            .collect();
+        check_env_names(std::env::vars().map(|(k, _)| k), &read)?;
+        Ok(config)
     }
 
     /// Parses a TOML string on top of the struct defaults (tests and examples).
@@ -645,14 +656,18 @@ const ENV_OTHERS: &[&str] = &[
 ];
 
 /// Refuses a `SLUICE_SECTION__KEY` variable whose section is unknown (a misspelt section
-/// would otherwise be ignored silently); unknown keys inside a known section are refused by
-/// the settings' `deny_unknown_fields` when the variables are read.
-fn check_env_names(names: impl Iterator<Item = String>) -> Result<(), ConfigError> {
+/// would otherwise be ignored silently), unless it is one the configuration names (`read`:
+/// the admin key's variable, the providers' key variables); unknown keys inside a known
+/// section are refused by the settings' `deny_unknown_fields` when the variables are read.
+fn check_env_names(names: impl Iterator<Item = String>, read: &[&str]) -> Result<(), ConfigError> {
     for name in names {
         let Some(rest) = name.strip_prefix("SLUICE_") else {
             continue;
         };
-        if ENV_OTHERS.contains(&name.as_str()) || name.starts_with("SLUICE_TEST_") {
+        if ENV_OTHERS.contains(&name.as_str())
+            || read.contains(&name.as_str())
+            || name.starts_with("SLUICE_TEST_")
+        {
             continue;
         }
         let section = rest
@@ -770,19 +785,24 @@ mod tests {
                 .into_iter()
         };
         assert!(
-            check_env_names(names(&[
-                "SLUICE_WORKER__CONCURRENCY",
-                "SLUICE_API_KEY",
-                "PATH"
-            ]))
+            check_env_names(
+                names(&["SLUICE_WORKER__CONCURRENCY", "SLUICE_API_KEY", "PATH"]),
+                &[]
+            )
             .is_ok()
         );
+        // A variable the configuration names (the admin key's, a provider key's) is read.
+        assert!(check_env_names(names(&["SLUICE_ADMIN_KEY"]), &["SLUICE_ADMIN_KEY"]).is_ok());
+        assert!(check_env_names(names(&["SLUICE_OPS_KEY"]), &["SLUICE_OPS_KEY"]).is_ok());
+        assert!(check_env_names(names(&["SLUICE_OPS_KEY"]), &["SLUICE_ADMIN_KEY"]).is_err());
         for bad in [
             "SLUICE_WORKR__CONCURRENCY",
             "SLUICE_WORKER_CONCURRENCY",
             "SLUICE_DATABSE__URL",
         ] {
-            let err = check_env_names(names(&[bad])).unwrap_err().to_string();
+            let err = check_env_names(names(&[bad]), &["SLUICE_ADMIN_KEY"])
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(bad), "{err}");
         }
     }

@@ -204,3 +204,49 @@ async fn the_cli_admin_commands_are_audited_and_sluice_audit_shows_them() {
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("keys list"));
     env.cleanup().await;
 }
+
+/// The admin key as README gives it: `SLUICE_ADMIN_KEY` in the environment of the real binary
+/// (no `key_sha256` in the file). The process starts, the key opens the admin API, and a tenant
+/// route still refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_key_from_sluice_admin_key_opens_the_admin_api_of_the_real_binary() {
+    let mut env = TestEnv::new().await;
+    let key = "sk-admin-from-the-environment-0123456789";
+    let api = env
+        .spawn_api(
+            "serve",
+            &[("SLUICE_ADMIN_KEY", key)],
+            std::time::Duration::from_secs(60),
+        )
+        .await;
+    let http = reqwest::Client::new();
+    let resp = http
+        .post(format!("{}/v1/admin/tenants", api.base))
+        .bearer_auth(key)
+        .json(&json!({"name": "acme"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status().as_u16(),
+        200,
+        "{}",
+        resp.text().await.unwrap()
+    );
+    let resp = http
+        .get(format!("{}/v1/admin/tenants", api.base))
+        .bearer_auth("sk-not-the-admin-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    let resp = http
+        .get(format!("{}/v1/jobs", api.base))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+    drop(api);
+    env.cleanup().await;
+}
