@@ -734,6 +734,100 @@ async fn the_openapi_document_describes_every_route_the_api_serves_and_no_other(
     env.cleanup().await;
 }
 
+/// The error statuses the key check, the layers and the handlers answer are the ones the
+/// document lists: each case below provokes one against the running app (no job is run) and
+/// checks both the answer and that its operation documents that status.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openapi_document_lists_the_error_statuses_the_routes_answer() {
+    let env = TestEnv::new().await;
+    let running = env
+        .start(Roles {
+            api: true,
+            ..Roles::default()
+        })
+        .await;
+    let c = Client::new(&running, &env.key("acme").await);
+    let (status, doc) = c.get("/openapi.json").await;
+    assert_eq!(status, 200);
+    let too_many: Vec<Value> = vec![json!({}); 10_001];
+    let nul_id = format!("job_{}", '\0');
+    let cases: Vec<(&str, &str, &str, Option<Value>, u16)> = vec![
+        // No key at all: the key check refuses before the handler runs.
+        ("get", "/v1/jobs", "/v1/jobs", None, 401),
+        ("post", "/v1/jobs", "/v1/jobs", Some(common::job("hi")), 401),
+        // A tenant key on the operator's admin API.
+        ("get", "/v1/admin/tenants", "/v1/admin/tenants", None, 403),
+        // More jobs in one request than `limits.max_jobs_per_request`.
+        (
+            "post",
+            "/v1/jobs",
+            "/v1/jobs",
+            Some(json!({"jobs": too_many})),
+            413,
+        ),
+        // Adding to a batch the tenant does not have.
+        (
+            "post",
+            "/v1/jobs",
+            "/v1/jobs",
+            Some(json!({"jobs": [common::job("hi")], "batch_id": "batch_missing"})),
+            404,
+        ),
+        // Text Postgres cannot store, in the body and in the path.
+        (
+            "post",
+            "/v1/dead_letters/requeue",
+            "/v1/dead_letters/requeue",
+            Some(json!({"ids": [nul_id]})),
+            422,
+        ),
+        (
+            "post",
+            "/v1/dead_letters/purge",
+            "/v1/dead_letters/purge",
+            Some(json!({"ids": [nul_id]})),
+            422,
+        ),
+        ("get", "/v1/jobs/job_%00", "/v1/jobs/{id}", None, 422),
+        // A chat request that is not an object.
+        (
+            "post",
+            "/v1/chat/completions",
+            "/v1/chat/completions",
+            Some(json!(["not", "a", "request"])),
+            400,
+        ),
+    ];
+    for (method, url, path, body, expected) in cases {
+        let mut req = c.http.request(
+            method.to_uppercase().parse().unwrap(),
+            format!("{}{url}", c.base),
+        );
+        // The 401 cases go without a key; every other one with the tenant's.
+        if expected != 401 {
+            req = req.bearer_auth(&c.key);
+        }
+        if let Some(b) = &body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let answer: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, expected, "{method} {url}: {answer}");
+        assert!(
+            answer["error"]["message"].is_string(),
+            "{method} {url} {status} is not in OpenAI's error shape: {answer}"
+        );
+        let response = &doc["paths"][path][method]["responses"][expected.to_string()];
+        assert!(
+            resolve(&doc, response)["description"].is_string(),
+            "{method} {path} answers {expected} but the document does not list it"
+        );
+    }
+    running.stop().await;
+    env.cleanup().await;
+}
+
 /// `value`, or the component it points to when it is a `{"$ref": "#/components/..."}`.
 fn resolve<'a>(doc: &'a Value, value: &'a Value) -> &'a Value {
     match value["$ref"].as_str().and_then(|r| r.strip_prefix('#')) {

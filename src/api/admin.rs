@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::ApiError;
+use super::responses::{NO_KEY, UNAVAILABLE, UNSTORABLE_URI};
 use crate::app::Ctx;
 use crate::auth::http::{AuthError, authenticate};
 use crate::auth::{Principal, Scope};
@@ -97,9 +98,6 @@ pub async fn audit_jobs(
 /// The paragraph every admin route's description starts with.
 pub(super) const ADMIN_ONLY: &str = "Needs the admin key (`SLUICE_ADMIN_KEY`) as the bearer token; a tenant key is refused with 403.";
 
-/// Every admin route's 401 in the OpenAPI document.
-pub(super) const NO_KEY: &str = "Missing or unknown API key";
-
 /// Every admin route's 403 in the OpenAPI document.
 pub(super) const NOT_ADMIN: &str = "An admin key is required; a tenant key was given";
 
@@ -121,7 +119,8 @@ fn valid_tenant(name: &str) -> Result<(), ApiError> {
     description = ADMIN_ONLY,
     responses((status = 200, description = "Every tenant: `{\"object\": \"list\", \"data\"}`", body = Object),
               (status = 401, description = NO_KEY, body = super::ErrorBody),
-              (status = 403, description = NOT_ADMIN, body = super::ErrorBody)),
+              (status = 403, description = NOT_ADMIN, body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 async fn list_tenants(
     State(ctx): State<Arc<Ctx>>,
@@ -144,7 +143,8 @@ struct NewTenant {
               (status = 400, description = "The body is not `{\"name\"}`, or the name is not valid", body = super::ErrorBody),
               (status = 401, description = NO_KEY, body = super::ErrorBody),
               (status = 403, description = NOT_ADMIN, body = super::ErrorBody),
-              (status = 409, description = "The tenant already exists", body = super::ErrorBody)),
+              (status = 409, description = "The tenant already exists", body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 async fn create_tenant(
     State(ctx): State<Arc<Ctx>>,
@@ -169,7 +169,9 @@ async fn create_tenant(
     responses((status = 200, description = "`{\"name\", \"disabled\": true, \"changed\"}`: `changed` is false if it was already disabled", body = Object),
               (status = 401, description = NO_KEY, body = super::ErrorBody),
               (status = 403, description = NOT_ADMIN, body = super::ErrorBody),
-              (status = 404, description = "No such tenant", body = super::ErrorBody)),
+              (status = 404, description = "No such tenant", body = super::ErrorBody),
+              (status = 422, description = UNSTORABLE_URI, body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 async fn disable_tenant(
     State(ctx): State<Arc<Ctx>>,
@@ -197,7 +199,9 @@ struct KeyFilter {
     params(("tenant" = Option<String>, Query, description = "Only this tenant's keys")),
     responses((status = 200, description = "The keys' rows, never the keys: `{\"object\": \"list\", \"data\"}`", body = Object),
               (status = 401, description = NO_KEY, body = super::ErrorBody),
-              (status = 403, description = NOT_ADMIN, body = super::ErrorBody)),
+              (status = 403, description = NOT_ADMIN, body = super::ErrorBody),
+              (status = 422, description = UNSTORABLE_URI, body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 async fn list_keys(
     State(ctx): State<Arc<Ctx>>,
@@ -253,7 +257,8 @@ pub fn parse_span(field: &str, s: &str) -> Result<chrono::Duration, ApiError> {
               (status = 400, description = "A malformed body, an invalid tenant name, scope or `expires_in`, \
                   or an `rpm` or `tpm` that is not positive; `error.param` names the field", body = super::ErrorBody),
               (status = 401, description = NO_KEY, body = super::ErrorBody),
-              (status = 403, description = NOT_ADMIN, body = super::ErrorBody)),
+              (status = 403, description = NOT_ADMIN, body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 async fn create_key(
     State(ctx): State<Arc<Ctx>>,
@@ -305,7 +310,9 @@ async fn create_key(
     responses((status = 200, description = "The key's row", body = Object),
               (status = 401, description = NO_KEY, body = super::ErrorBody),
               (status = 403, description = NOT_ADMIN, body = super::ErrorBody),
-              (status = 404, description = "No such key", body = super::ErrorBody)),
+              (status = 404, description = "No such key", body = super::ErrorBody),
+              (status = 422, description = UNSTORABLE_URI, body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 async fn revoke_key(
     State(ctx): State<Arc<Ctx>>,
@@ -332,7 +339,9 @@ struct RotateBody {
               (status = 400, description = "`grace` is not a duration like `24h` or is too long, or the key is already revoked", body = super::ErrorBody),
               (status = 401, description = NO_KEY, body = super::ErrorBody),
               (status = 403, description = NOT_ADMIN, body = super::ErrorBody),
-              (status = 404, description = "No such key", body = super::ErrorBody)),
+              (status = 404, description = "No such key", body = super::ErrorBody),
+              (status = 422, description = UNSTORABLE_URI, body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 async fn rotate_key(
     State(ctx): State<Arc<Ctx>>,

@@ -13,7 +13,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::ApiError;
-use super::admin::{ADMIN_ONLY, AdminCaller, NO_KEY, NOT_ADMIN, body};
+use super::admin::{ADMIN_ONLY, AdminCaller, NOT_ADMIN, body};
+use super::responses::{NO_KEY, UNAVAILABLE};
 use crate::app::Ctx;
 use crate::db::{audit, keys, tenants};
 use crate::domain::budget::Scope as BudgetScope;
@@ -31,7 +32,8 @@ pub fn routes() -> Router<Arc<Ctx>> {
     responses((status = 200, description = "Every budget (deployments, tenants, keys): its limits, what is \
                   reserved or used in the current window, spend and reset times", body = Object),
               (status = 401, description = NO_KEY, body = super::ErrorBody),
-              (status = 403, description = NOT_ADMIN, body = super::ErrorBody)),
+              (status = 403, description = NOT_ADMIN, body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 async fn list_budgets(
     State(ctx): State<Arc<Ctx>>,
@@ -106,7 +108,8 @@ async fn scope_of(
                   or a value out of range", body = super::ErrorBody),
               (status = 401, description = NO_KEY, body = super::ErrorBody),
               (status = 403, description = NOT_ADMIN, body = super::ErrorBody),
-              (status = 404, description = "No such tenant or key", body = super::ErrorBody)),
+              (status = 404, description = "No such tenant or key", body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 async fn set_budget(
     State(ctx): State<Arc<Ctx>>,
@@ -185,7 +188,8 @@ struct ClearBody {
                   `key`, no `limits`, or a limit that is unknown or that scope does not have", body = super::ErrorBody),
               (status = 401, description = NO_KEY, body = super::ErrorBody),
               (status = 403, description = NOT_ADMIN, body = super::ErrorBody),
-              (status = 404, description = "No such tenant or key, or no budget to clear", body = super::ErrorBody)),
+              (status = 404, description = "No such tenant or key, or no budget to clear", body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 async fn clear_budget(
     State(ctx): State<Arc<Ctx>>,

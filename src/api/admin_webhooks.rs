@@ -13,7 +13,8 @@ use axum::{Json, Router};
 use serde_json::Value;
 
 use super::ApiError;
-use super::admin::{ADMIN_ONLY, AdminCaller, NO_KEY, NOT_ADMIN};
+use super::admin::{ADMIN_ONLY, AdminCaller, NOT_ADMIN};
+use super::responses::{NO_KEY, UNAVAILABLE, UNSTORABLE_URI};
 use super::webhook_endpoints::{self as we, ListQuery};
 use crate::app::Ctx;
 
@@ -57,7 +58,9 @@ async fn known(ctx: &Ctx, tenant: &str) -> Result<(), ApiError> {
               (status = 400, description = we::INVALID_PAGE, body = super::ErrorBody),
               (status = 401, description = NO_KEY, body = super::ErrorBody),
               (status = 403, description = NOT_ADMIN, body = super::ErrorBody),
-              (status = 404, description = "No such tenant", body = super::ErrorBody)),
+              (status = 404, description = "No such tenant", body = super::ErrorBody),
+              (status = 422, description = UNSTORABLE_URI, body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 async fn list(
     State(ctx): State<Arc<Ctx>>,
@@ -78,7 +81,9 @@ async fn list(
               (status = 400, description = we::INVALID_ENDPOINT, body = super::ErrorBody),
               (status = 401, description = NO_KEY, body = super::ErrorBody),
               (status = 403, description = NOT_ADMIN, body = super::ErrorBody),
-              (status = 404, description = "No such tenant", body = super::ErrorBody)),
+              (status = 404, description = "No such tenant", body = super::ErrorBody),
+              (status = 422, description = UNSTORABLE_URI, body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 async fn create(
     State(ctx): State<Arc<Ctx>>,
@@ -97,7 +102,9 @@ async fn create(
     responses((status = 200, description = "The endpoint, with `signing_secret_hint`", body = Object),
               (status = 401, description = NO_KEY, body = super::ErrorBody),
               (status = 403, description = NOT_ADMIN, body = super::ErrorBody),
-              (status = 404, description = NO_ENDPOINT, body = super::ErrorBody)),
+              (status = 404, description = NO_ENDPOINT, body = super::ErrorBody),
+              (status = 422, description = UNSTORABLE_URI, body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 async fn retrieve(
     State(ctx): State<Arc<Ctx>>,
@@ -116,7 +123,9 @@ async fn retrieve(
               (status = 400, description = we::INVALID_ENDPOINT, body = super::ErrorBody),
               (status = 401, description = NO_KEY, body = super::ErrorBody),
               (status = 403, description = NOT_ADMIN, body = super::ErrorBody),
-              (status = 404, description = NO_ENDPOINT, body = super::ErrorBody)),
+              (status = 404, description = NO_ENDPOINT, body = super::ErrorBody),
+              (status = 422, description = UNSTORABLE_URI, body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 async fn update(
     State(ctx): State<Arc<Ctx>>,
@@ -134,7 +143,9 @@ async fn update(
     responses((status = 200, description = "`{\"id\", \"object\": \"webhook_endpoint.deleted\", \"deleted\": true}`", body = Object),
               (status = 401, description = NO_KEY, body = super::ErrorBody),
               (status = 403, description = NOT_ADMIN, body = super::ErrorBody),
-              (status = 404, description = NO_ENDPOINT, body = super::ErrorBody)),
+              (status = 404, description = NO_ENDPOINT, body = super::ErrorBody),
+              (status = 422, description = UNSTORABLE_URI, body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 async fn delete(
     State(ctx): State<Arc<Ctx>>,
@@ -153,7 +164,9 @@ async fn delete(
               (status = 400, description = we::INVALID_ROTATE, body = super::ErrorBody),
               (status = 401, description = NO_KEY, body = super::ErrorBody),
               (status = 403, description = NOT_ADMIN, body = super::ErrorBody),
-              (status = 404, description = NO_ENDPOINT, body = super::ErrorBody)),
+              (status = 404, description = NO_ENDPOINT, body = super::ErrorBody),
+              (status = 422, description = UNSTORABLE_URI, body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 async fn rotate_secret(
     State(ctx): State<Arc<Ctx>>,

@@ -10,6 +10,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::responses::{NO_KEY, READ_FORBIDDEN, UNAVAILABLE, UNSTORABLE_URI};
 use super::{ApiError, Tenant};
 use crate::app::Ctx;
 use crate::db::jobs::{JobFilter, JobRow};
@@ -17,7 +18,11 @@ use crate::db::jobs::{JobFilter, JobRow};
 /// A batch: OpenAI's batch object (for native and OpenAI batches alike) with sluice's totals.
 #[utoipa::path(get, path = "/v1/batches/{id}", tag = "batches", operation_id = "retrieveBatch", params(("id" = String, Path)),
     responses((status = 200, description = "The batch object with sluice's totals", body = super::openai::batches::BatchObject),
-              (status = 404, description = "No such batch for this key's tenant", body = super::openai::ErrorBody)),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = READ_FORBIDDEN, body = super::ErrorBody),
+              (status = 404, description = "No such batch for this key's tenant", body = super::openai::ErrorBody),
+              (status = 422, description = UNSTORABLE_URI, body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get(
     State(ctx): State<Arc<Ctx>>,
@@ -34,7 +39,11 @@ pub async fn get(
     params(("id" = String, Path)),
     responses((status = 200, description = "One JSONL line per finished job, in job order; partial while the batch runs",
                content_type = "application/jsonl", body = String),
-              (status = 404, description = "No such batch for this key's tenant", body = super::ErrorBody)),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = READ_FORBIDDEN, body = super::ErrorBody),
+              (status = 404, description = "No such batch for this key's tenant", body = super::ErrorBody),
+              (status = 422, description = UNSTORABLE_URI, body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn results(
     State(ctx): State<Arc<Ctx>>,

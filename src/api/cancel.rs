@@ -13,14 +13,19 @@ use serde_json::{Value, json};
 
 use super::admin::Caller;
 use super::jobs::job_view;
+use super::responses::{NO_KEY, SUBMIT_FORBIDDEN, UNAVAILABLE, UNSTORABLE_URI};
 use super::{ApiError, Tenant};
 use crate::app::Ctx;
 
 /// Cancels one job; answers with the job.
 #[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", operation_id = "cancel_job", params(("id" = String, Path)),
     responses((status = 200, description = "The job, `cancelled`, or still `running` with `cancel_requested_at` until its worker stops", body = Object),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = SUBMIT_FORBIDDEN, body = super::ErrorBody),
               (status = 404, description = "No such job for this key's tenant", body = super::ErrorBody),
-              (status = 409, description = "The job has already finished", body = super::ErrorBody)),
+              (status = 409, description = "The job has already finished", body = super::ErrorBody),
+              (status = 422, description = UNSTORABLE_URI, body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn job(
     State(ctx): State<Arc<Ctx>>,
@@ -47,9 +52,13 @@ pub async fn job(
 #[utoipa::path(post, path = "/v1/batches/{id}/cancel", tag = "batches", operation_id = "cancelBatch", params(("id" = String, Path)),
     responses((status = 200, description = "The batch: an OpenAI batch now `cancelling`; a native batch with how many jobs were \
                   `cancelled` and how many asked to stop (`cancel_requested`)", body = super::openai::batches::BatchObject),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = SUBMIT_FORBIDDEN, body = super::ErrorBody),
               (status = 404, description = "No such batch for this key's tenant", body = super::ErrorBody),
               (status = 409, description = "The batch can no longer be cancelled: an OpenAI batch that is not validating \
-                  or in progress, or a native batch whose jobs have all finished", body = super::ErrorBody)),
+                  or in progress, or a native batch whose jobs have all finished", body = super::ErrorBody),
+              (status = 422, description = UNSTORABLE_URI, body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn batch(
     State(ctx): State<Arc<Ctx>>,

@@ -12,6 +12,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::jobs::{job_view, parse_body};
+use super::responses::{
+    BODY_TOO_LARGE, NO_KEY, READ_FORBIDDEN, TENANT_ADMIN_FORBIDDEN, UNAVAILABLE, UNSTORABLE_URI,
+};
 use super::{ApiError, Tenant};
 use crate::app::Ctx;
 use crate::db::dead_letters::{self, DeadLetterFilter};
@@ -19,6 +22,10 @@ use crate::db::dead_letters::{self, DeadLetterFilter};
 /// Requeue's and purge's 400 in the OpenAPI document.
 const INVALID_SELECTION: &str = "The body is not `{\"ids\": [...]}` or `{\"all\": true}` (with `model` \
     and `code` optional), names both, or lists no ids or more than 10,000";
+
+/// Requeue's and purge's 422 in the OpenAPI document.
+const UNSTORABLE_SELECTION: &str = "An id, `model` or `code` in the body, or a query parameter, contains \
+    a NUL character, which cannot be stored; `error.param` names it";
 
 /// Most ids one requeue or purge may name.
 const MAX_IDS: usize = 10_000;
@@ -37,7 +44,11 @@ pub struct ListQuery {
 #[utoipa::path(get, path = "/v1/dead_letters", tag = "dead_letters", operation_id = "list_dead_letters",
     responses((status = 200, description = "A page of the tenant's dead letters (jobs), oldest first: \
                    `{\"object\": \"list\", \"data\", \"first_id\", \"last_id\", \"has_more\"}`", body = Object),
-              (status = 400, description = "An unknown query parameter, or `limit` outside 1 to 1000", body = super::ErrorBody)),
+              (status = 400, description = "An unknown query parameter, or `limit` outside 1 to 1000", body = super::ErrorBody),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = READ_FORBIDDEN, body = super::ErrorBody),
+              (status = 422, description = UNSTORABLE_URI, body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list(
     State(ctx): State<Arc<Ctx>>,
@@ -148,7 +159,12 @@ fn skipped(filter: &DeadLetterFilter, done: &[String]) -> Vec<String> {
     request_body = Object,
     responses((status = 200, description = "`{\"object\": \"dead_letters.requeue\", \"count\", \"requeued\", \"skipped\"}`: \
                    `skipped` lists the named ids that are not (or no longer) the tenant's dead letters", body = Object),
-              (status = 400, description = INVALID_SELECTION, body = super::ErrorBody)),
+              (status = 400, description = INVALID_SELECTION, body = super::ErrorBody),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = TENANT_ADMIN_FORBIDDEN, body = super::ErrorBody),
+              (status = 413, description = BODY_TOO_LARGE, body = super::ErrorBody),
+              (status = 422, description = UNSTORABLE_SELECTION, body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn requeue(
     State(ctx): State<Arc<Ctx>>,
@@ -172,7 +188,12 @@ pub async fn requeue(
     request_body = Object,
     responses((status = 200, description = "`{\"object\": \"dead_letters.purge\", \"count\", \"purged\", \"skipped\"}`: \
                    `skipped` lists the named ids that are not (or no longer) the tenant's dead letters", body = Object),
-              (status = 400, description = INVALID_SELECTION, body = super::ErrorBody)),
+              (status = 400, description = INVALID_SELECTION, body = super::ErrorBody),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = TENANT_ADMIN_FORBIDDEN, body = super::ErrorBody),
+              (status = 413, description = BODY_TOO_LARGE, body = super::ErrorBody),
+              (status = 422, description = UNSTORABLE_SELECTION, body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn purge(
     State(ctx): State<Arc<Ctx>>,

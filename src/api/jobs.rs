@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use super::responses::{NO_KEY, READ_FORBIDDEN, SUBMIT_FORBIDDEN, UNAVAILABLE, UNSTORABLE_URI};
 use super::{ApiError, Submitter, Tenant};
 use crate::app::Ctx;
 use crate::db::jobs::{Inserted, JobFilter, JobRow};
@@ -43,8 +44,16 @@ pub fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<(Bytes, Value),
                   or for `jobs` a list of them with their `batch_id`; a replayed `Idempotency-Key` gets the first answer", body = Object),
               (status = 400, description = "The body is not JSON, not a job or `{\"jobs\": [...]}`, or has a field of the \
                   wrong type, or `Idempotency-Key` is not 1 to 255 characters; `error.param` names the field", body = super::ErrorBody),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = SUBMIT_FORBIDDEN, body = super::ErrorBody),
+              (status = 404, description = "`batch_id` names no batch of this key's tenant", body = super::ErrorBody),
+              (status = 409, description = "The `batch_id` batch was cancelled or has finished (it takes no more jobs), or already holds a job \
+                  with one of the `custom_id`s", body = super::ErrorBody),
+              (status = 413, description = "The body is larger than `server.max_body_bytes`, or `jobs` lists more than \
+                  `limits.max_jobs_per_request` jobs", body = super::ErrorBody),
               (status = 422, description = "The request failed validation, a job can never fit its budget, or its \
-                  idempotency key was used for a different request; `error.param` names the field", body = super::ErrorBody)),
+                  idempotency key was used for a different request; `error.param` names the field", body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create(
     State(ctx): State<Arc<Ctx>>,
@@ -301,7 +310,11 @@ pub struct ListQuery {
     params(("batch_id" = Option<String>, Query), ("status" = Option<String>, Query), ("after" = Option<String>, Query), ("limit" = Option<i64>, Query)),
     responses((status = 200, description = "A page of the tenant's jobs, oldest first: \
                   `{\"object\": \"list\", \"data\", \"first_id\", \"last_id\", \"has_more\"}`", body = Object),
-              (status = 400, description = "An unknown query parameter or `status`, or `limit` outside 1 to 1000", body = super::ErrorBody)),
+              (status = 400, description = "An unknown query parameter or `status`, or `limit` outside 1 to 1000", body = super::ErrorBody),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = READ_FORBIDDEN, body = super::ErrorBody),
+              (status = 422, description = UNSTORABLE_URI, body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list(
     State(ctx): State<Arc<Ctx>>,
@@ -349,7 +362,11 @@ pub async fn list(
 /// One job of the tenant's; another tenant's job is indistinguishable from a missing one.
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", operation_id = "get_job", params(("id" = String, Path)),
     responses((status = 200, description = "The job: its status, route, usage, cost, response or error, and each attempt's error", body = Object),
-              (status = 404, description = "No such job for this key's tenant", body = super::ErrorBody)),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = READ_FORBIDDEN, body = super::ErrorBody),
+              (status = 404, description = "No such job for this key's tenant", body = super::ErrorBody),
+              (status = 422, description = UNSTORABLE_URI, body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get(
     State(ctx): State<Arc<Ctx>>,

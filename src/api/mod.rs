@@ -15,6 +15,7 @@ mod metrics;
 mod models;
 pub mod openai;
 pub mod openapi;
+mod responses;
 mod webhook_endpoints;
 
 use std::sync::Arc;

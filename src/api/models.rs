@@ -6,12 +6,16 @@ use axum::Json;
 use axum::extract::{Path, State};
 use serde_json::{Value, json};
 
+use super::responses::{NO_KEY, READ_FORBIDDEN, UNAVAILABLE, UNSTORABLE_URI};
 use super::{ApiError, Tenant};
 use crate::app::Ctx;
 
 /// Lists the configured aliases in OpenAI's list shape.
 #[utoipa::path(get, path = "/v1/models", tag = "models", operation_id = "listModels",
-    responses((status = 200, description = "The aliases as model objects: `{\"object\": \"list\", \"data\"}`", body = Object)),
+    responses((status = 200, description = "The aliases as model objects: `{\"object\": \"list\", \"data\"}`", body = Object),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = READ_FORBIDDEN, body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list(State(ctx): State<Arc<Ctx>>, _t: Tenant) -> Json<Value> {
     let catalog = ctx.catalog();
@@ -27,7 +31,11 @@ pub async fn list(State(ctx): State<Arc<Ctx>>, _t: Tenant) -> Json<Value> {
 #[utoipa::path(get, path = "/v1/models/{model}", tag = "models", operation_id = "retrieveModel",
     params(("model" = String, Path)),
     responses((status = 200, description = "The model object, with the `deployments` it resolves to and its `max_output_tokens`", body = Object),
-              (status = 404, description = "The name does not resolve; `error.message` says why", body = super::ErrorBody)),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = READ_FORBIDDEN, body = super::ErrorBody),
+              (status = 404, description = "The name does not resolve; `error.message` says why", body = super::ErrorBody),
+              (status = 422, description = UNSTORABLE_URI, body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get(
     State(ctx): State<Arc<Ctx>>,
@@ -54,7 +62,10 @@ fn model_object(id: &str, r: &crate::domain::catalog::Resolved) -> Value {
 /// So clients (`sluice submit`) can check a whole file with the server's own rules before
 /// uploading anything: `{"object": "limits", "job": {...}, "max_jobs_per_request": n}`.
 #[utoipa::path(get, path = "/v1/limits", tag = "models", operation_id = "get_limits",
-    responses((status = 200, description = "`{\"object\": \"limits\", \"job\": {...}, \"max_jobs_per_request\"}`", body = Object)),
+    responses((status = 200, description = "`{\"object\": \"limits\", \"job\": {...}, \"max_jobs_per_request\"}`", body = Object),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = READ_FORBIDDEN, body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn limits(State(ctx): State<Arc<Ctx>>, _t: Tenant) -> Json<Value> {
     Json(json!({

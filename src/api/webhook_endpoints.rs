@@ -16,6 +16,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::admin::Caller;
+use super::responses::{
+    NO_KEY, READ_FORBIDDEN, TENANT_ADMIN_FORBIDDEN, UNAVAILABLE, UNSTORABLE_URI,
+};
 use super::{ApiError, Tenant};
 use crate::app::Ctx;
 use crate::db::webhooks::{self as db, Endpoint};
@@ -148,7 +151,10 @@ pub struct EndpointBody {
     operation_id = "create_webhook_endpoint",
     request_body(content = Object, description = CREATE_BODY),
     responses((status = 200, description = "The endpoint, with `signing_secret`", body = Object),
-              (status = 400, description = INVALID_ENDPOINT, body = super::ErrorBody)),
+              (status = 400, description = INVALID_ENDPOINT, body = super::ErrorBody),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = TENANT_ADMIN_FORBIDDEN, body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create(
     State(ctx): State<Arc<Ctx>>,
@@ -203,7 +209,11 @@ pub struct ListQuery {
            ("limit" = Option<i64>, Query, description = "1 to 100, default 20")),
     responses((status = 200, description = "A page of the tenant's endpoints, newest first, each with \
                   `signing_secret_hint`: `{\"object\": \"list\", \"data\", \"first_id\", \"last_id\", \"has_more\"}`", body = Object),
-              (status = 400, description = INVALID_PAGE, body = super::ErrorBody)),
+              (status = 400, description = INVALID_PAGE, body = super::ErrorBody),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = READ_FORBIDDEN, body = super::ErrorBody),
+              (status = 422, description = UNSTORABLE_URI, body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list(
     State(ctx): State<Arc<Ctx>>,
@@ -240,7 +250,11 @@ pub(super) async fn list_for(
 #[utoipa::path(get, path = "/v1/webhook_endpoints/{id}", tag = "webhooks",
     operation_id = "retrieve_webhook_endpoint", params(("id" = String, Path)),
     responses((status = 200, description = "The endpoint, with `signing_secret_hint`", body = Object),
-              (status = 404, description = NO_ENDPOINT, body = super::ErrorBody)),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = READ_FORBIDDEN, body = super::ErrorBody),
+              (status = 404, description = NO_ENDPOINT, body = super::ErrorBody),
+              (status = 422, description = UNSTORABLE_URI, body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn retrieve(
     State(ctx): State<Arc<Ctx>>,
@@ -268,7 +282,11 @@ pub(super) async fn retrieve_for(
     request_body(content = Option<Object>, description = UPDATE_BODY),
     responses((status = 200, description = "The changed endpoint, with `signing_secret_hint`", body = Object),
               (status = 400, description = INVALID_ENDPOINT, body = super::ErrorBody),
-              (status = 404, description = NO_ENDPOINT, body = super::ErrorBody)),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = TENANT_ADMIN_FORBIDDEN, body = super::ErrorBody),
+              (status = 404, description = NO_ENDPOINT, body = super::ErrorBody),
+              (status = 422, description = UNSTORABLE_URI, body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn update(
     State(ctx): State<Arc<Ctx>>,
@@ -310,7 +328,11 @@ pub(super) async fn update_for(
 #[utoipa::path(delete, path = "/v1/webhook_endpoints/{id}", tag = "webhooks",
     operation_id = "delete_webhook_endpoint", params(("id" = String, Path)),
     responses((status = 200, description = "`{\"id\", \"object\": \"webhook_endpoint.deleted\", \"deleted\": true}`", body = Object),
-              (status = 404, description = NO_ENDPOINT, body = super::ErrorBody)),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = TENANT_ADMIN_FORBIDDEN, body = super::ErrorBody),
+              (status = 404, description = NO_ENDPOINT, body = super::ErrorBody),
+              (status = 422, description = UNSTORABLE_URI, body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn delete(
     State(ctx): State<Arc<Ctx>>,
@@ -351,7 +373,11 @@ pub struct RotateBody {
     request_body(content = Option<Object>, description = ROTATE_BODY),
     responses((status = 200, description = "The endpoint, with the new `signing_secret`", body = Object),
               (status = 400, description = INVALID_ROTATE, body = super::ErrorBody),
-              (status = 404, description = NO_ENDPOINT, body = super::ErrorBody)),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = TENANT_ADMIN_FORBIDDEN, body = super::ErrorBody),
+              (status = 404, description = NO_ENDPOINT, body = super::ErrorBody),
+              (status = 422, description = UNSTORABLE_URI, body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn rotate_secret(
     State(ctx): State<Arc<Ctx>>,
@@ -396,7 +422,11 @@ pub struct TestBody {
     responses((status = 200, description = "`webhook_endpoint.test` with the endpoint's `status_code`", body = Object),
               (status = 400, description = "`event_type` is missing or unknown, the body has another field, \
                   or the endpoint did not answer the test delivery", body = super::ErrorBody),
-              (status = 404, description = NO_ENDPOINT, body = super::ErrorBody)),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = TENANT_ADMIN_FORBIDDEN, body = super::ErrorBody),
+              (status = 404, description = NO_ENDPOINT, body = super::ErrorBody),
+              (status = 422, description = UNSTORABLE_URI, body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn test(
     State(ctx): State<Arc<Ctx>>,

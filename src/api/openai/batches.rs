@@ -17,6 +17,9 @@ use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use super::ListPage;
+use crate::api::responses::{
+    BODY_TOO_LARGE, NO_KEY, READ_FORBIDDEN, SUBMIT_FORBIDDEN, UNAVAILABLE, UNSTORABLE_URI,
+};
 use crate::api::{ApiError, Submitter, Tenant};
 use crate::app::Ctx;
 use crate::db::jobs::BatchSummary;
@@ -230,7 +233,11 @@ fn check_metadata(m: &Option<Value>) -> Result<Value, ApiError> {
               (status = 400, description = "A malformed body, an `endpoint` other than `/v1/chat/completions`, an invalid \
                   `completion_window` or `metadata`, or an input file whose purpose is not `batch`; `error.param` \
                   names the field", body = super::ErrorBody),
-              (status = 404, description = "No such `input_file_id` for this key's tenant", body = super::ErrorBody)),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = SUBMIT_FORBIDDEN, body = super::ErrorBody),
+              (status = 404, description = "No such `input_file_id` for this key's tenant", body = super::ErrorBody),
+              (status = 413, description = BODY_TOO_LARGE, body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create(
     State(ctx): State<Arc<Ctx>>,
@@ -302,7 +309,11 @@ pub struct ListBatches {
 /// Lists the tenant's batches, newest first.
 #[utoipa::path(get, path = "/v1/batches", tag = "batches", operation_id = "listBatches", params(ListBatches),
     responses((status = 200, description = "A page of the tenant's batches, newest first", body = ListPage<BatchObject>),
-              (status = 400, description = "An unknown query parameter, or `limit` outside 1 to 100", body = super::ErrorBody)),
+              (status = 400, description = "An unknown query parameter, or `limit` outside 1 to 100", body = super::ErrorBody),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = READ_FORBIDDEN, body = super::ErrorBody),
+              (status = 422, description = UNSTORABLE_URI, body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list(
     State(ctx): State<Arc<Ctx>>,

@@ -13,6 +13,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use crate::api::responses::{BODY_TOO_LARGE, NO_KEY, SUBMIT_FORBIDDEN, TIMED_OUT, UNAVAILABLE};
 use crate::api::{ApiError, Submitter};
 use crate::app::Ctx;
 use crate::realtime::RunEnd;
@@ -32,12 +33,23 @@ fn error(status: StatusCode, kind: &str, code: &str, message: &str) -> Response 
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "chat", operation_id = "createChatCompletion",
     request_body(content = Object, description = "OpenAI's chat-completion request; `model` is a sluice alias or model. `stream` and `stream_options.include_usage` are honoured."),
     responses((status = 200, description = "`chat.completion`, or `text/event-stream` of `chat.completion.chunk`s when `stream` is true", body = Object),
+              (status = 400, description = "The body is not JSON or not a chat-completion object, or `stream` is not a boolean. \
+                  A 4xx the provider itself answered (any but 429: 400, 404, 413, …) is passed through with its \
+                  status and message", body = super::ErrorBody),
+              (status = 401, description = NO_KEY, body = super::ErrorBody),
+              (status = 403, description = SUBMIT_FORBIDDEN, body = super::ErrorBody),
+              (status = 404, description = "The provider's own 404 (a model or resource it does not know), passed through", body = super::ErrorBody),
+              (status = 408, description = TIMED_OUT, body = super::ErrorBody),
+              (status = 409, description = "The job was cancelled (`POST /v1/jobs/{id}/cancel`) before it finished", body = super::ErrorBody),
+              (status = 413, description = BODY_TOO_LARGE, body = super::ErrorBody),
               (status = 422, description = "The request failed validation (an unknown model, a missing or invalid \
                   field); `error.param` names the field", body = super::ErrorBody),
               (status = 429, description = "Over budget: none freed in time, retry after `retry-after` seconds; or \
                   refused by a hard spending cap or a limit (`code` `budget_refused`, no `retry-after`)", body = super::ErrorBody,
                headers(("retry-after" = u64, description = "seconds until budget frees"))),
-              (status = 502, description = "The provider failed the call, after sluice's retries and fallbacks", body = super::ErrorBody)),
+              (status = 502, description = "The provider failed the call, after sluice's retries and fallbacks", body = super::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = super::ErrorBody),
+              (status = 504, description = "The job expired (its deadline passed) before the provider answered", body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create(
     State(ctx): State<Arc<Ctx>>,

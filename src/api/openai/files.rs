@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::ListPage;
+use crate::api::responses::{
+    NO_KEY, READ_FORBIDDEN, SUBMIT_FORBIDDEN, TIMED_OUT, UNAVAILABLE, UNSTORABLE_URI,
+};
 use crate::api::{ApiError, Tenant};
 use crate::app::Ctx;
 use crate::db::files::{ChunkWriter, FileRow};
@@ -100,7 +103,11 @@ fn bad_param(message: impl Into<String>, param: &str) -> ApiError {
     responses((status = 200, description = "The stored file", body = FileObject),
               (status = 400, description = "The upload is not readable multipart, `purpose` is missing or not `batch`, \
                   or `file` is missing, sent twice or empty; `error.param` names the part", body = crate::api::ErrorBody),
-              (status = 413, description = "The file is larger than this server accepts (`max_upload_bytes`)", body = crate::api::ErrorBody)),
+              (status = 401, description = NO_KEY, body = crate::api::ErrorBody),
+              (status = 403, description = SUBMIT_FORBIDDEN, body = crate::api::ErrorBody),
+              (status = 408, description = TIMED_OUT, body = crate::api::ErrorBody),
+              (status = 413, description = "The file is larger than this server accepts (`max_upload_bytes`)", body = crate::api::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = crate::api::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create(
     State(ctx): State<Arc<Ctx>>,
@@ -175,7 +182,11 @@ pub struct ListFiles {
 #[utoipa::path(get, path = "/v1/files", tag = "files", operation_id = "listFiles", params(ListFiles),
     responses((status = 200, description = "A page of the tenant's files, in `order`", body = ListPage<FileObject>),
               (status = 400, description = "An unknown query parameter, `limit` outside 1 to 10000, or `order` not \
-                  `asc` or `desc`", body = crate::api::ErrorBody)),
+                  `asc` or `desc`", body = crate::api::ErrorBody),
+              (status = 401, description = NO_KEY, body = crate::api::ErrorBody),
+              (status = 403, description = READ_FORBIDDEN, body = crate::api::ErrorBody),
+              (status = 422, description = UNSTORABLE_URI, body = crate::api::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = crate::api::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list(
     State(ctx): State<Arc<Ctx>>,
@@ -219,7 +230,11 @@ async fn file_of(ctx: &Ctx, tenant: &str, id: &str) -> Result<FileRow, ApiError>
 /// One file's metadata.
 #[utoipa::path(get, path = "/v1/files/{id}", tag = "files", operation_id = "retrieveFile", params(("id" = String, Path)),
     responses((status = 200, description = "The file's metadata", body = FileObject),
-              (status = 404, description = NO_FILE, body = crate::api::ErrorBody)),
+              (status = 401, description = NO_KEY, body = crate::api::ErrorBody),
+              (status = 403, description = READ_FORBIDDEN, body = crate::api::ErrorBody),
+              (status = 404, description = NO_FILE, body = crate::api::ErrorBody),
+              (status = 422, description = UNSTORABLE_URI, body = crate::api::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = crate::api::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get(
     State(ctx): State<Arc<Ctx>>,
@@ -233,7 +248,11 @@ pub async fn get(
 #[utoipa::path(get, path = "/v1/files/{id}/content", tag = "files", operation_id = "downloadFile",
     params(("id" = String, Path)),
     responses((status = 200, description = "The file's bytes", content_type = "application/octet-stream", body = Vec<u8>),
-              (status = 404, description = NO_FILE, body = crate::api::ErrorBody)),
+              (status = 401, description = NO_KEY, body = crate::api::ErrorBody),
+              (status = 403, description = READ_FORBIDDEN, body = crate::api::ErrorBody),
+              (status = 404, description = NO_FILE, body = crate::api::ErrorBody),
+              (status = 422, description = UNSTORABLE_URI, body = crate::api::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = crate::api::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn content(
     State(ctx): State<Arc<Ctx>>,
@@ -270,7 +289,11 @@ pub async fn content(
 /// Deletes a file (its bytes at once).
 #[utoipa::path(delete, path = "/v1/files/{id}", tag = "files", operation_id = "deleteFile", params(("id" = String, Path)),
     responses((status = 200, description = "The file and its bytes are deleted", body = FileDeleted),
-              (status = 404, description = NO_FILE, body = crate::api::ErrorBody)),
+              (status = 401, description = NO_KEY, body = crate::api::ErrorBody),
+              (status = 403, description = SUBMIT_FORBIDDEN, body = crate::api::ErrorBody),
+              (status = 404, description = NO_FILE, body = crate::api::ErrorBody),
+              (status = 422, description = UNSTORABLE_URI, body = crate::api::ErrorBody),
+              (status = 503, description = UNAVAILABLE, body = crate::api::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn delete(
     State(ctx): State<Arc<Ctx>>,
