@@ -101,6 +101,16 @@ pub(super) const ADMIN_ONLY: &str = "Needs the admin key (`SLUICE_ADMIN_KEY`) as
 /// Every admin route's 403 in the OpenAPI document.
 pub(super) const NOT_ADMIN: &str = "An admin key is required; a tenant key was given";
 
+/// A key scope's name, for the document (`crate::auth::Scope`).
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum KeyScope {
+    Submit,
+    Read,
+    Admin,
+}
+
 fn valid_tenant(name: &str) -> Result<(), ApiError> {
     if tenants::valid_tenant_name(name) {
         Ok(())
@@ -130,15 +140,16 @@ async fn list_tenants(
     Ok(Json(json!({"object": "list", "data": rows})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct NewTenant {
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}(?![\\s\\S])")]
     name: String,
 }
 
 /// Creates a tenant.
 #[utoipa::path(post, path = "/v1/admin/tenants", tag = "admin", operation_id = "admin_create_tenant",
     description = ADMIN_ONLY,
-    request_body(content = Object, description = "`{\"name\"}`: lowercase letters, digits, '-', '_' or '.'"),
+    request_body(content = inline(NewTenant), description = "`{\"name\"}`: lowercase letters, digits, '-', '_' or '.'"),
     responses((status = 200, description = "`{\"name\", \"created\": true}`", body = Object),
               (status = 400, description = "The body is not `{\"name\"}`, or the name is not valid", body = super::ErrorBody),
               (status = 401, description = NO_KEY, body = super::ErrorBody),
@@ -212,16 +223,21 @@ async fn list_keys(
     Ok(Json(json!({"object": "list", "data": rows})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct NewKeyBody {
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}(?![\\s\\S])")]
     tenant: String,
     #[serde(default)]
     name: String,
+    #[schema(value_type = Option<Vec<KeyScope>>, min_items = 1)]
     scopes: Option<Vec<String>>,
     /// e.g. `90d`.
+    #[schema(pattern = "^[1-9][0-9]{0,3}[smhd](?![\\s\\S])")]
     expires_in: Option<String>,
     /// The key's own requests and tokens per minute.
+    #[schema(minimum = 1)]
     rpm: Option<i64>,
+    #[schema(minimum = 1)]
     tpm: Option<i64>,
 }
 
@@ -250,7 +266,7 @@ pub fn parse_span(field: &str, s: &str) -> Result<chrono::Duration, ApiError> {
 /// Creates an API key for a tenant (creating the tenant if it is new); the key is shown once.
 #[utoipa::path(post, path = "/v1/admin/keys", tag = "admin", operation_id = "admin_create_key",
     description = ADMIN_ONLY,
-    request_body(content = Object, description = "`{\"tenant\", \"name\"?, \"scopes\"?, \"expires_in\"?, \"rpm\"?, \"tpm\"?}`: \
+    request_body(content = inline(NewKeyBody), description = "`{\"tenant\", \"name\"?, \"scopes\"?, \"expires_in\"?, \"rpm\"?, \"tpm\"?}`: \
         `scopes` a list (default `submit`, `read`, `admin`), `expires_in` a duration like `90d`, \
         `rpm` and `tpm` the key's own positive limits per minute."),
     responses((status = 200, description = "`{\"id\", \"tenant\", \"key\", \"scopes\", \"rpm\", \"tpm\", \"tenant_created\"}`; `key` is shown only here", body = Object),
@@ -325,8 +341,9 @@ async fn revoke_key(
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 struct RotateBody {
+    #[schema(pattern = "^[1-9][0-9]{0,3}[smhd](?![\\s\\S])")]
     grace: Option<String>,
 }
 
@@ -334,7 +351,7 @@ struct RotateBody {
 #[utoipa::path(post, path = "/v1/admin/keys/{id}/rotate", tag = "admin", operation_id = "admin_rotate_key",
     description = ADMIN_ONLY,
     params(("id" = String, Path, description = "The key's id (`key_…`)")),
-    request_body(content = Option<Object>, description = "`{\"grace\"?}`: how long the old key keeps working, a duration like `24h` (the default)"),
+    request_body(content = inline(RotateBody), description = "`{\"grace\"?}`: how long the old key keeps working, a duration like `24h` (the default)"),
     responses((status = 200, description = "`{\"id\", \"key\", \"tenant\", \"old_key_id\", \"old_key_valid_until\"}`; the new `key` is shown only here", body = Object),
               (status = 400, description = "`grace` is not a duration like `24h` or is too long, or the key is already revoked", body = super::ErrorBody),
               (status = 401, description = NO_KEY, body = super::ErrorBody),

@@ -15,6 +15,10 @@ use serde_json::{Value, json};
 use super::ApiError;
 use super::admin::{ADMIN_ONLY, AdminCaller, NOT_ADMIN, body};
 use super::responses::{NO_KEY, UNAVAILABLE};
+
+/// The 422 of set and clear in the OpenAPI document.
+const UNSTORABLE_BODY: &str = "A `tenant`, `deployment` or `key` in the body contains a NUL \
+    character, which cannot be stored";
 use crate::app::Ctx;
 use crate::db::{audit, keys, tenants};
 use crate::domain::budget::Scope as BudgetScope;
@@ -98,7 +102,7 @@ async fn scope_of(
 /// Sets limits of a deployment, a tenant or an API key (audited as `budget.set`).
 #[utoipa::path(post, path = "/v1/admin/budgets", tag = "admin", operation_id = "admin_set_budget",
     description = ADMIN_ONLY,
-    request_body(content = Object, description = "Exactly one of `tenant`, `deployment` (`provider/model`) \
+    request_body(content = inline(super::schemas::SetBudget), description = "Exactly one of `tenant`, `deployment` (`provider/model`) \
         or `key` (a key's id, `key_…`), and the limits to set: `tpm`, `rpm` (any scope), \
         `batch_enqueued_tokens` (deployment, tenant), `daily_usd`, `monthly_usd`, `policy` \
         (`defer` or `reject`) and `weight` (1 to 100) (tenant only)."),
@@ -108,6 +112,7 @@ async fn scope_of(
                   or a value out of range", body = super::ErrorBody),
               (status = 401, description = NO_KEY, body = super::ErrorBody),
               (status = 403, description = NOT_ADMIN, body = super::ErrorBody),
+              (status = 422, description = UNSTORABLE_BODY, body = super::ErrorBody),
               (status = 404, description = "No such tenant or key", body = super::ErrorBody),
               (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]
@@ -180,7 +185,7 @@ struct ClearBody {
 /// Lifts limits back to unlimited, like `sluice budgets clear` (audited as `budget.clear`).
 #[utoipa::path(post, path = "/v1/admin/budgets/clear", tag = "admin", operation_id = "admin_clear_budget",
     description = ADMIN_ONLY,
-    request_body(content = Object, description = "Exactly one of `tenant`, `deployment` or `key`, and \
+    request_body(content = inline(super::schemas::ClearBudget), description = "Exactly one of `tenant`, `deployment` or `key`, and \
         `limits`: the limits to lift, among `tpm`, `rpm`, `batch_enqueued_tokens`, `daily_usd`, \
         `monthly_usd`; no other fields."),
     responses((status = 200, description = "`{\"scope\", \"key\", \"cleared\", \"updated\": true}`", body = Object),
@@ -188,6 +193,7 @@ struct ClearBody {
                   `key`, no `limits`, or a limit that is unknown or that scope does not have", body = super::ErrorBody),
               (status = 401, description = NO_KEY, body = super::ErrorBody),
               (status = 403, description = NOT_ADMIN, body = super::ErrorBody),
+              (status = 422, description = UNSTORABLE_BODY, body = super::ErrorBody),
               (status = 404, description = "No such tenant or key, or no budget to clear", body = super::ErrorBody),
               (status = 503, description = UNAVAILABLE, body = super::ErrorBody)),
     security(("bearer" = [])))]

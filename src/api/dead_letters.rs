@@ -31,17 +31,25 @@ const UNSTORABLE_SELECTION: &str = "An id, `model` or `code` in the body, or a q
 const MAX_IDS: usize = 10_000;
 
 /// Query of `GET /v1/dead_letters`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    #[param(pattern = "^[^\\u0000]*$")]
     model: Option<String>,
+    #[param(pattern = "^[^\\u0000]*$")]
     code: Option<String>,
+    /// The last id of the previous page.
+    #[param(pattern = "^[^\\u0000]*$")]
     after: Option<String>,
+    /// 1 to 1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
 /// Lists the tenant's dead letters, oldest first, paginated with `after`.
 #[utoipa::path(get, path = "/v1/dead_letters", tag = "dead_letters", operation_id = "list_dead_letters",
+    params(ListQuery),
     responses((status = 200, description = "A page of the tenant's dead letters (jobs), oldest first: \
                    `{\"object\": \"list\", \"data\", \"first_id\", \"last_id\", \"has_more\"}`", body = Object),
               (status = 400, description = "An unknown query parameter, or `limit` outside 1 to 1000", body = super::ErrorBody),
@@ -156,7 +164,7 @@ fn skipped(filter: &DeadLetterFilter, done: &[String]) -> Vec<String> {
 
 /// Sends the selected dead letters round again.
 #[utoipa::path(post, path = "/v1/dead_letters/requeue", tag = "dead_letters", operation_id = "requeue_dead_letters",
-    request_body = Object,
+    request_body(content = inline(super::schemas::DeadLetterSelection), description = "`{\"ids\": [...]}` or `{\"all\": true}`, optionally narrowed by `model` and `code`"),
     responses((status = 200, description = "`{\"object\": \"dead_letters.requeue\", \"count\", \"requeued\", \"skipped\"}`: \
                    `skipped` lists the named ids that are not (or no longer) the tenant's dead letters", body = Object),
               (status = 400, description = INVALID_SELECTION, body = super::ErrorBody),
@@ -185,7 +193,7 @@ pub async fn requeue(
 
 /// Takes the selected dead letters off the list; the jobs and their history stay.
 #[utoipa::path(post, path = "/v1/dead_letters/purge", tag = "dead_letters", operation_id = "purge_dead_letters",
-    request_body = Object,
+    request_body(content = inline(super::schemas::DeadLetterSelection), description = "`{\"ids\": [...]}` or `{\"all\": true}`, optionally narrowed by `model` and `code`"),
     responses((status = 200, description = "`{\"object\": \"dead_letters.purge\", \"count\", \"purged\", \"skipped\"}`: \
                    `skipped` lists the named ids that are not (or no longer) the tenant's dead letters", body = Object),
               (status = 400, description = INVALID_SELECTION, body = super::ErrorBody),

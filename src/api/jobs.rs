@@ -38,7 +38,7 @@ pub fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<(Bytes, Value),
 
 /// Submits one job, or `{"jobs": [...], "batch_id"?, "metadata"?}`.
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs", operation_id = "create_job",
-    request_body(content = Object, description = "One job, or `{\"jobs\": [...], \"batch_id\"?, \"metadata\"?}`"),
+    request_body(content = inline(super::schemas::CreateJobBody), description = "One job, or `{\"jobs\": [...], \"batch_id\"?, \"metadata\"?}`"),
     params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same key and body")),
     responses((status = 200, description = "The queued job (`{\"id\", \"object\": \"job\", \"status\": \"queued\", \"created\", …}`), \
                   or for `jobs` a list of them with their `batch_id`; a replayed `Idempotency-Key` gets the first answer", body = Object),
@@ -296,18 +296,25 @@ fn list_response(batch_id: &Option<String>, inserted: &[Inserted]) -> Value {
 }
 
 /// Query of `GET /v1/jobs`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    #[param(pattern = "^[^\\u0000]*$")]
     batch_id: Option<String>,
+    #[param(value_type = Option<super::schemas::JobStatusName>, inline)]
     status: Option<String>,
+    /// The last id of the previous page.
+    #[param(pattern = "^[^\\u0000]*$")]
     after: Option<String>,
+    /// 1 to 1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
 /// Lists the tenant's jobs, oldest first, paginated with `after`.
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", operation_id = "list_jobs",
-    params(("batch_id" = Option<String>, Query), ("status" = Option<String>, Query), ("after" = Option<String>, Query), ("limit" = Option<i64>, Query)),
+    params(ListQuery),
     responses((status = 200, description = "A page of the tenant's jobs, oldest first: \
                   `{\"object\": \"list\", \"data\", \"first_id\", \"last_id\", \"has_more\"}`", body = Object),
               (status = 400, description = "An unknown query parameter or `status`, or `limit` outside 1 to 1000", body = super::ErrorBody),

@@ -16,6 +16,7 @@ mod models;
 pub mod openai;
 pub mod openapi;
 mod responses;
+mod schemas;
 mod webhook_endpoints;
 
 use std::sync::Arc;

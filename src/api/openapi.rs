@@ -33,7 +33,7 @@ use super::openai;
         super::admin_webhooks::delete, super::admin_webhooks::rotate_secret,
     ),
     components(schemas(openai::ErrorBody, openai::files::FileObject, openai::batches::BatchObject)),
-    modifiers(&Bearer),
+    modifiers(&Bearer, &OptionalBodies),
 )]
 pub struct ApiDoc;
 
@@ -46,6 +46,39 @@ impl Modify for Bearer {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// The operations whose body may be left out (an empty body reads as `{}`); utoipa marks a
+/// body required unless its type is an `Option`, which would also admit a JSON `null` the
+/// handlers refuse.
+const OPTIONAL_BODIES: [&str; 5] = [
+    "update_webhook_endpoint",
+    "rotate_webhook_endpoint_secret",
+    "admin_update_webhook_endpoint",
+    "admin_rotate_webhook_endpoint_secret",
+    "admin_rotate_key",
+];
+
+struct OptionalBodies;
+
+impl Modify for OptionalBodies {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let operations = doc.paths.paths.values_mut().flat_map(|item| {
+            [&mut item.post, &mut item.put, &mut item.patch]
+                .into_iter()
+                .flatten()
+        });
+        for op in operations {
+            if op
+                .operation_id
+                .as_deref()
+                .is_some_and(|id| OPTIONAL_BODIES.contains(&id))
+                && let Some(utoipa::openapi::RefOr::T(body)) = op.request_body.as_mut()
+            {
+                body.required = Some(utoipa::openapi::Required::False);
+            }
+        }
     }
 }
 

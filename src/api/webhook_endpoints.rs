@@ -149,7 +149,7 @@ pub struct EndpointBody {
 /// The answer carries `signing_secret`, shown here and at rotation only.
 #[utoipa::path(post, path = "/v1/webhook_endpoints", tag = "webhooks",
     operation_id = "create_webhook_endpoint",
-    request_body(content = Object, description = CREATE_BODY),
+    request_body(content = inline(super::schemas::NewWebhookEndpoint), description = CREATE_BODY),
     responses((status = 200, description = "The endpoint, with `signing_secret`", body = Object),
               (status = 400, description = INVALID_ENDPOINT, body = super::ErrorBody),
               (status = 401, description = NO_KEY, body = super::ErrorBody),
@@ -195,18 +195,22 @@ pub(super) async fn create_for(
 }
 
 /// Query of `GET /v1/webhook_endpoints`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// The last id of the previous page.
+    #[param(pattern = "^[^\\u0000]*$")]
     after: Option<String>,
+    /// 1 to 100, default 20.
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
 }
 
 /// Lists the tenant's webhook endpoints, newest first, cursor-paginated with `after`.
 #[utoipa::path(get, path = "/v1/webhook_endpoints", tag = "webhooks",
     operation_id = "list_webhook_endpoints",
-    params(("after" = Option<String>, Query, description = "The last id of the previous page"),
-           ("limit" = Option<i64>, Query, description = "1 to 100, default 20")),
+    params(ListQuery),
     responses((status = 200, description = "A page of the tenant's endpoints, newest first, each with \
                   `signing_secret_hint`: `{\"object\": \"list\", \"data\", \"first_id\", \"last_id\", \"has_more\"}`", body = Object),
               (status = 400, description = INVALID_PAGE, body = super::ErrorBody),
@@ -279,7 +283,7 @@ pub(super) async fn retrieve_for(
 /// Changes a webhook endpoint's `url`, `event_types` or `name`.
 #[utoipa::path(post, path = "/v1/webhook_endpoints/{id}", tag = "webhooks",
     operation_id = "update_webhook_endpoint", params(("id" = String, Path)),
-    request_body(content = Option<Object>, description = UPDATE_BODY),
+    request_body(content = inline(super::schemas::WebhookEndpointChange), description = UPDATE_BODY),
     responses((status = 200, description = "The changed endpoint, with `signing_secret_hint`", body = Object),
               (status = 400, description = INVALID_ENDPOINT, body = super::ErrorBody),
               (status = 401, description = NO_KEY, body = super::ErrorBody),
@@ -358,7 +362,7 @@ pub(super) async fn delete_for(
 }
 
 /// Body of `rotate_secret`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateBody {
     #[serde(default)]
@@ -370,7 +374,7 @@ pub struct RotateBody {
 /// With `keep_old_secret_active_for_24_hours`, deliveries carry both signatures for 24 hours.
 #[utoipa::path(post, path = "/v1/webhook_endpoints/{id}/rotate_secret", tag = "webhooks",
     operation_id = "rotate_webhook_endpoint_secret", params(("id" = String, Path)),
-    request_body(content = Option<Object>, description = ROTATE_BODY),
+    request_body(content = inline(RotateBody), description = ROTATE_BODY),
     responses((status = 200, description = "The endpoint, with the new `signing_secret`", body = Object),
               (status = 400, description = INVALID_ROTATE, body = super::ErrorBody),
               (status = 401, description = NO_KEY, body = super::ErrorBody),
@@ -418,7 +422,7 @@ pub struct TestBody {
 /// The event is signed and recorded like any delivery. An endpoint that does not answer is a 400.
 #[utoipa::path(post, path = "/v1/webhook_endpoints/{id}/test", tag = "webhooks",
     operation_id = "test_webhook_endpoint", params(("id" = String, Path)),
-    request_body(content = Object, description = "`{\"event_type\"}`: one of sluice's event types; no other fields."),
+    request_body(content = inline(super::schemas::WebhookTest), description = "`{\"event_type\"}`: one of sluice's event types; no other fields."),
     responses((status = 200, description = "`webhook_endpoint.test` with the endpoint's `status_code`", body = Object),
               (status = 400, description = "`event_type` is missing or unknown, the body has another field, \
                   or the endpoint did not answer the test delivery", body = super::ErrorBody),

@@ -180,13 +180,16 @@ pub struct CreateBatch {
     /// A file uploaded with purpose `batch`: one request per line.
     pub input_file_id: String,
     /// Must be `/v1/chat/completions`.
+    #[schema(pattern = "^/v1/chat/completions(?![\\s\\S])")]
     pub endpoint: String,
-    /// `24h`, or another window from `1h` to `720h` (also `7d`); it becomes every job's deadline,
-    /// and routing picks real-time calls or a provider batch from it.
+    // `24h`, or another window from `1h` to `720h` (also `7d`); it becomes every job's deadline,
+    // and routing picks real-time calls or a provider batch from it. (A `///` here would wrap the
+    // written schema in an `allOf` with `type: object`; its description lives in the schema.)
+    #[schema(value_type = crate::api::schemas::CompletionWindow, inline)]
     pub completion_window: String,
-    /// Up to 16 string pairs, returned as given.
+    // Up to 16 string pairs, returned as given (described in the schema, as above).
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<crate::api::schemas::BatchMetadata>, inline)]
     pub metadata: Option<Value>,
     /// Accepted for compatibility; sluice keeps output files until they are deleted.
     #[serde(default)]
@@ -301,8 +304,10 @@ pub async fn create(
 #[into_params(parameter_in = Query)]
 pub struct ListBatches {
     /// A batch id: list the batches created before it.
+    #[param(pattern = "^[^\\u0000]*$")]
     after: Option<String>,
     /// 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
 }
 

@@ -31,7 +31,7 @@ fn error(status: StatusCode, kind: &str, code: &str, message: &str) -> Response 
 
 /// Runs one chat completion.
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "chat", operation_id = "createChatCompletion",
-    request_body(content = Object, description = "OpenAI's chat-completion request; `model` is a sluice alias or model. `stream` and `stream_options.include_usage` are honoured."),
+    request_body(content = inline(crate::api::schemas::ChatCompletionBody), description = "OpenAI's chat-completion request; `model` is a sluice alias or model. `stream` and `stream_options.include_usage` are honoured."),
     responses((status = 200, description = "`chat.completion`, or `text/event-stream` of `chat.completion.chunk`s when `stream` is true", body = Object),
               (status = 400, description = "The body is not JSON or not a chat-completion object, or `stream` is not a boolean. \
                   A 4xx the provider itself answered (any but 429: 400, 404, 413, …) is passed through with its \

@@ -72,6 +72,7 @@ pub struct FileDeleted {
 #[allow(dead_code)]
 pub struct FileUpload {
     /// Must be `batch`.
+    #[schema(pattern = "^\\s*batch\\s*(?![\\s\\S])")]
     purpose: String,
     /// The JSONL input of a batch.
     #[schema(format = Binary, value_type = String)]
@@ -169,12 +170,16 @@ pub async fn create(
 #[into_params(parameter_in = Query)]
 pub struct ListFiles {
     /// A file id: list the files after it in `order`.
+    #[param(pattern = "^[^\\u0000]*$")]
     after: Option<String>,
     /// 1 to 10000 (default 10000).
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<i64>,
     /// `desc` (newest first, the default) or `asc`.
+    #[param(value_type = Option<crate::api::schemas::SortOrder>, inline)]
     order: Option<String>,
     /// Only files with this purpose.
+    #[param(pattern = "^[^\\u0000]*$")]
     purpose: Option<String>,
 }
 
