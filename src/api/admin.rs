@@ -101,16 +101,6 @@ pub(super) const ADMIN_ONLY: &str = "Needs the admin key (`SLUICE_ADMIN_KEY`) as
 /// Every admin route's 403 in the OpenAPI document.
 pub(super) const NOT_ADMIN: &str = "An admin key is required; a tenant key was given";
 
-/// A key scope's name, for the document (`crate::auth::Scope`).
-#[derive(utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-#[allow(dead_code)]
-enum KeyScope {
-    Submit,
-    Read,
-    Admin,
-}
-
 fn valid_tenant(name: &str) -> Result<(), ApiError> {
     if tenants::valid_tenant_name(name) {
         Ok(())
@@ -229,7 +219,7 @@ struct NewKeyBody {
     tenant: String,
     #[serde(default)]
     name: String,
-    #[schema(value_type = Option<Vec<KeyScope>>, min_items = 1)]
+    #[schema(value_type = super::schemas::KeyScopes, inline, required = false)]
     scopes: Option<Vec<String>>,
     /// e.g. `90d`.
     #[schema(pattern = "^[1-9][0-9]{0,3}[smhd](?![\\s\\S])")]

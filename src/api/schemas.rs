@@ -288,6 +288,13 @@ json_schema!(
 );
 
 json_schema!(
+    /// `POST /v1/admin/keys`'s `scopes`: one or more of the scopes a key can carry
+    /// (`crate::auth::Scope`), or left out for all of them.
+    KeyScopes => json!({"type": ["array", "null"], "minItems": 1,
+        "items": {"type": "string", "enum": crate::auth::Scope::ALL.map(crate::auth::Scope::as_str)}})
+);
+
+json_schema!(
     /// `POST /v1/batches`'s `metadata`: at most 16 string pairs.
     BatchMetadata => json!({"type": ["object", "null"], "maxProperties": 16,
         "propertyNames": {"maxLength": 64, "pattern": STORABLE},
@@ -311,5 +318,36 @@ mod tests {
             served["oneOf"][1]["properties"]["all"],
             json!({"const": true})
         );
+    }
+
+    #[test]
+    fn a_new_keys_scopes_are_the_scopes_a_key_can_carry() {
+        use utoipa::OpenApi;
+        let doc = serde_json::to_value(super::super::openapi::ApiDoc::openapi()).unwrap();
+        let body = &doc["paths"]["/v1/admin/keys"]["post"]["requestBody"]["content"]["application/json"]
+            ["schema"];
+        let scopes = &body["properties"]["scopes"];
+        assert_eq!(
+            scopes["items"]["enum"],
+            json!(["submit", "read", "admin"]),
+            "{body}"
+        );
+        assert_eq!(scopes["minItems"], json!(1));
+        let required = body["required"].as_array().cloned().unwrap_or_default();
+        assert!(!required.contains(&json!("scopes")), "{body}");
+    }
+
+    /// A written schema that admits `null` is served as it is, not wrapped in a `oneOf` with
+    /// another `null` branch (a `null` would then match both branches and be refused).
+    #[test]
+    fn an_optional_written_schema_admits_null_once() {
+        use utoipa::OpenApi;
+        let doc = serde_json::to_value(super::super::openapi::ApiDoc::openapi()).unwrap();
+        let body = &doc["components"]["schemas"]["CreateBatch"];
+        let metadata = &body["properties"]["metadata"];
+        assert_eq!(metadata["type"], json!(["object", "null"]), "{body}");
+        assert!(metadata.get("oneOf").is_none(), "{body}");
+        let required = body["required"].as_array().cloned().unwrap_or_default();
+        assert!(!required.contains(&json!("metadata")), "{body}");
     }
 }

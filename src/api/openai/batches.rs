@@ -189,7 +189,7 @@ pub struct CreateBatch {
     pub completion_window: String,
     // Up to 16 string pairs, returned as given (described in the schema, as above).
     #[serde(default)]
-    #[schema(value_type = Option<crate::api::schemas::BatchMetadata>, inline)]
+    #[schema(value_type = crate::api::schemas::BatchMetadata, inline, required = false)]
     pub metadata: Option<Value>,
     /// Accepted for compatibility; sluice keeps output files until they are deleted.
     #[serde(default)]
