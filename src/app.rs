@@ -33,6 +33,8 @@ pub struct Ctx {
     pub breaker_feed: crate::worker::breaker_feed::BreakerFeed,
     /// The synchronous path's database work, gathered in rounds (see `realtime::rounds`).
     pub rounds: crate::realtime::rounds::Rounds,
+    /// Jobs to mark published once `worker.publish_mark_delay` has passed (see `queue::marks`).
+    pub publish_marks: crate::queue::marks::PublishMarks,
     catalog: RwLock<Arc<Catalog>>,
 }
 
@@ -56,6 +58,7 @@ impl Ctx {
             health: Health::default(),
             breaker_feed: Default::default(),
             rounds: Default::default(),
+            publish_marks: Default::default(),
             catalog: RwLock::new(Arc::new(catalog)),
             config,
             pool,
@@ -292,6 +295,11 @@ pub async fn start(ctx: Arc<Ctx>, roles: Roles) -> anyhow::Result<Running> {
             crate::retention::run(c.clone(), stop.clone())
         });
     }
+    // Every role may publish work (the API, ingest, the scheduler, OpenAI batches, retries).
+    let (c, stop) = (ctx.clone(), shutdown.clone());
+    spawn_supervised(&tracker, &ctx, "publish_marks", &shutdown, move || {
+        c.publish_marks.clone().run(c.clone(), stop.clone())
+    });
     let (c, stop) = (ctx.clone(), shutdown.clone());
     spawn_supervised(&tracker, &ctx, "prices", &shutdown, move || {
         refresh_prices(c.clone(), stop.clone())

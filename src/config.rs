@@ -258,6 +258,11 @@ pub struct WorkerConfig {
     /// A queued job not yet published after this long is published by the relay.
     #[serde(with = "humantime_serde")]
     pub relay_grace: Duration,
+    /// How long after its work message is confirmed a job is marked published (so the relay
+    /// leaves it alone); a job claimed sooner is never marked, which saves writing its row
+    /// once more. Shorter than `relay_grace`.
+    #[serde(with = "humantime_serde")]
+    pub publish_mark_delay: Duration,
     /// Upstream attempts per job unless its alias says otherwise.
     pub max_attempts: u32,
     #[serde(with = "humantime_serde")]
@@ -294,6 +299,7 @@ impl Default for WorkerConfig {
             dead_after: Duration::from_secs(15),
             relay_interval: Duration::from_millis(500),
             relay_grace: Duration::from_secs(5),
+            publish_mark_delay: Duration::from_millis(2_500),
             max_attempts: 4,
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
@@ -522,6 +528,15 @@ impl Config {
         if self.worker.concurrency == 0 {
             return invalid("worker.concurrency".into(), "must be at least 1".into());
         }
+        if self.worker.publish_mark_delay >= self.worker.relay_grace {
+            return invalid(
+                "worker.publish_mark_delay".into(),
+                format!(
+                    "must be shorter than worker.relay_grace ({:?}), or the relay publishes every job twice",
+                    self.worker.relay_grace
+                ),
+            );
+        }
         if self.worker.max_attempts == 0 {
             return invalid("worker.max_attempts".into(), "must be at least 1".into());
         }
@@ -737,6 +752,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("concurency"), "{err}");
+    }
+
+    #[test]
+    fn a_publish_mark_delay_not_shorter_than_the_relay_grace_is_refused() {
+        let ok =
+            Config::from_toml("[worker]\nrelay_grace = \"5s\"\npublish_mark_delay = \"2500ms\"\n")
+                .unwrap();
+        assert_eq!(ok.worker.publish_mark_delay, Duration::from_millis(2_500));
+        let err =
+            Config::from_toml("[worker]\nrelay_grace = \"2s\"\npublish_mark_delay = \"2s\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("worker.publish_mark_delay") && err.contains("relay_grace"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -228,8 +228,9 @@ pub async fn never_fitting(
         .collect())
 }
 
-/// Publishes work for newly created real-time jobs and marks them published. A failure is
-/// logged and left to the relay: the jobs are already safe in Postgres.
+/// Publishes work for newly created real-time jobs and has them marked published a moment
+/// later (`queue::marks`). A failure is logged and left to the relay: the jobs are already
+/// safe in Postgres.
 pub async fn dispatch(ctx: &Ctx, tenant: &str, inserted: &[Inserted]) {
     let fresh: Vec<WorkItem> = inserted
         .iter()
@@ -261,10 +262,9 @@ pub async fn dispatch(ctx: &Ctx, tenant: &str, inserted: &[Inserted]) {
         }
     }
     let ids: Vec<String> = fresh.into_iter().map(|w| w.id).collect();
-    if let Err(e) = crate::db::jobs::mark_published(&ctx.pool, &ids).await {
-        // Harmless: the relay publishes them once more and workers drop the duplicate.
-        tracing::warn!(error = %e, "could not mark jobs published");
-    }
+    ctx.publish_marks
+        .mark_later(ctx, ids, ctx.config.worker.publish_mark_delay)
+        .await;
 }
 
 #[cfg(test)]

@@ -334,3 +334,70 @@ async fn a_statement_past_its_timeout_or_a_lock_wait_past_its_timeout_errors_ins
     ctx.beat_pool.close().await;
     env.cleanup().await;
 }
+
+/// The row versions (`xmin`) of these jobs, in id order.
+async fn row_versions(env: &TestEnv, ids: &[String]) -> Vec<(String, String)> {
+    sqlx::query_as("SELECT id, xmin::text FROM jobs WHERE id = ANY($1) ORDER BY id")
+        .bind(ids)
+        .fetch_all(&env.pool)
+        .await
+        .unwrap()
+}
+
+/// A job's work message is confirmed at once, but the job is marked published only after
+/// `worker.publish_mark_delay`, and only if no worker claimed it meanwhile: a job claimed
+/// first keeps the row version its record wrote, and a job still waiting in its queue is
+/// marked and not published twice by the relay.
+#[tokio::test]
+async fn jobs_are_marked_published_after_the_delay_and_only_while_they_still_wait() {
+    let mut env = TestEnv::new().await;
+    let delay = Duration::from_secs(2);
+    env.config.worker.relay_grace = Duration::from_secs(30);
+    env.config.worker.publish_mark_delay = delay;
+    let api = env
+        .start(Roles {
+            api: true,
+            ..Default::default()
+        })
+        .await;
+    let c = Client::new(&api, &env.key("acme").await);
+    let worker = Roles {
+        worker: true,
+        ..Default::default()
+    };
+    let workers = env.start(worker).await;
+    // Once a worker consumes the tenant's queue, a job is claimed within milliseconds.
+    let warm_up = submit_n(&c, 1, "warm-up").await;
+    assert_eq!(c.wait_job(&warm_up[0], T).await["status"], "succeeded");
+    let claimed = submit_n(&c, 3, "claimed").await;
+    for id in &claimed {
+        assert_eq!(c.wait_job(id, T).await["status"], "succeeded");
+    }
+    let recorded = row_versions(&env, &claimed).await;
+    workers.stop().await;
+
+    let submitted = std::time::Instant::now();
+    let waiting = submit_n(&c, 2, "waiting").await;
+    let marked = format!(
+        "SELECT count(*) FROM jobs WHERE publish_after IS NULL AND id IN ('{}')",
+        waiting.join("','")
+    );
+    wait_until(T, "the waiting jobs are marked published", || async {
+        env.count(&marked).await == 2
+    })
+    .await;
+    assert!(
+        submitted.elapsed() >= delay,
+        "marked after {:?}, before the delay",
+        submitted.elapsed()
+    );
+    // Marks are written in the order they were handed over, so the claimed jobs' (due first)
+    // have been dealt with: their rows were not written again.
+    assert_eq!(row_versions(&env, &claimed).await, recorded);
+    assert_eq!(
+        env.work_queue_depth("acme").await.0,
+        2,
+        "one work message per waiting job"
+    );
+    run_to_success(env, api, worker, &[(&c, &waiting)]).await;
+}

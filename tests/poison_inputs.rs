@@ -16,6 +16,8 @@ mod api_errors;
 mod cli;
 #[path = "poison_inputs/http.rs"]
 mod http;
+#[path = "poison_inputs/publish_marks.rs"]
+mod publish_marks;
 #[path = "poison_inputs/setup.rs"]
 mod setup;
 #[path = "poison_inputs/sync_rounds.rs"]

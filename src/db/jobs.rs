@@ -265,20 +265,21 @@ pub async fn idempotency_conflicts(
     Ok(differ.into_iter().collect())
 }
 
-/// Notes that these jobs' work messages are in the broker, so the relay leaves them alone.
+/// Notes that these jobs' work messages are in the broker, so the relay leaves them alone;
+/// returns how many were marked (a job already claimed, or finished, needs no mark).
 /// A row locked by someone else (a worker claiming it, which clears the mark itself) is
 /// skipped rather than waited for: waiting here held the claim's locks too, and a job left
 /// marked is only published once more by the relay, a duplicate workers drop.
-pub async fn mark_published(pool: &PgPool, ids: &[String]) -> Result<(), DbError> {
-    sqlx::query(
+pub async fn mark_published(pool: &PgPool, ids: &[String]) -> Result<u64, DbError> {
+    Ok(sqlx::query(
         "UPDATE jobs SET publish_after = NULL WHERE id = ANY($1) AND id IN (
             SELECT id FROM jobs WHERE id = ANY($1) AND publish_after IS NOT NULL
             ORDER BY id FOR UPDATE SKIP LOCKED)",
     )
     .bind(ids)
     .execute(pool)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected())
 }
 
 /// Moves these retries back to `queued` if they still wait and are due, marked for the relay

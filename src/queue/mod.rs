@@ -12,6 +12,7 @@
 //!   tenant's backlog cannot starve another's jobs; priority orders work within a tenant.
 
 pub mod ingest;
+pub mod marks;
 
 use std::sync::Arc;
 use std::time::Duration;

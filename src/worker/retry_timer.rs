@@ -83,7 +83,7 @@ async fn stage_and_publish(ctx: &Ctx, ids: &[String]) {
     }
     let ids: Vec<String> = work.into_iter().map(|w| w.id).collect();
     tracing::debug!(jobs = ?ids, "published due retries");
-    if let Err(e) = crate::db::jobs::mark_published(&ctx.pool, &ids).await {
-        tracing::warn!(error = %e, "could not mark retries published; the relay may publish them again");
-    }
+    ctx.publish_marks
+        .mark_later(ctx, ids, ctx.config.worker.publish_mark_delay)
+        .await;
 }
