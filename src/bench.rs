@@ -43,6 +43,10 @@ pub enum BenchCommand {
         /// processes' resident memory while the backlog waits and while it drains.
         #[arg(long)]
         backlog: bool,
+        /// Submit at this many jobs a second (HTTP ingest, in requests of a twentieth of it)
+        /// instead of as fast as sluice takes them: a steady load, where workers keep up.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        rate: Option<u32>,
     },
     /// The synchronous path: `POST /v1/chat/completions` through sluice and the mock directly,
     /// at each concurrency; prints requests per second and the latency sluice adds.
@@ -119,7 +123,8 @@ pub async fn run(base: Config, command: BenchCommand) -> anyhow::Result<()> {
             ingest,
             workers,
             backlog,
-        } => e2e::run(config, jobs, ingest, workers, backlog).await,
+            rate,
+        } => e2e::run(config, jobs, ingest, workers, backlog, rate).await,
         BenchCommand::Sync {
             concurrency,
             duration,

@@ -89,14 +89,27 @@ pub async fn run(
     ingest: Ingest,
     workers: usize,
     backlog: bool,
+    rate: Option<u32>,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(jobs > 0, "--jobs must be at least 1");
+    anyhow::ensure!(
+        rate.is_none() || ingest == Ingest::Http,
+        "--rate paces HTTP submissions only; leave it out with --ingest {ingest:?}"
+    );
+    anyhow::ensure!(
+        rate.is_none() || !backlog,
+        "--rate and --backlog do not go together: a backlog is submitted before any worker runs"
+    );
     anyhow::ensure!(
         (1..=16).contains(&workers),
         "--workers must be between 1 and 16"
     );
+    let pace = rate.map_or_else(
+        || "as fast as sluice takes them".to_string(),
+        |r| format!("at {r} jobs/s"),
+    );
     println!(
-        "sluice bench e2e: {jobs} jobs over {ingest:?} ingest, 1 serve + {workers} worker process(es), mock provider at zero latency"
+        "sluice bench e2e: {jobs} jobs over {ingest:?} ingest ({pace}), 1 serve + {workers} worker process(es), mock provider at zero latency"
     );
     let dir = ScratchDir::new()?;
     let sample = job_line(0);
@@ -155,6 +168,7 @@ pub async fn run(
     for p in &mut procs {
         p.cpu_before = cpu_seconds(p.child.id());
     }
+    let services_before = Services::now(&ctx.pool).await?;
 
     // The clock the results are stamped with: the run ends at the last result recorded, not
     // at the poll that saw it, so polling can be rare (a count over the jobs table costs the
@@ -164,7 +178,7 @@ pub async fn run(
     let waiting = RssWatch::start(vec![procs[0].child.id()]);
     let mut submitter_rss = None;
     match ingest {
-        Ingest::Http => submit_http(&base, &key, jobs).await?,
+        Ingest::Http => submit_http(&base, &key, jobs, rate).await?,
         Ingest::Amqp => submit_amqp(&config, &key, jobs).await?,
         Ingest::File => submitter_rss = Some(submit_file(dir.path(), &base, &key, jobs)?),
     }
@@ -190,6 +204,7 @@ pub async fn run(
     }
     let draining = RssWatch::start(procs.iter().map(|p| p.child.id()).collect());
     wait_all_terminal(&ctx.pool, jobs, start).await?;
+    let services = Services::now(&ctx.pool).await?.since(&services_before);
     let total = last_result_after(&ctx.pool, db_start).await?;
     if backlog {
         let drained = total.saturating_sub(drain_start.duration_since(start));
@@ -231,6 +246,21 @@ pub async fn run(
             peak_rss_kb(p.child.id()) / 1024
         );
     }
+    let per_k = |cpu: f64| cpu * 1000.0 / jobs as f64;
+    println!(
+        "  postgres (every process): {:.3} CPU s per 1,000 jobs, {:.1} kB of WAL per job",
+        per_k(services.postgres_cpu),
+        services.wal_bytes / 1024.0 / jobs as f64
+    );
+    println!(
+        "  rabbitmq (beam.smp): {:.3} CPU s per 1,000 jobs",
+        per_k(services.rabbitmq_cpu)
+    );
+    println!(
+        "  machine: {:.0}% of {} cores busy from submit to the last result",
+        services.busy * 100.0,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
     if let Some(kb) = submitter_rss {
         println!("  sluice submit: peak RSS {} MB", kb / 1024);
     }
@@ -295,16 +325,24 @@ async fn wait_ready(base: &str) -> anyhow::Result<()> {
     anyhow::bail!("sluice serve did not become ready at {base} within 60 s")
 }
 
-async fn submit_http(base: &str, key: &str, jobs: usize) -> anyhow::Result<()> {
+/// Posts the jobs in requests of 1,000, four at a time; or, at `rate` jobs a second, in
+/// requests of a twentieth of the rate, each sent at its time.
+async fn submit_http(base: &str, key: &str, jobs: usize, rate: Option<u32>) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
+    let size = rate.map_or(1000, |r| (r as usize / 20).clamp(1, 1000));
     let chunks: Vec<(usize, usize)> = (0..jobs)
-        .step_by(1000)
-        .map(|s| (s, (s + 1000).min(jobs)))
+        .step_by(size)
+        .map(|s| (s, (s + size).min(jobs)))
         .collect();
+    let began = tokio::time::Instant::now();
     let results: Vec<anyhow::Result<()>> = futures::stream::iter(chunks)
         .map(|(from, to)| {
             let http = http.clone();
+            let at = rate.map(|r| began + Duration::from_secs_f64(from as f64 / f64::from(r)));
             async move {
+                if let Some(at) = at {
+                    tokio::time::sleep_until(at).await;
+                }
                 let lines: Vec<Value> = (from..to).map(job_line).collect();
                 http.post(format!("{base}/v1/jobs"))
                     .bearer_auth(key)
@@ -315,10 +353,103 @@ async fn submit_http(base: &str, key: &str, jobs: usize) -> anyhow::Result<()> {
                 Ok(())
             }
         })
-        .buffer_unordered(4)
+        .buffer_unordered(if rate.is_some() { 64 } else { 4 })
         .collect()
         .await;
     results.into_iter().collect()
+}
+
+/// What the services under sluice have done so far: CPU seconds of every Postgres process
+/// and of RabbitMQ, WAL written, and the machine's busy and total CPU time.
+struct Services {
+    postgres_cpu: f64,
+    rabbitmq_cpu: f64,
+    wal: String,
+    wal_bytes: f64,
+    busy_ticks: u64,
+    all_ticks: u64,
+    busy: f64,
+}
+
+impl Services {
+    async fn now(pool: &sqlx::PgPool) -> anyhow::Result<Self> {
+        let wal: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+            .fetch_one(pool)
+            .await?;
+        let (busy_ticks, all_ticks) = machine_ticks();
+        Ok(Self {
+            postgres_cpu: cpu_seconds_of("postgres"),
+            rabbitmq_cpu: cpu_seconds_of("beam.smp"),
+            wal,
+            wal_bytes: 0.0,
+            busy_ticks,
+            all_ticks,
+            busy: 0.0,
+        })
+    }
+
+    /// The work done between `before` and this reading.
+    fn since(self, before: &Self) -> Self {
+        let all = self.all_ticks.saturating_sub(before.all_ticks);
+        Self {
+            postgres_cpu: self.postgres_cpu - before.postgres_cpu,
+            rabbitmq_cpu: self.rabbitmq_cpu - before.rabbitmq_cpu,
+            wal_bytes: lsn(&self.wal).saturating_sub(lsn(&before.wal)) as f64,
+            busy: self.busy_ticks.saturating_sub(before.busy_ticks) as f64 / all.max(1) as f64,
+            ..self
+        }
+    }
+}
+
+/// A WAL position (`X/Y`, two hexadecimal halves) as a byte offset.
+fn lsn(text: &str) -> u64 {
+    let (hi, lo) = text.split_once('/').unwrap_or(("0", "0"));
+    let half = |h: &str| u64::from(u32::from_str_radix(h, 16).unwrap_or(0));
+    (half(hi) << 32) | half(lo)
+}
+
+/// Busy and total CPU ticks of the whole machine so far (`/proc/stat`; zeros where it cannot
+/// tell).
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let all: u64 = ticks.iter().sum();
+    // user nice system idle iowait irq softirq steal …: idle and iowait are not busy.
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    (all.saturating_sub(idle), all)
+}
+
+/// User + system CPU seconds so far of every live process named `comm`, with the children it
+/// has already reaped (a Postgres backend that exited counts in the postmaster's).
+fn cpu_seconds_of(comm: &str) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    let mut ticks = 0.0;
+    for entry in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if stat.get(open + 1..close) != Some(comm) {
+            continue;
+        }
+        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // utime, stime, cutime, cstime: fields 14–17 of stat, 11–14 after the state field.
+        ticks += (11..=14)
+            .filter_map(|i| f.get(i).and_then(|v| v.parse::<f64>().ok()))
+            .sum::<f64>();
+    }
+    ticks / clock_ticks()
 }
 
 async fn submit_amqp(config: &Config, key: &str, jobs: usize) -> anyhow::Result<()> {
@@ -705,5 +836,29 @@ impl RssWatch {
             .into_iter()
             .map(|(lo, hi)| (lo.min(hi) / 1024, hi / 1024))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{cpu_seconds_of, lsn, machine_ticks};
+
+    #[test]
+    fn a_wal_position_is_its_two_hexadecimal_halves() {
+        assert_eq!(lsn("0/0"), 0);
+        assert_eq!(lsn("0/16B3748"), 0x16B_3748);
+        assert_eq!(lsn("1/0"), 1 << 32);
+        assert_eq!(lsn("FFFFFFFF/FFFFFFFF"), u64::MAX);
+        // Whatever Postgres answered, a bench figure is never a panic.
+        assert_eq!(lsn("garbage"), 0);
+        assert_eq!(lsn("1FFFFFFFF/5"), 5);
+    }
+
+    #[test]
+    fn the_machine_and_a_process_name_have_cpu_time() {
+        let (busy, all) = machine_ticks();
+        assert!(all > 0 && busy <= all, "{busy} of {all}");
+        // This test binary itself has used some CPU; a name no process has, none.
+        assert_eq!(cpu_seconds_of("no such process name"), 0.0);
     }
 }
