@@ -248,9 +248,11 @@ pub async fn run(
     }
     let per_k = |cpu: f64| cpu * 1000.0 / jobs as f64;
     println!(
-        "  postgres (every process): {:.3} CPU s per 1,000 jobs, {:.1} kB of WAL per job",
+        "  postgres (every process): {:.3} CPU s per 1,000 jobs, {:.1} kB of WAL per job (WAL {} to {}, for pg_waldump --stats=record)",
         per_k(services.postgres_cpu),
-        services.wal_bytes / 1024.0 / jobs as f64
+        services.wal_bytes / 1024.0 / jobs as f64,
+        services.wal_from,
+        services.wal
     );
     println!(
         "  rabbitmq (beam.smp): {:.3} CPU s per 1,000 jobs",
@@ -365,6 +367,8 @@ struct Services {
     postgres_cpu: f64,
     rabbitmq_cpu: f64,
     wal: String,
+    /// Where the WAL of the span this reading covers begins (after [`Services::since`]).
+    wal_from: String,
     wal_bytes: f64,
     busy_ticks: u64,
     all_ticks: u64,
@@ -380,6 +384,7 @@ impl Services {
         Ok(Self {
             postgres_cpu: cpu_seconds_of("postgres"),
             rabbitmq_cpu: cpu_seconds_of("beam.smp"),
+            wal_from: wal.clone(),
             wal,
             wal_bytes: 0.0,
             busy_ticks,
@@ -395,6 +400,7 @@ impl Services {
             postgres_cpu: self.postgres_cpu - before.postgres_cpu,
             rabbitmq_cpu: self.rabbitmq_cpu - before.rabbitmq_cpu,
             wal_bytes: lsn(&self.wal).saturating_sub(lsn(&before.wal)) as f64,
+            wal_from: before.wal.clone(),
             busy: self.busy_ticks.saturating_sub(before.busy_ticks) as f64 / all.max(1) as f64,
             ..self
         }
