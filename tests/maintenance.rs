@@ -88,15 +88,8 @@ async fn run_to_success(env: TestEnv, api: Running, roles: Roles, jobs: &[(&Clie
 
 /// Submits `n` jobs; returns their ids.
 async fn submit_n(c: &Client, n: usize, tag: &str) -> Vec<String> {
-    let jobs: Vec<_> = (0..n).map(|i| job(&format!("{tag} {i}"))).collect();
-    let (s, body) = c.post("/v1/jobs", &json!({ "jobs": jobs }), None).await;
-    assert_eq!(s, 200, "{body}");
-    body["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["id"].as_str().unwrap().to_string())
-        .collect()
+    c.submit((0..n).map(|i| job(&format!("{tag} {i}"))).collect())
+        .await
 }
 
 /// With `republish_after` at an hour, a tenant whose work queue was purged (it now holds no

@@ -518,6 +518,19 @@ impl Client {
         (resp.status().as_u16(), resp.text().await.unwrap())
     }
 
+    /// Submits `jobs` as one batch (`POST /v1/jobs`, which must answer 200) and returns
+    /// their ids, in order.
+    pub async fn submit(&self, jobs: Vec<Value>) -> Vec<String> {
+        let (status, body) = self.post("/v1/jobs", &json!({ "jobs": jobs }), None).await;
+        assert_eq!(status, 200, "{body}");
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
     /// Waits until the job is in a terminal state and returns it.
     pub async fn wait_job(&self, id: &str, timeout: Duration) -> Value {
         let start = Instant::now();

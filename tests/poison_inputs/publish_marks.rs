@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use serde_json::json;
 use sluice::app::Roles;
 
 use crate::common::{Client, TestEnv, job};
@@ -22,16 +21,7 @@ async fn ids_no_job_can_have_leave_the_real_ones_marked_and_the_loop_up() {
         })
         .await;
     let c = Client::new(&app, &env.key("acme").await);
-    let (s, body) = c
-        .post("/v1/jobs", &json!({"jobs": [job("a"), job("b")]}), None)
-        .await;
-    assert_eq!(s, 200, "{body}");
-    let ids: Vec<String> = body["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["id"].as_str().unwrap().to_string())
-        .collect();
+    let ids = c.submit(vec![job("a"), job("b")]).await;
     let unmarked = "SELECT count(*) FROM jobs WHERE publish_after IS NOT NULL";
     assert_eq!(env.count(unmarked).await, 2, "marks wait for their delay");
 
@@ -62,8 +52,7 @@ async fn ids_no_job_can_have_leave_the_real_ones_marked_and_the_loop_up() {
         .await;
     let ctx = app.ctx.clone();
     let c = Client::new(&app, &env.key("acme").await);
-    let (s, body) = c.post("/v1/jobs", &json!({"jobs": [job("c")]}), None).await;
-    assert_eq!(s, 200, "{body}");
+    c.submit(vec![job("c")]).await;
     ctx.publish_marks
         .mark_later(&ctx, vec!["bad \u{0} again".into()], Duration::ZERO)
         .await;
