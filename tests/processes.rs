@@ -493,3 +493,58 @@ async fn keys_create_prints_a_working_key_once() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid name"));
     env.cleanup().await;
 }
+
+/// `sluice bench e2e` at a steady rate runs real `serve` and `worker` processes to the last
+/// result and prints every figure it promises; `--rate` where it cannot apply is refused,
+/// saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_e2e_at_a_steady_rate_prints_its_figures_and_refuses_a_rate_it_cannot_pace() {
+    let env = TestEnv::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = env.write_config(dir.path());
+    let run = |args: &'static [&'static str]| {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            sluice()
+                .arg("--config")
+                .arg(&config)
+                .args(["bench", "e2e"])
+                .args(args)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run(&["--jobs", "400", "--rate", "800"]).await.unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for figure in [
+        "400 jobs over Http ingest (at 800 jobs/s)",
+        "broker ceiling",
+        "database ceiling",
+        "submit-to-result latency: p50",
+        "jobs not succeeded: 0",
+        "CPU s per 1,000 jobs, peak RSS",
+        "postgres (every process):",
+        "kB of WAL per job",
+        "rabbitmq (beam.smp):",
+        "cores busy from submit to the last result",
+        "end to end: ",
+        "ratio: ",
+    ] {
+        assert!(stdout.contains(figure), "no `{figure}` in:\n{stdout}");
+    }
+
+    let out = run(&["--jobs", "10", "--rate", "10", "--ingest", "amqp"])
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--rate paces HTTP submissions only"),
+        "{stderr}"
+    );
+    env.cleanup().await;
+}
