@@ -260,9 +260,10 @@ pub struct WorkerConfig {
     pub relay_grace: Duration,
     /// How long after its work message is confirmed a job is marked published (so the relay
     /// leaves it alone); a job claimed sooner is never marked, which saves writing its row
-    /// once more. Shorter than `relay_grace`.
-    #[serde(with = "humantime_serde")]
-    pub publish_mark_delay: Duration,
+    /// once more. Shorter than `relay_grace`; unset, 2.5 s or half of `relay_grace`, whichever
+    /// is shorter (see [`WorkerConfig::publish_mark_delay`]).
+    #[serde(default, with = "humantime_serde::option")]
+    pub publish_mark_delay: Option<Duration>,
     /// Upstream attempts per job unless its alias says otherwise.
     pub max_attempts: u32,
     #[serde(with = "humantime_serde")]
@@ -290,6 +291,15 @@ pub struct WorkerConfig {
     pub republish_idle_after: Duration,
 }
 
+impl WorkerConfig {
+    /// The publish-mark delay in force: as configured, or else 2.5 s or half of
+    /// `relay_grace`, whichever is shorter.
+    pub fn publish_mark_delay(&self) -> Duration {
+        self.publish_mark_delay
+            .unwrap_or_else(|| Duration::from_millis(2_500).min(self.relay_grace / 2))
+    }
+}
+
 impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
@@ -299,7 +309,7 @@ impl Default for WorkerConfig {
             dead_after: Duration::from_secs(15),
             relay_interval: Duration::from_millis(500),
             relay_grace: Duration::from_secs(5),
-            publish_mark_delay: Duration::from_millis(2_500),
+            publish_mark_delay: None,
             max_attempts: 4,
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
@@ -528,7 +538,11 @@ impl Config {
         if self.worker.concurrency == 0 {
             return invalid("worker.concurrency".into(), "must be at least 1".into());
         }
-        if self.worker.publish_mark_delay >= self.worker.relay_grace {
+        if self
+            .worker
+            .publish_mark_delay
+            .is_some_and(|d| d >= self.worker.relay_grace)
+        {
             return invalid(
                 "worker.publish_mark_delay".into(),
                 format!(
@@ -759,7 +773,18 @@ mod tests {
         let ok =
             Config::from_toml("[worker]\nrelay_grace = \"5s\"\npublish_mark_delay = \"2500ms\"\n")
                 .unwrap();
-        assert_eq!(ok.worker.publish_mark_delay, Duration::from_millis(2_500));
+        assert_eq!(ok.worker.publish_mark_delay(), Duration::from_millis(2_500));
+        // Unset, it follows a short grace rather than refuse it.
+        let short = Config::from_toml("[worker]\nrelay_grace = \"1s\"\n").unwrap();
+        assert_eq!(
+            short.worker.publish_mark_delay(),
+            Duration::from_millis(500)
+        );
+        let default = Config::from_toml(DEFAULT_CONFIG).unwrap();
+        assert_eq!(
+            default.worker.publish_mark_delay(),
+            Duration::from_millis(2_500)
+        );
         let err =
             Config::from_toml("[worker]\nrelay_grace = \"2s\"\npublish_mark_delay = \"2s\"\n")
                 .unwrap_err()

@@ -346,7 +346,7 @@ async fn jobs_are_marked_published_after_the_delay_and_only_while_they_still_wai
     let mut env = TestEnv::new().await;
     let delay = Duration::from_secs(2);
     env.config.worker.relay_grace = Duration::from_secs(30);
-    env.config.worker.publish_mark_delay = delay;
+    env.config.worker.publish_mark_delay = Some(delay);
     let api = env
         .start(Roles {
             api: true,

@@ -72,7 +72,7 @@ impl TestEnv {
         config.worker.dead_after = Duration::from_secs(2);
         config.worker.relay_interval = Duration::from_millis(200);
         config.worker.relay_grace = Duration::from_secs(1);
-        config.worker.publish_mark_delay = Duration::from_millis(200);
+        config.worker.publish_mark_delay = Some(Duration::from_millis(200));
         config.worker.retry_base = Duration::from_millis(100);
         config.worker.retry_max = Duration::from_millis(400);
         config.batch.max_wait = Duration::from_millis(300);

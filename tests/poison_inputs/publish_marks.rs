@@ -13,7 +13,7 @@ async fn ids_no_job_can_have_leave_the_real_ones_marked_and_the_loop_up() {
     let mut env = TestEnv::new().await;
     // Long enough that the submitter's own marks do not land while the test looks.
     env.config.worker.relay_grace = Duration::from_secs(120);
-    env.config.worker.publish_mark_delay = Duration::from_secs(60);
+    env.config.worker.publish_mark_delay = Some(Duration::from_secs(60));
     let app = env
         .start(Roles {
             api: true,
