@@ -394,3 +394,48 @@ async fn jobs_are_marked_published_after_the_delay_and_only_while_they_still_wai
     );
     run_to_success(env, api, worker, &[(&c, &waiting)]).await;
 }
+
+/// A job parked after its publish (a budget that frees later moved its `publish_after` there)
+/// keeps its time when its publish mark falls due: only a job still as its publisher left it
+/// is marked.
+#[tokio::test]
+async fn a_job_parked_before_its_publish_mark_keeps_its_time() {
+    let mut env = TestEnv::new().await;
+    env.config.worker.relay_grace = Duration::from_secs(120);
+    env.config.worker.publish_mark_delay = Some(Duration::from_secs(60));
+    let api = env
+        .start(Roles {
+            api: true,
+            ..Default::default()
+        })
+        .await;
+    let c = Client::new(&api, &env.key("acme").await);
+    let ids = submit_n(&c, 2, "parked").await;
+    // As a claim parks a job whose budget has no room before tomorrow.
+    sqlx::query(
+        "UPDATE jobs SET publish_after = now() + interval '1 day', updated_at = now() WHERE id = $1",
+    )
+    .bind(&ids[1])
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    // A stop writes every waiting mark at once.
+    api.stop().await;
+    let marked = |id: &str, condition: &str| {
+        format!("SELECT count(*) FROM jobs WHERE id = '{id}' AND {condition}")
+    };
+    assert_eq!(
+        env.count(&marked(&ids[0], "publish_after IS NULL")).await,
+        1
+    );
+    assert_eq!(
+        env.count(&marked(
+            &ids[1],
+            "publish_after > now() + interval '23 hours'"
+        ))
+        .await,
+        1,
+        "the parked job keeps its time"
+    );
+    env.cleanup().await;
+}

@@ -266,17 +266,29 @@ pub async fn idempotency_conflicts(
 }
 
 /// Notes that these jobs' work messages are in the broker, so the relay leaves them alone;
-/// returns how many were marked (a job already claimed, or finished, needs no mark).
+/// returns how many were marked. Only a job still as its publisher left it is marked: its
+/// `publish_after` still `grace` past its `updated_at`, as the insert (`insert_jobs`) and the
+/// retry stager (`stage_retries`) set them with `worker.relay_grace`. A job claimed meanwhile
+/// needs no mark, and one parked since (`publish_after` moved to when its budget frees) must
+/// keep its time.
 /// A row locked by someone else (a worker claiming it, which clears the mark itself) is
 /// skipped rather than waited for: waiting here held the claim's locks too, and a job left
 /// marked is only published once more by the relay, a duplicate workers drop.
-pub async fn mark_published(pool: &PgPool, ids: &[String]) -> Result<u64, DbError> {
+pub async fn mark_published(
+    pool: &PgPool,
+    ids: &[String],
+    grace: std::time::Duration,
+) -> Result<u64, DbError> {
     Ok(sqlx::query(
-        "UPDATE jobs SET publish_after = NULL WHERE id = ANY($1) AND id IN (
-            SELECT id FROM jobs WHERE id = ANY($1) AND publish_after IS NOT NULL
+        "UPDATE jobs SET publish_after = NULL
+         WHERE id = ANY($1) AND publish_after = updated_at + make_interval(secs => $2)
+           AND id IN (
+            SELECT id FROM jobs WHERE id = ANY($1)
+              AND publish_after = updated_at + make_interval(secs => $2)
             ORDER BY id FOR UPDATE SKIP LOCKED)",
     )
     .bind(ids)
+    .bind(grace.as_secs_f64())
     .execute(pool)
     .await?
     .rows_affected())

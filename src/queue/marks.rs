@@ -138,7 +138,7 @@ async fn write(ctx: &Ctx, ids: &[String]) {
     for chunk in ids.chunks(ROUND) {
         let wrote = tokio::time::timeout(
             WRITE_WAIT,
-            crate::db::jobs::mark_published(&ctx.pool, chunk),
+            crate::db::jobs::mark_published(&ctx.pool, chunk, ctx.config.worker.relay_grace),
         )
         .await;
         let error = match wrote {
