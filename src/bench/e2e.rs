@@ -250,9 +250,9 @@ pub async fn run(
     println!(
         "  postgres (every process): {:.3} CPU s per 1,000 jobs, {:.1} kB of WAL per job (WAL {} to {}, for pg_waldump --stats=record)",
         per_k(services.postgres_cpu),
-        services.wal_bytes / 1024.0 / jobs as f64,
+        services.wal_bytes as f64 / 1024.0 / jobs as f64,
         services.wal_from,
-        services.wal
+        services.wal_to
     );
     println!(
         "  rabbitmq (beam.smp): {:.3} CPU s per 1,000 jobs",
@@ -362,16 +362,23 @@ async fn submit_http(base: &str, key: &str, jobs: usize, rate: Option<u32>) -> a
 }
 
 /// What the services under sluice have done so far: CPU seconds of every Postgres process
-/// and of RabbitMQ, WAL written, and the machine's busy and total CPU time.
+/// and of RabbitMQ, the WAL position, and the machine's busy and total CPU ticks.
 struct Services {
     postgres_cpu: f64,
     rabbitmq_cpu: f64,
     wal: String,
-    /// Where the WAL of the span this reading covers begins (after [`Services::since`]).
-    wal_from: String,
-    wal_bytes: f64,
     busy_ticks: u64,
     all_ticks: u64,
+}
+
+/// What the services did between two readings.
+struct Spent {
+    postgres_cpu: f64,
+    rabbitmq_cpu: f64,
+    wal_from: String,
+    wal_to: String,
+    wal_bytes: u64,
+    /// Share of the machine's CPU time that was busy.
     busy: f64,
 }
 
@@ -384,25 +391,22 @@ impl Services {
         Ok(Self {
             postgres_cpu: cpu_seconds_of("postgres"),
             rabbitmq_cpu: cpu_seconds_of("beam.smp"),
-            wal_from: wal.clone(),
             wal,
-            wal_bytes: 0.0,
             busy_ticks,
             all_ticks,
-            busy: 0.0,
         })
     }
 
     /// The work done between `before` and this reading.
-    fn since(self, before: &Self) -> Self {
+    fn since(self, before: &Self) -> Spent {
         let all = self.all_ticks.saturating_sub(before.all_ticks);
-        Self {
+        Spent {
             postgres_cpu: self.postgres_cpu - before.postgres_cpu,
             rabbitmq_cpu: self.rabbitmq_cpu - before.rabbitmq_cpu,
-            wal_bytes: lsn(&self.wal).saturating_sub(lsn(&before.wal)) as f64,
+            wal_bytes: lsn(&self.wal).saturating_sub(lsn(&before.wal)),
             wal_from: before.wal.clone(),
+            wal_to: self.wal,
             busy: self.busy_ticks.saturating_sub(before.busy_ticks) as f64 / all.max(1) as f64,
-            ..self
         }
     }
 }
@@ -438,24 +442,31 @@ fn cpu_seconds_of(comm: &str) -> f64 {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return 0.0;
     };
-    let mut ticks = 0.0;
-    for entry in dir.flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        if stat.get(open + 1..close) != Some(comm) {
-            continue;
-        }
-        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        // utime, stime, cutime, cstime: fields 14–17 of stat, 11–14 after the state field.
-        ticks += (11..=14)
-            .filter_map(|i| f.get(i).and_then(|v| v.parse::<f64>().ok()))
-            .sum::<f64>();
-    }
-    ticks / clock_ticks()
+    dir.flatten()
+        .filter_map(|entry| std::fs::read_to_string(entry.path().join("stat")).ok())
+        .filter_map(|stat| {
+            let (name, fields) = stat_fields(&stat)?;
+            // utime, stime, cutime, cstime.
+            (name == comm).then(|| ticks(&fields, 11..=14))
+        })
+        .sum::<f64>()
+        / clock_ticks()
+}
+
+/// A `/proc/PID/stat` line's command name and the fields after it (the name may hold spaces
+/// and parentheses, so it ends at the last ')'); index 0 is the state, field 3 of stat.
+fn stat_fields(stat: &str) -> Option<(&str, Vec<&str>)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat.get(open + 1..close)?;
+    Some((name, stat.get(close + 1..)?.split_whitespace().collect()))
+}
+
+/// The sum of these stat fields (indices as [`stat_fields`] gives them), in clock ticks.
+fn ticks(fields: &[&str], range: std::ops::RangeInclusive<usize>) -> f64 {
+    range
+        .filter_map(|i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
+        .sum()
 }
 
 async fn submit_amqp(config: &Config, key: &str, jobs: usize) -> anyhow::Result<()> {
@@ -768,17 +779,14 @@ pub async fn database_ceiling(pool: &sqlx::PgPool, n: usize) -> anyhow::Result<f
 
 /// User + system CPU seconds of a live process (0 where /proc cannot tell).
 fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after the state field.
-    (ticks(11) + ticks(12)) / clock_ticks()
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // utime and stime: fields 14 and 15 of stat.
+            stat_fields(&stat).map(|(_, fields)| ticks(&fields, 11..=12))
+        })
+        .unwrap_or(0.0)
+        / clock_ticks()
 }
 
 fn clock_ticks() -> f64 {
@@ -847,7 +855,7 @@ impl RssWatch {
 
 #[cfg(test)]
 mod tests {
-    use super::{cpu_seconds_of, lsn, machine_ticks};
+    use super::{cpu_seconds, cpu_seconds_of, lsn, machine_ticks, stat_fields, ticks};
 
     #[test]
     fn a_wal_position_is_its_two_hexadecimal_halves() {
@@ -858,6 +866,18 @@ mod tests {
         // Whatever Postgres answered, a bench figure is never a panic.
         assert_eq!(lsn("garbage"), 0);
         assert_eq!(lsn("1FFFFFFFF/5"), 5);
+    }
+
+    #[test]
+    fn a_stat_line_is_split_after_the_last_parenthesis() {
+        let line = "42 (a (b) c) S 1 2 3 4 5 6 7 8 9 10 20 30 40 50 0";
+        let (name, fields) = stat_fields(line).unwrap();
+        assert_eq!(name, "a (b) c");
+        assert_eq!(ticks(&fields, 11..=12), 50.0);
+        assert_eq!(ticks(&fields, 11..=14), 140.0);
+        assert!(stat_fields("no parentheses").is_none());
+        assert_eq!(ticks(&["S"], 11..=14), 0.0);
+        assert_eq!(cpu_seconds(u32::MAX), 0.0);
     }
 
     #[test]
