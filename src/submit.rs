@@ -262,9 +262,7 @@ pub async fn dispatch(ctx: &Ctx, tenant: &str, inserted: &[Inserted]) {
         }
     }
     let ids: Vec<String> = fresh.into_iter().map(|w| w.id).collect();
-    ctx.publish_marks
-        .mark_later(ctx, ids, ctx.config.worker.publish_mark_delay())
-        .await;
+    ctx.publish_marks.mark_later(ctx, ids).await;
 }
 
 #[cfg(test)]

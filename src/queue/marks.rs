@@ -52,11 +52,11 @@ impl Default for PublishMarks {
 }
 
 impl PublishMarks {
-    /// Marks `ids` published once `delay` has passed, without waiting. When the queue is full
-    /// or the loop has stopped, marks them now instead.
-    pub async fn mark_later(&self, ctx: &Ctx, ids: Vec<String>, delay: Duration) {
+    /// Marks `ids` published once `worker.publish_mark_delay` has passed, without waiting.
+    /// When the queue is full or the loop has stopped, marks them now instead.
+    pub async fn mark_later(&self, ctx: &Ctx, ids: Vec<String>) {
         let due = Instant::now()
-            .checked_add(delay)
+            .checked_add(ctx.config.worker.publish_mark_delay())
             .unwrap_or_else(Instant::now);
         if let Err(e) = self.tx.try_send((due, ids)) {
             let (mpsc::error::TrySendError::Full((_, ids))

@@ -83,7 +83,5 @@ async fn stage_and_publish(ctx: &Ctx, ids: &[String]) {
     }
     let ids: Vec<String> = work.into_iter().map(|w| w.id).collect();
     tracing::debug!(jobs = ?ids, "published due retries");
-    ctx.publish_marks
-        .mark_later(ctx, ids, ctx.config.worker.publish_mark_delay())
-        .await;
+    ctx.publish_marks.mark_later(ctx, ids).await;
 }

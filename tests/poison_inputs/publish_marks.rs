@@ -32,11 +32,9 @@ async fn ids_no_job_can_have_leave_the_real_ones_marked_and_the_loop_up() {
         "x".repeat(100_000),
         ids[0].clone(),
     ];
+    ctx.publish_marks.mark_later(&ctx, poison).await;
     ctx.publish_marks
-        .mark_later(&ctx, poison, Duration::ZERO)
-        .await;
-    ctx.publish_marks
-        .mark_later(&ctx, vec![ids[1].clone()], Duration::ZERO)
+        .mark_later(&ctx, vec![ids[1].clone()])
         .await;
     // The loop is still waiting out the submitter's 60-second marks, which were handed over
     // first: a stop writes every waiting mark at once, and must write these too.
@@ -54,7 +52,7 @@ async fn ids_no_job_can_have_leave_the_real_ones_marked_and_the_loop_up() {
     let c = Client::new(&app, &env.key("acme").await);
     c.submit(vec![job("c")]).await;
     ctx.publish_marks
-        .mark_later(&ctx, vec!["bad \u{0} again".into()], Duration::ZERO)
+        .mark_later(&ctx, vec!["bad \u{0} again".into()])
         .await;
     let ready = reqwest::get(format!("http://{}/readyz", app.api_addr.unwrap()))
         .await
