@@ -23,17 +23,6 @@ fn with(model: &str, route: &str, prompt: &str) -> Value {
     j
 }
 
-async fn submit(c: &Client, jobs: Vec<Value>) -> Vec<String> {
-    let (s, body) = c.post("/v1/jobs", &json!({ "jobs": jobs }), None).await;
-    assert_eq!(s, 200, "{body}");
-    body["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["id"].as_str().unwrap().to_string())
-        .collect()
-}
-
 async fn in_provider_batch(env: &TestEnv, ids: &[String]) {
     wait_until(T, "the jobs are in a provider batch", || async {
         let n: i64 = sqlx::query_scalar(
@@ -76,15 +65,13 @@ async fn a_slow_batch_upload_keeps_its_lease_and_is_sent_once() {
     };
     let (a, b) = (poller().await, poller().await);
     let c = Client::new(&api, &env.key("acme").await);
-    let ids = submit(
-        &c,
-        vec![with(
+    let ids = c
+        .submit(vec![with(
             "openai/gpt-4o-mini",
             "batch",
             "a big file [[mock:upload-sleep=3s]]",
-        )],
-    )
-    .await;
+        )])
+        .await;
     let done = c.wait_job(&ids[0], T).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     // Stopping waits for work in flight: a second submission would be finished by then.
@@ -114,15 +101,13 @@ async fn a_provider_batch_that_answers_404_is_given_up_and_its_jobs_re_driven_or
     let c = Client::new(&app, &env.key("acme").await);
     let mut last_try = with("openai/gpt-4o-mini", "batch", "no attempts left");
     last_try["max_attempts"] = json!(1);
-    let ids = submit(
-        &c,
-        vec![
+    let ids = c
+        .submit(vec![
             last_try,
             with("openai/gpt-4o-mini", "batch", "attempts left"),
             with("anthropic/claude-haiku-4-5", "batch", "attempts left too"),
-        ],
-    )
-    .await;
+        ])
+        .await;
     in_provider_batch(&env, &ids).await;
     env.mock.forget_batches();
 
@@ -168,9 +153,8 @@ async fn cancelling_jobs_in_a_provider_batch_discards_their_results_and_cancels_
     .await;
     let app = env.up().await;
     let c = Client::new(&app, &env.key("acme").await);
-    let ids = submit(
-        &c,
-        vec![
+    let ids = c
+        .submit(vec![
             with("openai/gpt-4o-mini", "batch", "keep me"),
             with("openai/gpt-4o-mini", "batch", "drop me"),
             with(
@@ -178,9 +162,8 @@ async fn cancelling_jobs_in_a_provider_batch_discards_their_results_and_cancels_
                 "batch",
                 "drop the whole batch",
             ),
-        ],
-    )
-    .await;
+        ])
+        .await;
     in_provider_batch(&env, &ids).await;
     for id in &ids[1..] {
         let (s, body) = c
@@ -253,18 +236,16 @@ async fn a_nul_in_a_batch_answer_is_stored_transformed_and_blocks_no_one() {
     .await;
     let app = env.up().await;
     let c = Client::new(&app, &env.key("acme").await);
-    let ids = submit(
-        &c,
-        vec![
+    let ids = c
+        .submit(vec![
             with(
                 "openai/gpt-4o-mini",
                 "batch",
                 "answer with [[mock:batch-nul]]",
             ),
             with("openai/gpt-4o-mini", "batch", "a plain answer"),
-        ],
-    )
-    .await;
+        ])
+        .await;
     let nul = c.wait_job(&ids[0], T).await;
     let plain = c.wait_job(&ids[1], T).await;
     assert_eq!(nul["status"], "succeeded", "{nul}");
@@ -323,13 +304,13 @@ async fn a_batch_result_postgres_refuses_is_quarantined_and_the_rest_are_booked(
     .await;
     let app = env.up().await;
     let c = Client::new(&app, &env.key("acme").await);
-    let ids = submit(
-        &c,
-        (0..5)
-            .map(|i| with("openai/gpt-4o-mini", "batch", &format!("item {i}")))
-            .collect(),
-    )
-    .await;
+    let ids = c
+        .submit(
+            (0..5)
+                .map(|i| with("openai/gpt-4o-mini", "batch", &format!("item {i}")))
+                .collect(),
+        )
+        .await;
     in_provider_batch(&env, &ids).await;
     app.stop().await;
 
@@ -411,14 +392,12 @@ async fn a_queued_job_larger_than_its_tenants_whole_cap_fails_instead_of_deferri
         })
         .await;
     let c = Client::new(&api, &env.key("acme").await);
-    let ids = submit(
-        &c,
-        vec![
+    let ids = c
+        .submit(vec![
             job("a real-time job"),
             with("openai/gpt-4o-mini", "batch", "a batch job"),
-        ],
-    )
-    .await;
+        ])
+        .await;
     sluice::db::budgets::set(
         &env.pool,
         &sluice::domain::budget::Scope::Tenant("acme".into()),

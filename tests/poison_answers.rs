@@ -32,8 +32,8 @@ async fn a_nul_in_a_model_answer_is_stored_replaced_and_billed_and_the_rest_of_i
     let globex = Client::new(&app, &env.key("globex").await);
     let mut acme_jobs = many(30, |i| format!("acme {i}"));
     acme_jobs.insert(7, job("answer with a nul [[mock:nul]]"));
-    let acme_ids = submit(&acme, acme_jobs).await;
-    let globex_ids = submit(&globex, many(30, |i| format!("globex {i}"))).await;
+    let acme_ids = acme.submit(acme_jobs).await;
+    let globex_ids = globex.submit(many(30, |i| format!("globex {i}"))).await;
     env.wait_all_finished(Duration::from_secs(30)).await;
 
     assert_all_succeeded(&env, &acme_ids).await;
@@ -73,7 +73,7 @@ async fn absurd_retry_after_and_rate_limit_reset_headers_do_not_panic_the_call()
         "down [[mock:status=503]] [[mock:retry-after=-inf]]",
         1,
     ));
-    let ids = submit(&c, jobs).await;
+    let ids = c.submit(jobs).await;
     env.wait_all_finished(Duration::from_secs(30)).await;
 
     assert_all_succeeded(&env, &ids[..10]).await;
@@ -94,11 +94,12 @@ async fn a_redirect_from_the_provider_is_not_followed_and_fails_the_job_clearly(
     let env = TestEnv::new().await;
     let app = env.up().await;
     let c = Client::new(&app, &env.key("acme").await);
-    let ids = submit(
-        &c,
-        vec![job("go elsewhere [[mock:redirect]]"), job("stay here")],
-    )
-    .await;
+    let ids = c
+        .submit(vec![
+            job("go elsewhere [[mock:redirect]]"),
+            job("stay here"),
+        ])
+        .await;
     let redirected = c.wait_job(&ids[0], T).await;
     assert_eq!(redirected["status"], "failed", "{redirected}");
     assert_eq!(redirected["error"]["code"], "provider_redirect");
@@ -136,7 +137,7 @@ async fn a_panic_inside_a_call_is_a_failed_attempt_and_the_worker_serves_on() {
         dir.path(),
         &[("SLUICE_FAILPOINT", sluice::worker::execute::PANIC_FAILPOINT)],
     );
-    let ids = submit(&c, many(20, |i| format!("panics first {i}"))).await;
+    let ids = c.submit(many(20, |i| format!("panics first {i}"))).await;
     env.wait_all_finished(T).await;
 
     // Every first attempt panicked inside its call; each is in the ledger as a failed attempt
@@ -167,7 +168,7 @@ async fn a_panic_inside_a_call_is_a_failed_attempt_and_the_worker_serves_on() {
         "the worker process lives on"
     );
     // And it keeps serving new work.
-    let more = submit(&c, many(5, |i| format!("after the panics {i}"))).await;
+    let more = c.submit(many(5, |i| format!("after the panics {i}"))).await;
     wait_until(T, "the later jobs finish", || async {
         env.count(&format!(
             "SELECT count(*) FROM jobs WHERE status = 'succeeded' AND id IN ({})",

@@ -29,7 +29,7 @@ async fn a_retry_starts_within_a_second_of_the_delay_the_policy_scheduled() {
     env.config.worker.relay_interval = Duration::from_millis(500);
     let app = env.up().await;
     let c = Client::new(&app, &env.key("acme").await);
-    let ids = submit(&c, many(200, |i| format!("timed {i}"))).await;
+    let ids = c.submit(many(200, |i| format!("timed {i}"))).await;
     env.wait_all_finished(T).await;
     assert_all_succeeded(&env, &ids).await;
 

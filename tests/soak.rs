@@ -10,7 +10,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use sluice::mock::MockSettings;
 
 use crate::common::proxy::FaultProxy;
@@ -21,9 +20,7 @@ use crate::support::*;
 async fn submit_chunks(c: &Client, jobs: Vec<serde_json::Value>) -> Vec<String> {
     let mut ids = Vec::with_capacity(jobs.len());
     for chunk in jobs.chunks(1000) {
-        let (status, body) = c.post("/v1/jobs", &json!({"jobs": chunk}), None).await;
-        assert_eq!(status, 200, "{body}");
-        ids.extend(support::ids(&body));
+        ids.extend(c.submit(chunk.to_vec()).await);
     }
     ids
 }

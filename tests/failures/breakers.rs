@@ -175,16 +175,7 @@ async fn submit_many(c: &Client, n: usize, prompt: &str, max_attempts: u32) -> V
     let jobs: Vec<serde_json::Value> = (0..n)
         .map(|i| single(&format!("{prompt} {i}"), max_attempts))
         .collect();
-    let (status, body) = c
-        .post("/v1/jobs", &serde_json::json!({"jobs": jobs}), None)
-        .await;
-    assert_eq!(status, 200, "{body}");
-    body["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["id"].as_str().unwrap().to_string())
-        .collect()
+    c.submit(jobs).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,11 +20,9 @@ async fn broker_connections_reset_mid_run_lose_nothing_and_run_nothing_twice() {
     let c = Client::new(&app, &env.key("acme").await);
     broker.set_latency(Duration::from_millis(2));
 
-    let mut ids = submit(
-        &c,
-        many(120, |i| format!("reset run {i} [[mock:sleep=100ms]]")),
-    )
-    .await;
+    let mut ids = c
+        .submit(many(120, |i| format!("reset run {i} [[mock:sleep=100ms]]")))
+        .await;
     for round in 1..=3 {
         let started = Instant::now();
         while finished(&env).await < round * 25 {
@@ -38,7 +36,10 @@ async fn broker_connections_reset_mid_run_lose_nothing_and_run_nothing_twice() {
         let before = broker.accepted();
         broker.reset_all();
         // Jobs submitted while the publisher reconnects are not lost either.
-        ids.extend(submit(&c, many(5, |i| format!("after reset {round}.{i}"))).await);
+        ids.extend(
+            c.submit(many(5, |i| format!("after reset {round}.{i}")))
+                .await,
+        );
         wait_until(T, "sluice reconnects through the proxy", || async {
             broker.accepted() > before
         })
@@ -63,7 +64,9 @@ async fn a_broker_outage_keeps_the_api_accepting_into_the_outbox_and_workers_rec
     env.config.amqp.url = broker.url_for(&env.config.amqp.url);
     let app = env.up().await;
     let c = Client::new(&app, &env.key("acme").await);
-    let mut ids = submit(&c, many(3, |i| format!("before the outage {i}"))).await;
+    let mut ids = c
+        .submit(many(3, |i| format!("before the outage {i}")))
+        .await;
     env.wait_all_finished(T).await;
 
     broker.outage();
@@ -71,7 +74,10 @@ async fn a_broker_outage_keeps_the_api_accepting_into_the_outbox_and_workers_rec
     let mut during = Vec::new();
     for round in 0..3 {
         let t = Instant::now();
-        during.extend(submit(&c, many(10, |i| format!("during the outage {round}.{i}"))).await);
+        during.extend(
+            c.submit(many(10, |i| format!("during the outage {round}.{i}")))
+                .await,
+        );
         assert!(
             t.elapsed() < Duration::from_secs(3),
             "POST /v1/jobs took {:?} during a broker outage",
@@ -123,7 +129,7 @@ async fn a_hung_broker_does_not_hang_the_api_and_work_resumes_when_it_answers() 
     env.config.amqp.url = broker.url_for(&env.config.amqp.url);
     let app = env.up().await;
     let c = Client::new(&app, &env.key("acme").await);
-    submit(&c, many(2, |i| format!("before the hang {i}"))).await;
+    c.submit(many(2, |i| format!("before the hang {i}"))).await;
     env.wait_all_finished(T).await;
 
     broker.blackhole();
@@ -184,7 +190,8 @@ async fn an_unroutable_publish_is_retried_after_the_topology_is_declared_again()
     let env = TestEnv::new().await;
     let app = env.up().await;
     let c = Client::new(&app, &env.key("acme").await);
-    submit(&c, many(2, |i| format!("before the unbind {i}"))).await;
+    c.submit(many(2, |i| format!("before the unbind {i}")))
+        .await;
     env.wait_all_finished(T).await;
 
     let conn = lapin::Connection::connect(&env.config.amqp.url, Default::default())
@@ -202,7 +209,7 @@ async fn an_unroutable_publish_is_retried_after_the_topology_is_declared_again()
     .unwrap();
     conn.close(200, "unbound".into()).await.unwrap();
 
-    let ids = submit(&c, many(5, |i| format!("while unroutable {i}"))).await;
+    let ids = c.submit(many(5, |i| format!("while unroutable {i}"))).await;
     env.wait_all_finished(T).await;
     assert_all_succeeded(&env, &ids).await;
     assert!(
@@ -224,7 +231,9 @@ async fn a_broker_reset_does_not_wait_for_long_calls_before_taking_new_work() {
     env.config.worker.concurrency = 4;
     let app = env.up().await;
     let c = Client::new(&app, &env.key("acme").await);
-    let slow = submit(&c, many(2, |i| format!("long call {i} [[mock:sleep=12s]]"))).await;
+    let slow = c
+        .submit(many(2, |i| format!("long call {i} [[mock:sleep=12s]]")))
+        .await;
     wait_until(T, "both long calls are running", || async {
         env.count("SELECT count(*) FROM jobs WHERE status = 'running'")
             .await
@@ -232,7 +241,9 @@ async fn a_broker_reset_does_not_wait_for_long_calls_before_taking_new_work() {
     })
     .await;
     broker.reset_all();
-    let quick = submit(&c, many(3, |i| format!("quick after the reset {i}"))).await;
+    let quick = c
+        .submit(many(3, |i| format!("quick after the reset {i}")))
+        .await;
     wait_until(T, "the quick jobs finish", || async {
         env.count(&format!(
             "SELECT count(*) FROM jobs WHERE id IN ({}) AND status = 'succeeded'",

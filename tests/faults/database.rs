@@ -14,11 +14,11 @@ async fn database_connections_killed_mid_run_are_replaced_and_nothing_runs_twice
     env.config.worker.concurrency = 8;
     let app = env.up().await;
     let c = Client::new(&app, &env.key("acme").await);
-    let mut ids = submit(
-        &c,
-        many(100, |i| format!("db kill run {i} [[mock:sleep=100ms]]")),
-    )
-    .await;
+    let mut ids = c
+        .submit(many(100, |i| {
+            format!("db kill run {i} [[mock:sleep=100ms]]")
+        }))
+        .await;
     for round in 1..=4 {
         wait_until(T, "jobs progress between kills", || async {
             finished(&env).await >= round * 20
@@ -63,7 +63,7 @@ async fn a_locked_ledger_delays_results_but_loses_and_duplicates_nothing() {
     let env = TestEnv::new().await;
     let app = env.up().await;
     let c = Client::new(&app, &env.key("acme").await);
-    submit(&c, many(2, |i| format!("before the stall {i}"))).await;
+    c.submit(many(2, |i| format!("before the stall {i}"))).await;
     env.wait_all_finished(T).await;
 
     let mut lock = env.pool.begin().await.unwrap();
@@ -73,7 +73,9 @@ async fn a_locked_ledger_delays_results_but_loses_and_duplicates_nothing() {
         .unwrap();
     let stall = Instant::now();
     let t = Instant::now();
-    let ids = submit(&c, many(30, |i| format!("during the stall {i}"))).await;
+    let ids = c
+        .submit(many(30, |i| format!("during the stall {i}")))
+        .await;
     assert!(
         t.elapsed() < Duration::from_secs(2),
         "the API accepts jobs while the ledger is locked (took {:?})",
@@ -114,11 +116,11 @@ async fn a_database_outage_is_answered_with_errors_and_accepted_jobs_finish_afte
     env.config.worker.concurrency = 4;
     let app = env.up().await;
     let c = Client::new(&app, &env.key("acme").await);
-    let mut ids = submit(
-        &c,
-        many(20, |i| format!("db outage run {i} [[mock:sleep=300ms]]")),
-    )
-    .await;
+    let mut ids = c
+        .submit(many(20, |i| {
+            format!("db outage run {i} [[mock:sleep=300ms]]")
+        }))
+        .await;
     wait_until(T, "some jobs finish first", || async {
         finished(&env).await >= 4
     })

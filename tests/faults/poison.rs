@@ -75,14 +75,14 @@ async fn a_job_the_provider_rejects_forever_fails_after_one_call_without_a_hot_l
     let env = TestEnv::new().await;
     let app = env.up().await;
     let c = Client::new(&app, &env.key("acme").await);
-    let ids = submit(
-        &c,
-        [400, 404, 422]
-            .iter()
-            .map(|s| job(&format!("rejected forever [[mock:status={s}]]")))
-            .collect(),
-    )
-    .await;
+    let ids = c
+        .submit(
+            [400, 404, 422]
+                .iter()
+                .map(|s| job(&format!("rejected forever [[mock:status={s}]]")))
+                .collect(),
+        )
+        .await;
     env.wait_all_finished(T).await;
     // Proving that nothing more happens takes watching: let five maintenance rounds (relay,
     // stager, rescuer) pass.

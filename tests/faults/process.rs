@@ -26,11 +26,11 @@ async fn sigterm_to_one_of_two_workers_mid_run_loses_and_duplicates_nothing() {
     })
     .await;
 
-    let ids = submit(
-        &c,
-        many(80, |i| format!("two workers {i} [[mock:sleep=300ms]]")),
-    )
-    .await;
+    let ids = c
+        .submit(many(80, |i| {
+            format!("two workers {i} [[mock:sleep=300ms]]")
+        }))
+        .await;
     wait_until(T, "the leaving worker runs jobs", || async {
         env.count(&format!(
             "SELECT count(*) FROM jobs WHERE status = 'running' AND attempted_by = '{leaving_id}'"
@@ -90,7 +90,7 @@ async fn a_worker_frozen_past_its_lease_comes_back_without_running_jobs_twice() 
     let start = Instant::now();
     'held: loop {
         let prompt = format!("freeze me {} [[mock:sleep=1s]]", first.len());
-        first.extend(submit(&c, vec![job(&prompt)]).await);
+        first.extend(c.submit(vec![job(&prompt)]).await);
         for _ in 0..10 {
             for id in &first {
                 if running_on(&env, id, &frozen_id).await {
@@ -116,11 +116,11 @@ async fn a_worker_frozen_past_its_lease_comes_back_without_running_jobs_twice() 
     env.wait_all_finished(T).await;
     frozen.signal("CONT");
 
-    let after = submit(
-        &c,
-        many(30, |i| format!("after the thaw {i} [[mock:sleep=200ms]]")),
-    )
-    .await;
+    let after = c
+        .submit(many(30, |i| {
+            format!("after the thaw {i} [[mock:sleep=200ms]]")
+        }))
+        .await;
     env.wait_all_finished(T).await;
     assert_all_succeeded(&env, &first).await;
     assert_all_succeeded(&env, &after).await;
@@ -223,7 +223,7 @@ async fn a_claim_whose_answer_was_lost_is_handed_back_by_its_own_worker() {
     let c = Client::new(&api, &env.key("acme").await);
     // Accepted and published while no worker consumes, then taken by a claim whose answer
     // was lost: `running`, its delivery to be acknowledged as "taken" when it comes.
-    let ids = submit(&c, vec![job("stranded by a lost claim answer")]).await;
+    let ids = c.submit(vec![job("stranded by a lost claim answer")]).await;
     let id = ids[0].clone();
     let stranded = sqlx::query(
         "UPDATE jobs SET status = 'running', attempt = attempt + 1, attempted_by = 'wrk_unknown',
@@ -289,7 +289,7 @@ async fn a_call_that_completes_after_its_claim_was_lost_is_booked_as_discarded()
     let env = TestEnv::new().await;
     let app = env.up().await;
     let c = Client::new(&app, &env.key("acme").await);
-    let ids = submit(&c, vec![job("slow call [[mock:sleep=2s]]")]).await;
+    let ids = c.submit(vec![job("slow call [[mock:sleep=2s]]")]).await;
     let id = ids[0].clone();
     wait_until(T, "the job is running", || async {
         env.count(&format!(

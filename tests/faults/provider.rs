@@ -27,10 +27,16 @@ async fn a_provider_5xx_storm_is_retried_then_falls_back_then_fails_within_the_a
     without_breakers(&mut env.config);
     let app = env.up().await;
     let c = Client::new(&app, &env.key("acme").await);
-    let storm = submit(&c, many(60, |i| format!("storm {i}"))).await;
-    let flaky = submit(&c, many(10, |i| format!("flaky {i} [[mock:fail-first=2]]"))).await;
-    let permanent = submit(&c, many(5, |i| format!("down {i} [[mock:status=500]]"))).await;
-    let spent = submit(&c, many(5, |i| format!("spent {i} [[mock:fail-first=4]]"))).await;
+    let storm = c.submit(many(60, |i| format!("storm {i}"))).await;
+    let flaky = c
+        .submit(many(10, |i| format!("flaky {i} [[mock:fail-first=2]]")))
+        .await;
+    let permanent = c
+        .submit(many(5, |i| format!("down {i} [[mock:status=500]]")))
+        .await;
+    let spent = c
+        .submit(many(5, |i| format!("spent {i} [[mock:fail-first=4]]")))
+        .await;
     env.wait_all_finished(T).await;
 
     let rows: Vec<(String, String, Option<String>, i64)> = sqlx::query_as(
@@ -111,13 +117,13 @@ async fn provider_connection_resets_are_retried_until_the_provider_is_back() {
 
     provider.outage();
     let outage = Instant::now();
-    let ids = submit(
-        &c,
-        (0..20)
-            .map(|i| job_with_attempts(&format!("through a flaky link {i}"), 8))
-            .collect(),
-    )
-    .await;
+    let ids = c
+        .submit(
+            (0..20)
+                .map(|i| job_with_attempts(&format!("through a flaky link {i}"), 8))
+                .collect(),
+        )
+        .await;
     wait_until(
         T,
         "every job has failed to connect at least once",
@@ -163,14 +169,16 @@ async fn provider_timeouts_are_retried_and_slow_answers_within_the_timeout_succe
     short_breaker_cooldown(&mut env.config);
     let app = env.up().await;
     let c = Client::new(&app, &env.key("acme").await);
-    let too_slow = submit(
-        &c,
-        (0..4)
-            .map(|i| job_with_attempts(&format!("too slow {i} [[mock:sleep=3s]]"), 2))
-            .collect(),
-    )
-    .await;
-    let slow = submit(&c, many(8, |i| format!("slow {i} [[mock:sleep=400ms]]"))).await;
+    let too_slow = c
+        .submit(
+            (0..4)
+                .map(|i| job_with_attempts(&format!("too slow {i} [[mock:sleep=3s]]"), 2))
+                .collect(),
+        )
+        .await;
+    let slow = c
+        .submit(many(8, |i| format!("slow {i} [[mock:sleep=400ms]]")))
+        .await;
     env.wait_all_finished(T).await;
 
     assert_all_succeeded(&env, &slow).await;
@@ -219,14 +227,14 @@ async fn malformed_provider_answers_are_retried_then_fail_closed() {
     short_breaker_cooldown(&mut env.config);
     let app = env.up().await;
     let c = Client::new(&app, &env.key("acme").await);
-    let broken = submit(
-        &c,
-        (0..5)
-            .map(|i| job_with_attempts(&format!("broken {i} [[mock:malformed]]"), 2))
-            .collect(),
-    )
-    .await;
-    let fine = submit(&c, many(5, |i| format!("fine {i}"))).await;
+    let broken = c
+        .submit(
+            (0..5)
+                .map(|i| job_with_attempts(&format!("broken {i} [[mock:malformed]]"), 2))
+                .collect(),
+        )
+        .await;
+    let fine = c.submit(many(5, |i| format!("fine {i}"))).await;
     env.wait_all_finished(T).await;
 
     assert_all_succeeded(&env, &fine).await;

@@ -35,16 +35,14 @@ async fn canary_secrets_and_prompts_never_reach_a_workers_logs() {
         Stdio::from(logs.reopen().unwrap()),
     );
 
-    let mut ids = submit(
-        &c,
-        vec![
+    let mut ids = c
+        .submit(vec![
             job(&format!("Summarize the ticket of {PII}")),
             job(&format!("Retry for {PII} [[mock:fail-first=1]]")),
             job_with_attempts(&format!("Broken answer for {PII} [[mock:malformed]]"), 1),
             job(&format!("Bad request for {PII} [[mock:status=400]]")),
-        ],
-    )
-    .await;
+        ])
+        .await;
     let headers = [("sluice-api-key", key.as_str()), ("sluice-schema", "1")];
     let mut produced = job(&format!("Over AMQP for {PII}"));
     produced["custom_id"] = json!("amqp-canary");

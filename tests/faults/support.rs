@@ -26,23 +26,6 @@ pub fn job_with_attempts(prompt: &str, max_attempts: u32) -> Value {
     j
 }
 
-/// Submits jobs as one batch and returns their ids.
-pub async fn submit(c: &Client, jobs: Vec<Value>) -> Vec<String> {
-    let (status, body) = c.post("/v1/jobs", &json!({"jobs": jobs}), None).await;
-    assert_eq!(status, 200, "{body}");
-    ids(&body)
-}
-
-/// The job ids of a `POST /v1/jobs` list response.
-pub fn ids(body: &Value) -> Vec<String> {
-    body["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["id"].as_str().unwrap().to_string())
-        .collect()
-}
-
 /// Jobs in a terminal state.
 pub async fn finished(env: &TestEnv) -> i64 {
     env.count("SELECT count(*) FROM jobs WHERE finalized_at IS NOT NULL")
