@@ -54,6 +54,12 @@ pub enum BenchCommand {
         /// Concurrency levels, comma-separated.
         #[arg(long, value_delimiter = ',', default_values_t = [32usize, 128])]
         concurrency: Vec<usize>,
+        /// Steady request rates, comma-separated (instead of `--concurrency`): requests are
+        /// sent at their times whether or not earlier ones have answered, and latency counts
+        /// from each request's time, so the latency sluice adds is measured below saturation.
+        #[arg(long, value_delimiter = ',', conflicts_with = "concurrency",
+              value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        rate: Vec<u32>,
         /// How long each round runs.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         duration: Duration,
@@ -127,8 +133,16 @@ pub async fn run(base: Config, command: BenchCommand) -> anyhow::Result<()> {
         } => e2e::run(config, jobs, ingest, workers, backlog, rate).await,
         BenchCommand::Sync {
             concurrency,
+            rate,
             duration,
-        } => sync::run(config, concurrency, duration).await,
+        } => {
+            let load = if rate.is_empty() {
+                sync::Load::Concurrency(concurrency)
+            } else {
+                sync::Load::Rate(rate)
+            };
+            sync::run(config, load, duration).await
+        }
         BenchCommand::Pipeline { jobs } => pipeline(config, jobs).await,
         BenchCommand::Cost { jobs } => cost(config, jobs).await,
         BenchCommand::Budget {

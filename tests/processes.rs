@@ -548,3 +548,47 @@ async fn bench_e2e_at_a_steady_rate_prints_its_figures_and_refuses_a_rate_it_can
     );
     env.cleanup().await;
 }
+
+/// `sluice bench sync --rate` sends a steady load through sluice and to the mock directly and
+/// prints both rounds and what sluice adds; with `--concurrency` as well it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_sync_at_a_steady_rate_prints_both_rounds_and_refuses_a_concurrency_too() {
+    let env = TestEnv::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = env.write_config(dir.path());
+    let run = |args: &'static [&'static str]| {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            sluice()
+                .arg("--config")
+                .arg(&config)
+                .args(["bench", "sync"])
+                .args(args)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run(&["--rate", "100", "--duration", "1s"]).await.unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("rate    100/s: mock direct"))
+        .unwrap_or_else(|| panic!("no rate round in:\n{stdout}"));
+    assert!(line.contains("through sluice"), "{line}");
+    // Both rounds answered every request: 100 requests, none failed.
+    assert_eq!(line.matches(", 0 errors)").count(), 2, "{line}");
+    assert!(
+        stdout.contains("rate    100/s: sluice adds"),
+        "no added latency in:\n{stdout}"
+    );
+
+    let out = run(&["--rate", "100", "--concurrency", "8"]).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
+    env.cleanup().await;
+}
