@@ -186,7 +186,7 @@ async fn paced(
     let room = Arc::new(tokio::sync::Semaphore::new(MOST_IN_FLIGHT));
     let start = tokio::time::Instant::now();
     let mut calls = tokio::task::JoinSet::new();
-    let (mut all, mut errors) = (Vec::with_capacity(total), 0usize);
+    let (mut all, mut errors) = (Vec::with_capacity(total.min(1 << 20)), 0usize);
     let mut tally = |done: Result<Option<f64>, tokio::task::JoinError>| match done {
         Ok(Some(ms)) => all.push(ms),
         _ => errors += 1,
