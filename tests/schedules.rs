@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Timelike, Utc};
+use chrono::{DateTime, Datelike, Months, Timelike, Utc};
 use common::TestEnv;
 use sluice::scheduler::DatabaseSource;
 use sluice::scheduler::def::{self, Schedule};
@@ -17,8 +17,21 @@ use sluice::scheduler::fire::Scheduler;
 
 const T: Duration = Duration::from_secs(60);
 
+/// A time of the test's story: the literal's month, day and time of day, in the year after the
+/// real clock's. Fire times, and the deadlines they give the jobs they create, lie ahead of the
+/// real clock on whatever day the test runs (a job whose deadline has passed by the real clock
+/// expires instead of running), and keep their season: a winter date stays a winter date.
 fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    let t = DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+    let years = u32::try_from(Utc::now().year() + 1 - t.year()).expect("a literal of a past year");
+    t.checked_add_months(Months::new(12 * years)).unwrap()
+}
+
+/// A time before the real clock, as written.
+fn past(s: &str) -> DateTime<Utc> {
+    let t = DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+    assert!(t < Utc::now(), "{s} is meant to be in the past");
+    t
 }
 
 /// A test environment whose SQL sources read the test's own database under the name `src`.
@@ -211,8 +224,9 @@ async fn catch_up_skip_fires_nothing_for_missed_ticks_and_once_fires_one_run() {
             .all(|(_, r)| r.outcome == "fired" && r.jobs == 3)
     );
     let triggers: Vec<String> = sqlx::query_scalar(
-        "SELECT trigger FROM schedule_runs WHERE fire_time = '2026-11-29T06:06:00Z' ORDER BY schedule",
+        "SELECT trigger FROM schedule_runs WHERE fire_time = $1 ORDER BY schedule",
     )
+    .bind(at("2026-11-29T06:06:00Z"))
     .fetch_all(&env.pool)
     .await
     .unwrap();
@@ -425,7 +439,8 @@ async fn poison_schedules_fail_alone_are_retried_next_tick_and_the_loop_keeps_ru
     assert_eq!(bad.len(), 1, "{bad:?}");
     assert_eq!(schedules.len(), 4);
     let s = scheduler(&env).await;
-    let t0 = at("2026-01-01T06:00:00Z");
+    // In the past, so that the real loop started below finds ticks it missed.
+    let t0 = past("2026-01-01T06:00:00Z");
     s.tick(&schedules, t0).await;
     for minute in 1..=2 {
         let out = s
