@@ -49,7 +49,8 @@ pub enum BenchCommand {
         rate: Option<u32>,
     },
     /// The synchronous path: `POST /v1/chat/completions` through sluice and the mock directly,
-    /// at each concurrency; prints requests per second and the latency sluice adds.
+    /// at each concurrency (or each steady rate); prints requests per second and the latency
+    /// sluice adds.
     Sync {
         /// Concurrency levels, comma-separated.
         #[arg(long, value_delimiter = ',', default_values_t = [32usize, 128])]
