@@ -494,6 +494,23 @@ async fn keys_create_prints_a_working_key_once() {
     env.cleanup().await;
 }
 
+/// `sluice --config CONFIG bench ARGS…`, run off the runtime's threads.
+async fn bench(config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let config = config.to_path_buf();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        sluice()
+            .arg("--config")
+            .arg(&config)
+            .arg("bench")
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
 /// `sluice bench e2e` at a steady rate runs real `serve` and `worker` processes to the last
 /// result and prints every figure it promises; `--rate` where it cannot apply is refused,
 /// saying why.
@@ -502,19 +519,7 @@ async fn bench_e2e_at_a_steady_rate_prints_its_figures_and_refuses_a_rate_it_can
     let env = TestEnv::new().await;
     let dir = tempfile::tempdir().unwrap();
     let config = env.write_config(dir.path());
-    let run = |args: &'static [&'static str]| {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || {
-            sluice()
-                .arg("--config")
-                .arg(&config)
-                .args(["bench", "e2e"])
-                .args(args)
-                .output()
-                .unwrap()
-        })
-    };
-    let out = run(&["--jobs", "400", "--rate", "800"]).await.unwrap();
+    let out = bench(&config, &["e2e", "--jobs", "400", "--rate", "800"]).await;
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
@@ -537,9 +542,11 @@ async fn bench_e2e_at_a_steady_rate_prints_its_figures_and_refuses_a_rate_it_can
         assert!(stdout.contains(figure), "no `{figure}` in:\n{stdout}");
     }
 
-    let out = run(&["--jobs", "10", "--rate", "10", "--ingest", "amqp"])
-        .await
-        .unwrap();
+    let out = bench(
+        &config,
+        &["e2e", "--jobs", "10", "--rate", "10", "--ingest", "amqp"],
+    )
+    .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -556,19 +563,7 @@ async fn bench_sync_at_a_steady_rate_prints_both_rounds_and_refuses_a_concurrenc
     let env = TestEnv::new().await;
     let dir = tempfile::tempdir().unwrap();
     let config = env.write_config(dir.path());
-    let run = |args: &'static [&'static str]| {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || {
-            sluice()
-                .arg("--config")
-                .arg(&config)
-                .args(["bench", "sync"])
-                .args(args)
-                .output()
-                .unwrap()
-        })
-    };
-    let out = run(&["--rate", "100", "--duration", "1s"]).await.unwrap();
+    let out = bench(&config, &["sync", "--rate", "100", "--duration", "1s"]).await;
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
@@ -586,7 +581,7 @@ async fn bench_sync_at_a_steady_rate_prints_both_rounds_and_refuses_a_concurrenc
         "no added latency in:\n{stdout}"
     );
 
-    let out = run(&["--rate", "100", "--concurrency", "8"]).await.unwrap();
+    let out = bench(&config, &["sync", "--rate", "100", "--concurrency", "8"]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("cannot be used with"), "{stderr}");

@@ -128,6 +128,14 @@ fn request() -> Value {
         "messages": [{"role": "user", "content": "Classify: the CSV export times out."}]})
 }
 
+/// Sends one request; says whether it was answered with a success, read to its end.
+async fn answered(http: &reqwest::Client, url: &str, key: &str, body: &Value) -> bool {
+    match http.post(url).bearer_auth(key).json(body).send().await {
+        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+        Err(_) => false,
+    }
+}
+
 /// `concurrency` loops send requests for `duration`; latencies of successes are kept.
 async fn round(
     http: &reqwest::Client,
@@ -148,11 +156,7 @@ async fn round(
                 let mut errors = 0usize;
                 while Instant::now() < until {
                     let t = Instant::now();
-                    let ok = match http.post(&url).bearer_auth(&key).json(&*body).send().await {
-                        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                        Err(_) => false,
-                    };
-                    if ok {
+                    if answered(&http, &url, &key, &body).await {
                         lat.push(t.elapsed().as_secs_f64() * 1000.0);
                     } else {
                         errors += 1;
@@ -198,10 +202,7 @@ async fn paced(
         let (http, url, key, body) = (http.clone(), url.to_string(), key.to_string(), body.clone());
         calls.spawn(async move {
             let _permit = permit;
-            let ok = match http.post(&url).bearer_auth(&key).json(&*body).send().await {
-                Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                Err(_) => false,
-            };
+            let ok = answered(&http, &url, &key, &body).await;
             ok.then(|| at.elapsed().as_secs_f64() * 1000.0)
         });
         while let Some(done) = calls.try_join_next() {
