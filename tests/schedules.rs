@@ -22,14 +22,18 @@ const T: Duration = Duration::from_secs(60);
 /// real clock on whatever day the test runs (a job whose deadline has passed by the real clock
 /// expires instead of running), and keep their season: a winter date stays a winter date.
 fn at(s: &str) -> DateTime<Utc> {
-    let t = DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+    let t = parse(s);
     let years = u32::try_from(Utc::now().year() + 1 - t.year()).expect("a literal of a past year");
     t.checked_add_months(Months::new(12 * years)).unwrap()
 }
 
+fn parse(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
 /// A time before the real clock, as written.
 fn past(s: &str) -> DateTime<Utc> {
-    let t = DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+    let t = parse(s);
     assert!(t < Utc::now(), "{s} is meant to be in the past");
     t
 }
