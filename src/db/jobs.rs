@@ -349,6 +349,8 @@ pub struct Claimed {
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
     pub job_id: String,
+    /// The job's tenant (from its claim): the ledger row's, without reading the job again.
+    pub tenant: String,
     pub attempt: i32,
     /// `succeeded`, `failed`, `retry_scheduled`, `expired` or `queued`.
     pub status: &'static str,
@@ -411,7 +413,7 @@ pub async fn record(
 ) -> Result<Vec<String>, DbError> {
     sqlx::query_scalar(&format!(
         "WITH input AS (
-            SELECT * FROM jsonb_to_recordset($1) AS x(job_id text, attempt integer, status text,
+            SELECT * FROM jsonb_to_recordset($1) AS x(job_id text, tenant text, attempt integer, status text,
                 run_after timestamptz, deployment text, next_deployment_index integer,
                 next_deployment_attempts integer, response jsonb, error jsonb, called boolean,
                 attempt_id text, provider text, upstream_model text, route text, attempt_status text,
@@ -478,15 +480,17 @@ pub async fn record(
                 output_usd_per_mtok, cached_input_usd_per_mtok, discount, cost_usd, saved_usd,
                 provider_batch_id, latency_ms, provider_request_id, worker, started_at, finished_at)
             -- `IN (SELECT id FROM moved)` is a hashed subplan; a join with `moved` would be a
-            -- nested loop (see `moved`).
-            SELECT i.attempt_id, i.job_id, j.tenant, i.attempt, i.provider, i.upstream_model, i.route,
+            -- nested loop (see `moved`). The tenant comes with the outcome: a join with `jobs`
+            -- here was run as a sequential scan of the whole table, 16 ms a round, in a young
+            -- table Postgres had not analyzed yet (BENCHMARKS.md).
+            SELECT i.attempt_id, i.job_id, i.tenant, i.attempt, i.provider, i.upstream_model, i.route,
                 CASE WHEN i.job_id IN (SELECT id FROM moved) THEN i.attempt_status ELSE 'discarded' END,
                 i.error_code, i.http_status, i.input_tokens, i.output_tokens, i.cached_tokens,
                 i.input_usd_per_mtok, i.output_usd_per_mtok, i.cached_input_usd_per_mtok, i.discount,
                 i.cost_usd,
                 CASE WHEN i.job_id IN (SELECT id FROM moved) THEN i.saved_usd ELSE 0 END,
                 i.provider_batch_id, i.latency_ms, i.provider_request_id, $2, i.started_at, now()
-            FROM input i JOIN jobs j ON j.id = i.job_id AND j.id = ANY($3)
+            FROM input i
             WHERE i.called
             ON CONFLICT (job_id, attempt) DO NOTHING
             RETURNING job_id, tenant, status, input_tokens, output_tokens, cached_tokens, cost_usd

@@ -470,6 +470,7 @@ fn error_entry(
 fn blank_outcome(job: &Claimed, d: &Deployment, now: DateTime<Utc>) -> Outcome {
     Outcome {
         job_id: job.id.clone(),
+        tenant: job.tenant.clone(),
         attempt: job.attempt,
         status: job_state::FAILED,
         run_after: None,

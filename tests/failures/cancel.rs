@@ -213,6 +213,7 @@ async fn a_failed_attempt_of_a_job_whose_cancel_was_asked_is_recorded_as_cancell
     let now = chrono::Utc::now();
     let outcome = sluice::db::jobs::Outcome {
         job_id: id.clone(),
+        tenant: "acme".into(),
         attempt: 1,
         status: "retry_scheduled",
         run_after: Some(now),
