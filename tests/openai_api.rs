@@ -433,6 +433,88 @@ async fn chat_completions_past_the_budget_wait_answer_429_with_retry_after_and_s
     env.cleanup().await;
 }
 
+/// A synchronous job is admitted before it is inserted (`db::budgets::admit_new`): an admitted
+/// one is stored already running, at attempt 1, and ends with one ledger row and its budget use
+/// counted; one a hard USD cap refuses is stored failed with its code, answers 429 and reaches
+/// no provider.
+#[tokio::test(flavor = "multi_thread")]
+async fn chat_completions_are_admitted_before_their_insert_and_a_hard_cap_refuses_with_nothing_spent()
+ {
+    let mut env = TestEnv::new().await;
+    env.config.budgets.tenants.insert(
+        "paced".into(),
+        sluice::config::BudgetSettings {
+            rpm: Some(100),
+            tpm: Some(1_000_000),
+            ..Default::default()
+        },
+    );
+    env.config.budgets.tenants.insert(
+        "capped".into(),
+        sluice::config::BudgetSettings {
+            daily_usd: Some(rust_decimal::Decimal::new(1, 9)),
+            policy: Some("reject".into()),
+            ..Default::default()
+        },
+    );
+    let running = env
+        .start(Roles {
+            api: true,
+            ..Roles::default()
+        })
+        .await;
+    let body = json!({"model": "summarize", "max_tokens": 16,
+                      "messages": [{"role": "user", "content": "admitted first"}]});
+    let paced = Client::new(&running, &env.key("paced").await);
+    let resp = chat(&paced, &body).await;
+    assert_eq!(resp.status().as_u16(), 200);
+    let (status, attempt, by): (String, i32, Option<String>) =
+        sqlx::query_as("SELECT status, attempt, attempted_by FROM jobs WHERE tenant = 'paced'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), attempt), ("succeeded", 1));
+    assert!(by.is_some(), "the job names the process that ran it");
+    assert_eq!(
+        env.count("SELECT count(*) FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE j.tenant = 'paced' AND a.attempt = 1")
+            .await,
+        1
+    );
+    assert_eq!(
+        env.count("SELECT COALESCE(sum(requests), 0)::bigint FROM budget_usage WHERE scope = 'tenant' AND key = 'paced'")
+            .await,
+        1,
+        "the admission counted in the tenant's rpm window"
+    );
+
+    let capped = Client::new(&running, &env.key("capped").await);
+    let resp = chat(&capped, &body).await;
+    assert_eq!(resp.status().as_u16(), 429);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "budget_refused", "{v}");
+    let (status, code): (String, Option<String>) =
+        sqlx::query_as("SELECT status, error->>'code' FROM jobs WHERE tenant = 'capped'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (status.as_str(), code.as_deref()),
+        ("failed", Some("budget_exceeded"))
+    );
+    assert_eq!(
+        env.mock.stats().requests,
+        1,
+        "only the admitted job was sent"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM budget_holds WHERE tenant = 'capped'")
+            .await,
+        0
+    );
+    running.stop().await;
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_batch_loop_fails_poisoned_batches_and_goes_on_with_the_good_one() {
     let env = TestEnv::new().await;

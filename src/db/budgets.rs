@@ -10,7 +10,7 @@ use serde_json::json;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::DbError;
-use super::jobs::Claimed;
+use super::jobs::{Claimed, NewJobRow};
 use crate::domain::breaker::{self, Breaker};
 use crate::domain::budget::{self, BudgetState, Candidate, Decision, RateState, Scope, UsdState};
 use crate::domain::catalog::Catalog;
@@ -119,7 +119,186 @@ pub async fn claim_in(
         rows.into_iter().partition(|r| r.cancel_requested);
     let cancel: Vec<&str> = cancel.iter().map(|r| r.id.as_str()).collect();
     let cancelled = super::cancel::cancel_requeued(tx, &cancel).await?;
-    // Admission order is the fairness order: tenants interleaved by weight, priority within.
+    let rows = in_fair_order(rows);
+    if rows.is_empty() {
+        return Ok(ClaimOutcome {
+            cancelled,
+            ..ClaimOutcome::default()
+        });
+    }
+    let Decided {
+        admitted,
+        holds,
+        waiting,
+        rejected,
+        fallbacks,
+        sec,
+    } = decide(tx, &rows, catalog, now, breakers).await?;
+    let mut out = ClaimOutcome {
+        cancelled,
+        waiting,
+        ..ClaimOutcome::default()
+    };
+    hold_usd(tx, &holds).await?;
+    if !admitted.is_empty() {
+        let (admit_ids, admit_tokens): (Vec<String>, Vec<i64>) = admitted.into_iter().unzip();
+        out.claimed = sqlx::query_as(
+            &format!("UPDATE jobs j SET status = '{RUNNING}', attempt = j.attempt + 1, attempted_by = $2, attempted_at = now(),
+                updated_at = now(), publish_after = NULL, reserved_tokens = x.tokens, reserved_sec = $4,
+                deployment = j.deployments->>j.deployment_index
+             FROM unnest($1::text[], $3::bigint[]) AS x(id, tokens)
+             WHERE j.id = x.id AND j.id = ANY($1) AND j.status = '{QUEUED}'
+             RETURNING j.id, j.tenant, j.model, j.deployments, j.deployment, j.request, j.route, j.attempt,
+                j.max_attempts, j.deadline, j.deployment_index, j.deployment_attempts, j.max_tokens,
+                j.est_prompt_tokens, j.premium, j.cache_ttl_secs, j.custom_id, j.repair_note,
+                j.mask_on_send"),
+        )
+        .bind(&admit_ids)
+        .bind(worker)
+        .bind(&admit_tokens)
+        .bind(sec)
+        .fetch_all(&mut **tx)
+        .await?;
+    }
+    fall_back(tx, fallbacks).await?;
+    out.rejected = reject(tx, &rejected, now).await?;
+    Ok(out)
+}
+
+/// A new job of `tenant`'s, for [`admit_new`].
+#[derive(Debug, Clone, Copy)]
+pub struct NewJob<'a> {
+    pub tenant: &'a str,
+    pub row: &'a NewJobRow,
+    /// How far ahead the relay's pick-up is set if the job is not admitted now.
+    pub hold: std::time::Duration,
+}
+
+/// Admission before insert, for jobs that are not in `jobs` yet (the synchronous path): the
+/// same decisions as [`claim_in`], made from the jobs in memory, then every job inserted in
+/// the state they give, an admitted one already `running` for `worker`. Against inserting the
+/// jobs and then claiming them, this saves the claim's read of the rows and its update (a
+/// second version of each row and of its index entries).
+///
+/// The jobs must carry no idempotency key: one that an earlier job already took would not be
+/// inserted, and its admission would hold budget for nothing. Callers with keys insert, then
+/// [`claim_in`].
+pub async fn admit_new(
+    tx: &mut Transaction<'_, Postgres>,
+    jobs: &[NewJob<'_>],
+    worker: &str,
+    catalog: &Catalog,
+    breakers: breaker::Settings,
+) -> Result<ClaimOutcome, DbError> {
+    let tenants: Vec<&str> = jobs
+        .iter()
+        .map(|j| j.tenant)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    // A job of a tenant without a row is not admitted, as in `claim_in` (which joins tenants).
+    let found: Vec<(String, i32, DateTime<Utc>)> =
+        sqlx::query_as("SELECT name, weight, now() FROM tenants WHERE name = ANY($1)")
+            .bind(&tenants)
+            .fetch_all(&mut **tx)
+            .await?;
+    let now = found.first().map_or_else(Utc::now, |f| f.2);
+    let weights: BTreeMap<&str, i32> = found.iter().map(|(t, w, _)| (t.as_str(), *w)).collect();
+    let rows: Vec<CandidateRow> = jobs
+        .iter()
+        .filter_map(|j| {
+            let weight = *weights.get(j.tenant)?;
+            Some(CandidateRow {
+                id: j.row.id.clone(),
+                tenant: j.tenant.to_string(),
+                deployment: deployment_of(j.row),
+                deployments: sqlx::types::Json(j.row.deployments.clone()),
+                deployment_index: j.row.deployment_index,
+                est_prompt_tokens: j.row.est_prompt_tokens,
+                max_tokens: j.row.max_tokens,
+                priority: j.row.priority,
+                weight,
+                api_key_id: j.row.api_key_id.clone(),
+                cancel_requested: false,
+                fresh: true,
+                now,
+            })
+        })
+        .collect();
+    let rows = in_fair_order(rows);
+    let decided = if rows.is_empty() {
+        Decided::default()
+    } else {
+        decide(tx, &rows, catalog, now, breakers).await?
+    };
+    let admitted: BTreeMap<&str, i64> = decided
+        .admitted
+        .iter()
+        .map(|(id, tokens)| (id.as_str(), *tokens))
+        .collect();
+    // Rows grouped by tenant and hold, each with the tokens it reserves if admitted.
+    type Group<'r> = Vec<(&'r NewJobRow, Option<i64>)>;
+    let mut groups: BTreeMap<(&str, std::time::Duration), Group> = BTreeMap::new();
+    for j in jobs {
+        let tokens = admitted.get(j.row.id.as_str()).copied();
+        groups
+            .entry((j.tenant, j.hold))
+            .or_default()
+            .push((j.row, tokens));
+    }
+    let running = super::jobs::Running {
+        worker,
+        sec: decided.sec,
+    };
+    for ((tenant, hold), rows) in &groups {
+        super::jobs::insert_admitted(tx, tenant, rows, *hold, running).await?;
+    }
+    hold_usd(tx, &decided.holds).await?;
+    fall_back(tx, decided.fallbacks).await?;
+    let rejected = reject(tx, &decided.rejected, now).await?;
+    let claimed = jobs
+        .iter()
+        .filter(|j| admitted.contains_key(j.row.id.as_str()))
+        .map(|j| Claimed {
+            id: j.row.id.clone(),
+            tenant: j.tenant.to_string(),
+            model: j.row.model.clone(),
+            deployments: sqlx::types::Json(j.row.deployments.clone()),
+            deployment: deployment_of(j.row),
+            request: j.row.request.clone(),
+            route: Some(j.row.route.to_string()),
+            attempt: 1,
+            max_attempts: j.row.max_attempts,
+            deadline: j.row.deadline,
+            deployment_index: j.row.deployment_index,
+            deployment_attempts: 0,
+            max_tokens: j.row.max_tokens,
+            est_prompt_tokens: j.row.est_prompt_tokens,
+            premium: j.row.premium.clone(),
+            cache_ttl_secs: j.row.cache_ttl_secs,
+            custom_id: j.row.custom_id.clone(),
+            repair_note: None,
+            mask_on_send: j.row.mask_on_send,
+        })
+        .collect();
+    Ok(ClaimOutcome {
+        claimed,
+        waiting: decided.waiting,
+        rejected,
+        cancelled: Vec::new(),
+    })
+}
+
+/// `deployments[deployment_index]`, as Postgres's `deployments->>deployment_index` gives it.
+fn deployment_of(row: &NewJobRow) -> Option<String> {
+    usize::try_from(row.deployment_index)
+        .ok()
+        .and_then(|i| row.deployments.get(i))
+        .cloned()
+}
+
+/// Admission order is the fairness order: tenants interleaved by weight, priority within.
+fn in_fair_order(rows: Vec<CandidateRow>) -> Vec<CandidateRow> {
     let keys: Vec<(&str, i64, i16, &str)> = rows
         .iter()
         .map(|r| {
@@ -133,15 +312,37 @@ pub async fn claim_in(
         .collect();
     let order = budget::fair_order(&keys);
     let mut slots: Vec<Option<CandidateRow>> = rows.into_iter().map(Some).collect();
-    let rows: Vec<CandidateRow> = order.into_iter().filter_map(|i| slots[i].take()).collect();
-    if rows.is_empty() {
-        return Ok(ClaimOutcome {
-            cancelled,
-            ..ClaimOutcome::default()
-        });
-    }
-    let (mut state, probing, tripped) = load_state(tx, &rows, now, breakers).await?;
-    let learned = learned_usage(tx, &rows).await?;
+    order.into_iter().filter_map(|i| slots[i].take()).collect()
+}
+
+/// What admission decided for a round of candidates, with the budget usage and waiters it
+/// implies already written; the jobs themselves are the caller's to change.
+#[derive(Debug, Default)]
+struct Decided {
+    /// Admitted jobs and the tokens each reserves.
+    admitted: Vec<(String, i64)>,
+    /// USD held for admitted jobs of capped tenants: (job, tenant, usd).
+    holds: Vec<(String, String, Decimal)>,
+    waiting: Vec<(String, i64)>,
+    /// (job, code, reason).
+    rejected: Vec<(String, String, String)>,
+    /// (job, next deployment index, error entry).
+    fallbacks: Vec<(String, i32, serde_json::Value)>,
+    /// The second the reserved tokens count in.
+    sec: i64,
+}
+
+/// Decides each candidate (in the order given) under the budgets, which it locks until the
+/// transaction ends, and writes the usage of the admitted ones.
+async fn decide(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[CandidateRow],
+    catalog: &Catalog,
+    now: DateTime<Utc>,
+    breakers: breaker::Settings,
+) -> Result<Decided, DbError> {
+    let (mut state, probing, tripped) = load_state(tx, rows, now, breakers).await?;
+    let learned = learned_usage(tx, rows).await?;
     let candidates: Vec<Candidate> = rows
         .iter()
         .map(|r| candidate(r, catalog, now, &learned))
@@ -156,18 +357,11 @@ pub async fn claim_in(
         super::breakers::grant_probes(tx, &jobs, &probing, &mut decisions, now, breakers).await?;
     }
 
-    let mut out = ClaimOutcome {
-        cancelled,
-        ..ClaimOutcome::default()
+    let mut out = Decided {
+        sec: now.timestamp(),
+        ..Decided::default()
     };
-    let (mut admit_ids, mut admit_tokens, mut usage) = (
-        Vec::new(),
-        Vec::new(),
-        BTreeMap::<(String, String), (i64, i64)>::new(),
-    );
-    let (mut hold_ids, mut hold_tenants, mut hold_usd) = (Vec::new(), Vec::new(), Vec::new());
-    let mut rejected: Vec<(String, String, String)> = Vec::new();
-    let mut fallbacks: Vec<(String, i32, serde_json::Value)> = Vec::new();
+    let mut usage = BTreeMap::<(String, String), (i64, i64)>::new();
     for ((row, cand), decision) in rows.iter().zip(&candidates).zip(decisions) {
         // A job waiting on a deployment whose breaker is open falls back to its next
         // deployment now rather than wait out the cool-down (a 429 pause is waited out).
@@ -183,14 +377,13 @@ pub async fn claim_in(
             let entry = json!({"at": now, "code": "circuit_open",
                 "message": format!("{}'s circuit breaker is open until {until}; falling back to {}",
                     cand.deployment, row.deployments.0[next])});
-            fallbacks.push((row.id.clone(), next as i32, entry));
+            out.fallbacks.push((row.id.clone(), next as i32, entry));
             out.waiting.push((row.id.clone(), now.timestamp()));
             continue;
         }
         match decision {
             Decision::Admit => {
-                admit_ids.push(row.id.clone());
-                admit_tokens.push(cand.tokens);
+                out.admitted.push((row.id.clone(), cand.tokens));
                 for scope in cand.scopes() {
                     if state.rates.contains_key(&scope) {
                         let (s, k) = scope.parts();
@@ -200,20 +393,19 @@ pub async fn claim_in(
                     }
                 }
                 if state.usd.contains_key(&cand.tenant) {
-                    hold_ids.push(row.id.clone());
-                    hold_tenants.push(cand.tenant.clone());
-                    hold_usd.push(cand.usd);
+                    out.holds
+                        .push((row.id.clone(), cand.tenant.clone(), cand.usd));
                 }
             }
             Decision::Wait { until, .. } => out.waiting.push((row.id.clone(), until)),
             Decision::Reject { code, reason } => {
-                rejected.push((row.id.clone(), code.to_string(), reason))
+                out.rejected
+                    .push((row.id.clone(), code.to_string(), reason))
             }
         }
     }
-    let sec = now.timestamp();
     // Per-tenant use of paced deployments, for the fairness shares.
-    let admitted: BTreeSet<&String> = admit_ids.iter().collect();
+    let admitted: BTreeSet<&String> = out.admitted.iter().map(|(id, _)| id).collect();
     for (id, cand) in rows.iter().map(|r| &r.id).zip(&candidates) {
         if state.shares.contains_key(&cand.deployment) && admitted.contains(id) {
             let slot = usage
@@ -273,63 +465,69 @@ pub async fn claim_in(
         )
         .bind(&scopes)
         .bind(&keys)
-        .bind(sec)
+        .bind(out.sec)
         .bind(&tokens)
         .bind(&requests)
         .execute(&mut **tx)
         .await?;
     }
-    if !hold_ids.is_empty() {
-        sqlx::query(
-            "INSERT INTO budget_holds (job_id, tenant, usd, expires_at)
-             SELECT j, t, u, now() + interval '15 minutes' FROM unnest($1::text[], $2::text[], $3::numeric[]) AS x(j, t, u)
-             ON CONFLICT (job_id, source) DO UPDATE SET usd = excluded.usd, expires_at = excluded.expires_at",
-        )
-        .bind(&hold_ids)
-        .bind(&hold_tenants)
-        .bind(&hold_usd)
-        .execute(&mut **tx)
-        .await?;
-    }
-    if !admit_ids.is_empty() {
-        out.claimed = sqlx::query_as(
-            &format!("UPDATE jobs j SET status = '{RUNNING}', attempt = j.attempt + 1, attempted_by = $2, attempted_at = now(),
-                updated_at = now(), publish_after = NULL, reserved_tokens = x.tokens, reserved_sec = $4,
-                deployment = j.deployments->>j.deployment_index
-             FROM unnest($1::text[], $3::bigint[]) AS x(id, tokens)
-             WHERE j.id = x.id AND j.id = ANY($1) AND j.status = '{QUEUED}'
-             RETURNING j.id, j.tenant, j.model, j.deployments, j.deployment, j.request, j.route, j.attempt,
-                j.max_attempts, j.deadline, j.deployment_index, j.deployment_attempts, j.max_tokens,
-                j.est_prompt_tokens, j.premium, j.cache_ttl_secs, j.custom_id, j.repair_note,
-                j.mask_on_send"),
-        )
-        .bind(&admit_ids)
-        .bind(worker)
-        .bind(&admit_tokens)
-        .bind(sec)
-        .fetch_all(&mut **tx)
-        .await?;
-    }
-    if !fallbacks.is_empty() {
-        let (ids, rest): (Vec<String>, Vec<(i32, serde_json::Value)>) = fallbacks
-            .into_iter()
-            .map(|(id, next, entry)| (id, (next, entry)))
-            .unzip();
-        let (next, entries): (Vec<i32>, Vec<serde_json::Value>) = rest.into_iter().unzip();
-        sqlx::query(&format!(
-            "UPDATE jobs j SET deployment_index = x.next, deployment_attempts = 0,
-                errors = j.errors || jsonb_build_array(x.entry), updated_at = now()
-             FROM unnest($1::text[], $2::int[], $3::jsonb[]) AS x(id, next, entry)
-             WHERE j.id = x.id AND j.id = ANY($1) AND j.status = '{QUEUED}'"
-        ))
-        .bind(&ids)
-        .bind(&next)
-        .bind(&entries)
-        .execute(&mut **tx)
-        .await?;
-    }
-    out.rejected = reject(tx, &rejected, now).await?;
     Ok(out)
+}
+
+/// Holds the estimated USD of admitted jobs of capped tenants until their records settle it.
+async fn hold_usd(
+    tx: &mut Transaction<'_, Postgres>,
+    holds: &[(String, String, Decimal)],
+) -> Result<(), DbError> {
+    if holds.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(holds.len());
+    let mut tenants = Vec::with_capacity(holds.len());
+    let mut usd = Vec::with_capacity(holds.len());
+    for (id, tenant, u) in holds {
+        ids.push(id.as_str());
+        tenants.push(tenant.as_str());
+        usd.push(*u);
+    }
+    sqlx::query(
+        "INSERT INTO budget_holds (job_id, tenant, usd, expires_at)
+         SELECT j, t, u, now() + interval '15 minutes' FROM unnest($1::text[], $2::text[], $3::numeric[]) AS x(j, t, u)
+         ON CONFLICT (job_id, source) DO UPDATE SET usd = excluded.usd, expires_at = excluded.expires_at",
+    )
+    .bind(&ids)
+    .bind(&tenants)
+    .bind(&usd)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Moves jobs waiting on an open breaker to their next deployment: (job, index, error entry).
+async fn fall_back(
+    tx: &mut Transaction<'_, Postgres>,
+    fallbacks: Vec<(String, i32, serde_json::Value)>,
+) -> Result<(), DbError> {
+    if fallbacks.is_empty() {
+        return Ok(());
+    }
+    let (ids, rest): (Vec<String>, Vec<(i32, serde_json::Value)>) = fallbacks
+        .into_iter()
+        .map(|(id, next, entry)| (id, (next, entry)))
+        .unzip();
+    let (next, entries): (Vec<i32>, Vec<serde_json::Value>) = rest.into_iter().unzip();
+    sqlx::query(&format!(
+        "UPDATE jobs j SET deployment_index = x.next, deployment_attempts = 0,
+            errors = j.errors || jsonb_build_array(x.entry), updated_at = now()
+         FROM unnest($1::text[], $2::int[], $3::jsonb[]) AS x(id, next, entry)
+         WHERE j.id = x.id AND j.id = ANY($1) AND j.status = '{QUEUED}'"
+    ))
+    .bind(&ids)
+    .bind(&next)
+    .bind(&entries)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Fails queued jobs that no budget will ever admit, each with its code and reason.

@@ -153,31 +153,14 @@ pub async fn insert_jobs(
     rows: &[NewJobRow],
     publish_in: std::time::Duration,
 ) -> Result<Vec<Inserted>, DbError> {
-    let created: Vec<String> = sqlx::query_scalar(
-        "INSERT INTO jobs (id, tenant, batch_id, custom_id, idempotency_key, model, deployments, deployment_index,
-            request, tags, route_requested, route, route_reason, deadline, webhook_url, priority, max_tokens,
-            max_attempts, est_prompt_tokens, premium, cache_ttl_secs, deployment, publish_after, redactions,
-            mask_on_send, api_key_id)
-         SELECT x.id, $1, $2, x.custom_id, x.idempotency_key, x.model, x.deployments, x.deployment_index,
-            x.request, x.tags, x.route_requested, x.route, x.route_reason, x.deadline, x.webhook_url, x.priority,
-            x.max_tokens, x.max_attempts, x.est_prompt_tokens, x.premium, x.cache_ttl_secs,
-            x.deployments->>x.deployment_index,
-            CASE WHEN x.route = 'batch' THEN NULL ELSE now() + make_interval(secs => $4) END,
-            COALESCE(x.redactions, '{}'), COALESCE(x.mask_on_send, false), x.api_key_id
-         FROM jsonb_to_recordset($3) AS x(id text, custom_id text, idempotency_key text, model text,
-            deployments jsonb, deployment_index integer, request jsonb, tags jsonb, route_requested text,
-            route text, route_reason text, deadline timestamptz, webhook_url text, priority smallint,
-            max_tokens integer, max_attempts integer, est_prompt_tokens integer, premium text,
-            cache_ttl_secs integer, redactions jsonb, mask_on_send boolean, api_key_id text)
-         ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-         RETURNING id",
-    )
-    .bind(tenant)
-    .bind(batch_id)
-    .bind(sqlx::types::Json(rows))
-    .bind(publish_in.as_secs_f64())
-    .fetch_all(&mut **tx)
-    .await?;
+    let given: Vec<RowIn> = rows
+        .iter()
+        .map(|row| RowIn {
+            row,
+            reserved_tokens: None,
+        })
+        .collect();
+    let created = insert_rows(tx, tenant, batch_id, &given, publish_in, None).await?;
     let created: std::collections::HashSet<String> = created.into_iter().collect();
     let missing: Vec<&str> = rows
         .iter()
@@ -222,6 +205,89 @@ pub async fn insert_jobs(
             }
         })
         .collect())
+}
+
+/// Who runs the jobs [`insert_admitted`] inserts already admitted, and the second their
+/// reserved tokens count in.
+#[derive(Debug, Clone, Copy)]
+pub struct Running<'a> {
+    pub worker: &'a str,
+    pub sec: i64,
+}
+
+/// A row to insert; with `reserved_tokens`, admitted and `running` from the start.
+#[derive(Serialize)]
+struct RowIn<'a> {
+    #[serde(flatten)]
+    row: &'a NewJobRow,
+    reserved_tokens: Option<i64>,
+}
+
+/// Inserts jobs of `tenant` admitted before their insert (`db::budgets::admit_new`): each with
+/// its reserved tokens is `running` for `running.worker` (attempt 1), each without is `queued`
+/// with the relay's pick-up `publish_in` ahead. The rows carry no idempotency key.
+pub async fn insert_admitted(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant: &str,
+    rows: &[(&NewJobRow, Option<i64>)],
+    publish_in: std::time::Duration,
+    running: Running<'_>,
+) -> Result<(), DbError> {
+    let given: Vec<RowIn> = rows
+        .iter()
+        .map(|&(row, reserved_tokens)| RowIn {
+            row,
+            reserved_tokens,
+        })
+        .collect();
+    insert_rows(tx, tenant, None, &given, publish_in, Some(running)).await?;
+    Ok(())
+}
+
+/// One statement for every row; the ids inserted (a row whose idempotency key is taken is not).
+async fn insert_rows(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant: &str,
+    batch_id: Option<&str>,
+    rows: &[RowIn<'_>],
+    publish_in: std::time::Duration,
+    running: Option<Running<'_>>,
+) -> Result<Vec<String>, DbError> {
+    sqlx::query_scalar(
+        &format!("INSERT INTO jobs (id, tenant, batch_id, custom_id, idempotency_key, model, deployments, deployment_index,
+            request, tags, route_requested, route, route_reason, deadline, webhook_url, priority, max_tokens,
+            max_attempts, est_prompt_tokens, premium, cache_ttl_secs, deployment, publish_after, redactions,
+            mask_on_send, api_key_id, status, attempt, attempted_by, attempted_at, reserved_tokens, reserved_sec)
+         SELECT x.id, $1, $2, x.custom_id, x.idempotency_key, x.model, x.deployments, x.deployment_index,
+            x.request, x.tags, x.route_requested, x.route, x.route_reason, x.deadline, x.webhook_url, x.priority,
+            x.max_tokens, x.max_attempts, x.est_prompt_tokens, x.premium, x.cache_ttl_secs,
+            x.deployments->>x.deployment_index,
+            CASE WHEN x.route = 'batch' OR x.reserved_tokens IS NOT NULL THEN NULL
+                ELSE now() + make_interval(secs => $4) END,
+            COALESCE(x.redactions, '{{}}'), COALESCE(x.mask_on_send, false), x.api_key_id,
+            CASE WHEN x.reserved_tokens IS NULL THEN '{QUEUED}' ELSE '{RUNNING}' END,
+            CASE WHEN x.reserved_tokens IS NULL THEN 0 ELSE 1 END,
+            CASE WHEN x.reserved_tokens IS NOT NULL THEN $5 END,
+            CASE WHEN x.reserved_tokens IS NOT NULL THEN now() END,
+            COALESCE(x.reserved_tokens, 0),
+            CASE WHEN x.reserved_tokens IS NOT NULL THEN $6::bigint END
+         FROM jsonb_to_recordset($3) AS x(id text, custom_id text, idempotency_key text, model text,
+            deployments jsonb, deployment_index integer, request jsonb, tags jsonb, route_requested text,
+            route text, route_reason text, deadline timestamptz, webhook_url text, priority smallint,
+            max_tokens integer, max_attempts integer, est_prompt_tokens integer, premium text,
+            cache_ttl_secs integer, redactions jsonb, mask_on_send boolean, api_key_id text,
+            reserved_tokens bigint)
+         ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+         RETURNING id"),
+    )
+    .bind(tenant)
+    .bind(batch_id)
+    .bind(sqlx::types::Json(rows))
+    .bind(publish_in.as_secs_f64())
+    .bind(running.map(|r| r.worker))
+    .bind(running.map(|r| r.sec))
+    .fetch_all(&mut **tx)
+    .await
 }
 
 /// The idempotency keys among `rows` (each already taken by an earlier job of `tenant`) whose

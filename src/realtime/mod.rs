@@ -5,9 +5,11 @@
 //! wait cancels the job and says when to come back. The database steps of concurrent runs are
 //! gathered into rounds (see [`rounds`]).
 //!
-//! The job is in Postgres first, with its publish mark far enough ahead that the relay leaves it
-//! alone while this task runs it; if the process dies, the relay publishes it later and a worker
-//! finishes it, so its cost is recorded either way.
+//! The job is in Postgres before it is called: admitted at once, it is inserted already running
+//! for this process's registered worker, and if the process dies the rescuer queues it again as
+//! any dead worker's job; left waiting for budget, it keeps a publish mark far enough ahead that
+//! the relay leaves it alone while this task waits, and publishes it if the process dies. A
+//! worker finishes it either way, so its cost is recorded.
 
 use std::time::{Duration, Instant};
 
@@ -49,7 +51,7 @@ pub async fn run(
     let id = row.id.clone();
     let ids = [id.clone()];
     let breakers = crate::worker::breaker_settings(ctx);
-    // The job and its first claim commit together, in a round with other requests' jobs.
+    // The job and its admission commit together, in a round with other requests' jobs.
     // The relay's safety net, set past any run: a crash leaves the job to the workers.
     let hold = budget_wait.saturating_add(RUN_AT_MOST);
     let admit = rounds::Admit {

@@ -4,10 +4,11 @@
 //!
 //! Measured before this (one transaction per step per request): about ten statements and three
 //! commits per request, Postgres's CPU the bound at under 500 requests a second. A round does
-//! the same work with the statements the worker pool uses for a batch: `insert_jobs` and
-//! `db::budgets::claim_in` (admission in fairness order, budgets locked once per round),
-//! `worker::record::record_each`, and one read by id (only for a job that did not simply
-//! succeed: a success recorded as it was is answered from its outcome).
+//! the same work with the statements the worker pool uses for a batch: admission in fairness
+//! order with budgets locked once per round (`db::budgets::admit_new`, which decides before it
+//! inserts, so an admitted job is written once, already running), `worker::record::record_each`,
+//! and one read by id (only for a job that did not simply succeed: a success recorded as it was
+//! is answered from its outcome).
 //!
 //! No request can hold the others back: a round that Postgres refuses is split until the
 //! offending request stands alone (`db::errors::isolate`); that request gets the error and the
@@ -22,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::Ctx;
 use crate::batcher::{Batcher, CallError};
-use crate::db::budgets::ClaimOutcome;
+use crate::db::budgets::{ClaimOutcome, NewJob};
 use crate::db::jobs::{JobRow, NewJobRow, Outcome};
 use crate::worker::record::Stored;
 
@@ -171,34 +172,47 @@ pub async fn admit_round(
         .collect()
 }
 
-/// One transaction: every job inserted (grouped by tenant and hold), then one claim of them all.
+/// One transaction: every job admitted and inserted in the state admission gave it
+/// (`db::budgets::admit_new`). A round with an idempotency key among its jobs inserts them
+/// first (a key taken earlier answers with the earlier job), then claims them.
 async fn admit_chunk(
     ctx: &Ctx,
     worker: &str,
     chunk: &[Admit],
 ) -> Result<Vec<(String, ClaimOutcome)>, sqlx::Error> {
-    let mut groups: BTreeMap<(&str, Duration), Vec<NewJobRow>> = BTreeMap::new();
-    for a in chunk {
-        groups
-            .entry((a.tenant.as_str(), a.hold))
-            .or_default()
-            .push(a.row.clone());
-    }
     let ids: Vec<String> = chunk.iter().map(|a| a.row.id.clone()).collect();
     let breakers = crate::worker::breaker_settings(ctx);
+    let catalog = ctx.catalog();
     let started = std::time::Instant::now();
     let mut tx = ctx.pool.begin().await?;
     let begun = started.elapsed();
-    for ((tenant, hold), rows) in &groups {
-        crate::db::jobs::insert_jobs(&mut tx, tenant, None, rows, *hold).await?;
-    }
-    let inserted = started.elapsed();
-    let claim =
-        crate::db::budgets::claim_in(&mut tx, &ids, worker, &ctx.catalog(), breakers).await?;
-    let claimed = started.elapsed();
+    let claim = if chunk.iter().any(|a| a.row.idempotency_key.is_some()) {
+        let mut groups: BTreeMap<(&str, Duration), Vec<NewJobRow>> = BTreeMap::new();
+        for a in chunk {
+            groups
+                .entry((a.tenant.as_str(), a.hold))
+                .or_default()
+                .push(a.row.clone());
+        }
+        for ((tenant, hold), rows) in &groups {
+            crate::db::jobs::insert_jobs(&mut tx, tenant, None, rows, *hold).await?;
+        }
+        crate::db::budgets::claim_in(&mut tx, &ids, worker, &catalog, breakers).await?
+    } else {
+        let jobs: Vec<NewJob> = chunk
+            .iter()
+            .map(|a| NewJob {
+                tenant: &a.tenant,
+                row: &a.row,
+                hold: a.hold,
+            })
+            .collect();
+        crate::db::budgets::admit_new(&mut tx, &jobs, worker, &catalog, breakers).await?
+    };
+    let admitted = started.elapsed();
     tx.commit().await?;
     // Where a round's time goes (BENCHMARKS.md: `RUST_LOG=…,sluice::realtime=debug`).
-    tracing::debug!(jobs = chunk.len(), ?begun, ?inserted, ?claimed, committed = ?started.elapsed(), "admit round");
+    tracing::debug!(jobs = chunk.len(), ?begun, ?admitted, committed = ?started.elapsed(), "admit round");
     Ok(split(claim, ids))
 }
 
