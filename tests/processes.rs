@@ -220,6 +220,93 @@ async fn an_api_killed_between_commit_and_publish_loses_nothing_and_a_retry_is_n
     env.cleanup().await;
 }
 
+/// The synchronous path's crash window: an API process dies after the provider answered a
+/// `/v1/chat/completions` call and before the record. The job was inserted already running for
+/// the API's registered worker (admission before the insert), so the rescuer takes it like any
+/// dead worker's job: it is run again by a worker and booked once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_killed_after_a_chat_completions_answer_leaves_its_running_job_to_the_rescuer() {
+    let mut env = TestEnv::new().await;
+    let key = env.key("acme").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let served = env.config.server.listen.clone();
+    env.config.server.listen = format!("127.0.0.1:{port}");
+    let config = env.write_config(dir.path());
+    env.config.server.listen = served;
+    let mut api = common::ChildGuard(
+        sluice()
+            .arg("--config")
+            .arg(&config)
+            .arg("serve")
+            .env("SLUICE_FAILPOINT", "sync.after_call_before_record")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    wait_until(T, "the API process answers", || async {
+        http.get(format!("{base}/healthz")).send().await.is_ok()
+    })
+    .await;
+    let sent = http
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&json!({"model": "summarize", "max_tokens": 16,
+                      "messages": [{"role": "user", "content": "answered, never recorded"}]}))
+        .send()
+        .await;
+    assert!(sent.is_err(), "the API died before answering: {sent:?}");
+    let status = wait_exit(&mut api, T).await;
+    assert!(!status.success(), "the failpoint aborted the API");
+    let (id, state, attempt): (String, String, i32) =
+        sqlx::query_as("SELECT id, status, attempt FROM jobs")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (state.as_str(), attempt),
+        ("running", 1),
+        "inserted running"
+    );
+    assert_eq!(
+        env.mock.stats().calls_by_job[&id],
+        1,
+        "the provider answered"
+    );
+
+    let rescuer = env
+        .start(Roles {
+            api: true,
+            worker: true,
+            maintenance: true,
+            ..Default::default()
+        })
+        .await;
+    let c = Client::new(&rescuer, &key);
+    let done = c.wait_job(&id, T).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert!(done["errors"].to_string().contains("worker_lost"), "{done}");
+    assert_eq!(env.mock.stats().calls_by_job[&id], 2);
+    assert_eq!(
+        env.count(&format!(
+            "SELECT count(*) FROM attempts WHERE job_id = '{id}'"
+        ))
+        .await,
+        1,
+        "one result booked: the lost answer died with its process"
+    );
+    env.check_invariants().await;
+    rescuer.stop().await;
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_after_recording_but_before_acking_causes_no_second_call() {
     let env = TestEnv::new().await;

@@ -88,6 +88,7 @@ pub async fn run(
                 .response
                 .clone()
                 .filter(|_| status == crate::domain::state::sql::SUCCEEDED);
+            crate::failpoint::hit("sync.after_call_before_record");
             let stored = rounds::record(ctx, worker_id, outcome).await?;
             if let (Some(deployment), Some(signal)) = (deployment, signal) {
                 ctx.breaker_feed.send(crate::db::breakers::Event {
