@@ -228,42 +228,25 @@ async fn an_api_killed_between_commit_and_publish_loses_nothing_and_a_retry_is_n
 async fn an_api_killed_after_a_chat_completions_answer_leaves_its_running_job_to_the_rescuer() {
     let mut env = TestEnv::new().await;
     let key = env.key("acme").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = tempfile::tempdir().unwrap();
-    let served = env.config.server.listen.clone();
-    env.config.server.listen = format!("127.0.0.1:{port}");
-    let config = env.write_config(dir.path());
-    env.config.server.listen = served;
-    let mut api = common::ChildGuard(
-        sluice()
-            .arg("--config")
-            .arg(&config)
-            .arg("serve")
-            .env("SLUICE_FAILPOINT", "sync.after_call_before_record")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let base = format!("http://127.0.0.1:{port}");
+    let mut api = env
+        .spawn_api(
+            "serve",
+            &[("SLUICE_FAILPOINT", "sync.after_call_before_record")],
+            T,
+        )
+        .await;
+    // The rescuing process below serves on a port of its own.
+    env.config.server.listen = "127.0.0.1:0".into();
     let http = reqwest::Client::new();
-    wait_until(T, "the API process answers", || async {
-        http.get(format!("{base}/healthz")).send().await.is_ok()
-    })
-    .await;
     let sent = http
-        .post(format!("{base}/v1/chat/completions"))
+        .post(format!("{}/v1/chat/completions", api.base))
         .bearer_auth(&key)
         .json(&json!({"model": "summarize", "max_tokens": 16,
                       "messages": [{"role": "user", "content": "answered, never recorded"}]}))
         .send()
         .await;
     assert!(sent.is_err(), "the API died before answering: {sent:?}");
-    let status = wait_exit(&mut api, T).await;
+    let status = wait_exit(&mut api.child, T).await;
     assert!(!status.success(), "the failpoint aborted the API");
     let (id, state, attempt): (String, String, i32) =
         sqlx::query_as("SELECT id, status, attempt FROM jobs")
