@@ -278,6 +278,63 @@ async fn heartbeats_go_on_while_the_main_pool_is_saturated_and_no_job_is_rescued
     env.cleanup().await;
 }
 
+/// A worker thawed after being written off (its `workers` row removed) claims jobs before its
+/// next heartbeat registers it again. The rescuer leaves a claim younger than `dead_after`
+/// alone, and takes it once it is older and the worker has still not come back.
+#[tokio::test]
+async fn a_fresh_claim_by_a_worker_without_a_row_is_not_rescued_until_dead_after() {
+    let env = TestEnv::new().await;
+    let api = env
+        .start(Roles {
+            api: true,
+            ..Default::default()
+        })
+        .await;
+    let c = Client::new(&api, &env.key("acme").await);
+    let ids = c.submit(vec![job("claimed by a thawed worker")]).await;
+    let id = ids[0].clone();
+    let claim = |age_secs: f64| {
+        let (pool, id) = (env.pool.clone(), id.clone());
+        async move {
+            sqlx::query(
+                "UPDATE jobs SET status = 'running', attempt = 1, attempted_by = 'wrk_thawed',
+                    attempted_at = now() - make_interval(secs => $2), publish_after = NULL
+                 WHERE id = $1",
+            )
+            .bind(&id)
+            .bind(age_secs)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    let dead_after = Duration::from_secs(2);
+    claim(0.0).await;
+    let rescued = sluice::db::maintenance::rescue_orphans(&env.pool, dead_after)
+        .await
+        .unwrap();
+    assert_eq!(rescued, 0, "a claim made just now is a sign of life");
+    assert_eq!(env.status_of(&id).await, "running");
+
+    claim(3.0).await;
+    let rescued = sluice::db::maintenance::rescue_orphans(&env.pool, dead_after)
+        .await
+        .unwrap();
+    assert_eq!(
+        rescued, 1,
+        "a claim older than dead_after with no live worker is taken"
+    );
+    assert_eq!(env.status_of(&id).await, "queued");
+    let errors: String = sqlx::query_scalar("SELECT errors::text FROM jobs WHERE id = $1")
+        .bind(&id)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert!(errors.contains("worker_lost"), "{errors}");
+    api.stop().await;
+    env.cleanup().await;
+}
+
 /// `database.statement_timeout` and `database.lock_timeout` hold on every connection: a
 /// statement running too long, or waiting too long for a lock, fails (with an error the loops
 /// treat as transient) instead of hanging its caller.

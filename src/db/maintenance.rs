@@ -37,6 +37,11 @@ pub async fn deregister_worker(pool: &PgPool, id: &str) -> Result<(), DbError> {
 
 /// Re-queues running jobs whose worker is gone or silent for `dead_after`, recording the loss
 /// in each job's history, and forgets such workers. Returns how many jobs were re-queued.
+///
+/// A claim is itself a sign of life: a job claimed less than `dead_after` ago is left alone
+/// even when its worker has no row. A worker thawed after being written off (its row removed)
+/// claims before its next heartbeat registers it again; without this, the rescuer could take
+/// those fresh claims away from a live worker and the jobs would be called twice.
 pub async fn rescue_orphans(pool: &PgPool, dead_after: Duration) -> Result<u64, DbError> {
     let secs = dead_after.as_secs_f64();
     // The lost attempt counts: a job whose worker keeps dying moves to its next deployment,
@@ -48,7 +53,9 @@ pub async fn rescue_orphans(pool: &PgPool, dead_after: Duration) -> Result<u64, 
                 j.deployment_attempts + 1 < j.max_attempts AS retry_here,
                 j.deployment_index + 1 < jsonb_array_length(j.deployments) AS fall_back
             FROM jobs j
-            WHERE j.status = '{RUNNING}' AND NOT EXISTS (
+            WHERE j.status = '{RUNNING}'
+              AND (j.attempted_at IS NULL OR j.attempted_at < now() - make_interval(secs => $1))
+              AND NOT EXISTS (
                 SELECT 1 FROM workers w WHERE w.id = j.attempted_by
                   AND w.heartbeat_at > now() - make_interval(secs => $1))
             FOR UPDATE OF j SKIP LOCKED)
