@@ -554,6 +554,18 @@ impl Config {
         if self.worker.max_attempts == 0 {
             return invalid("worker.max_attempts".into(), "must be at least 1".into());
         }
+        // A worker must beat at least twice within `dead_after`, or a rescuer takes the jobs
+        // of a live worker between two of its beats and they run twice.
+        let w = &self.worker;
+        if w.heartbeat_interval.is_zero() || w.heartbeat_interval.saturating_mul(2) > w.dead_after {
+            return invalid(
+                "worker.heartbeat_interval".into(),
+                format!(
+                    "must be more than 0s and at most half of worker.dead_after ({:?}), or live workers are taken for dead",
+                    w.dead_after
+                ),
+            );
+        }
         for (name, provider) in &self.providers {
             if url::Url::parse(&provider.base_url).is_err() {
                 return invalid(
@@ -865,7 +877,24 @@ mod tests {
 
     #[test]
     fn durations_read_as_human_text() {
-        let c = Config::from_toml("[worker]\ndead_after = \"3s\"\n").unwrap();
-        assert_eq!(c.worker.dead_after, Duration::from_secs(3));
+        let c = Config::from_toml("[worker]\ndead_after = \"4s\"\n").unwrap();
+        assert_eq!(c.worker.dead_after, Duration::from_secs(4));
+    }
+
+    #[test]
+    fn a_heartbeat_not_at_most_half_of_dead_after_is_refused() {
+        for toml in [
+            "[worker]\ndead_after = \"3s\"\n",
+            "[worker]\nheartbeat_interval = \"0s\"\n",
+            "[worker]\nheartbeat_interval = \"10s\"\ndead_after = \"15s\"\n",
+        ] {
+            let err = Config::from_toml(toml).unwrap_err().to_string();
+            assert!(
+                err.contains("worker.heartbeat_interval") && err.contains("dead_after"),
+                "{toml}: {err}"
+            );
+        }
+        let ok = Config::from_toml("[worker]\nheartbeat_interval = \"1s\"\ndead_after = \"2s\"\n");
+        assert!(ok.is_ok(), "{ok:?}");
     }
 }
