@@ -43,6 +43,24 @@ async fn running_by_other_process(env: &TestEnv, id: &str, ours: &str) -> bool {
     matches!(row, Some((s, Some(by))) if s == "running" && by != ours)
 }
 
+/// A job whose answer died with its process: rescued (`worker_lost` in its errors), called a
+/// second time, and booked once.
+async fn rescued_and_booked_once(env: &TestEnv, c: &Client, id: &str) {
+    let done = c.wait_job(id, T).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert!(done["errors"].to_string().contains("worker_lost"), "{done}");
+    assert_eq!(env.mock.stats().calls_by_job[id], 2);
+    assert_eq!(
+        env.count(&format!(
+            "SELECT count(*) FROM attempts WHERE job_id = '{id}'"
+        ))
+        .await,
+        1,
+        "one result booked: the lost answer died with its process"
+    );
+    env.check_invariants().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_workers_job_is_finished_by_another_worker() {
     let env = TestEnv::new().await;
@@ -130,19 +148,7 @@ async fn a_worker_killed_after_the_answer_but_before_the_commit_leaves_the_job_t
             ..Default::default()
         })
         .await;
-    let done = c.wait_job(&id, T).await;
-    assert_eq!(done["status"], "succeeded");
-    assert!(done["errors"].to_string().contains("worker_lost"), "{done}");
-    assert_eq!(env.mock.stats().calls_by_job[&id], 2);
-    assert_eq!(
-        env.count(&format!(
-            "SELECT count(*) FROM attempts WHERE job_id = '{id}'"
-        ))
-        .await,
-        1,
-        "one result booked: the lost answer died with its process"
-    );
-    env.check_invariants().await;
+    rescued_and_booked_once(&env, &c, &id).await;
     rescuer.stop().await;
     api.stop().await;
     env.cleanup().await;
@@ -273,19 +279,7 @@ async fn an_api_killed_after_a_chat_completions_answer_leaves_its_running_job_to
         })
         .await;
     let c = Client::new(&rescuer, &key);
-    let done = c.wait_job(&id, T).await;
-    assert_eq!(done["status"], "succeeded", "{done}");
-    assert!(done["errors"].to_string().contains("worker_lost"), "{done}");
-    assert_eq!(env.mock.stats().calls_by_job[&id], 2);
-    assert_eq!(
-        env.count(&format!(
-            "SELECT count(*) FROM attempts WHERE job_id = '{id}'"
-        ))
-        .await,
-        1,
-        "one result booked: the lost answer died with its process"
-    );
-    env.check_invariants().await;
+    rescued_and_booked_once(&env, &c, &id).await;
     rescuer.stop().await;
     env.cleanup().await;
 }
