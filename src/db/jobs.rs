@@ -331,6 +331,18 @@ pub async fn idempotency_conflicts(
     Ok(differ.into_iter().collect())
 }
 
+/// The publish mark of [`mark_published`]: `$1` the jobs' ids, `$2` the relay grace in seconds.
+///
+/// The update joins the locked rows by id alone. With `id = ANY($1)` in its own `WHERE` as
+/// well, Postgres ran it as a nested loop that went over the whole array, or every locked row,
+/// for each job: about a second for 2,000 jobs in `sluice bench e2e`, with their row locks held
+/// and workers' claims of those jobs waiting as long (BENCHMARKS.md, "The publish mark").
+pub const MARK_PUBLISHED: &str = "WITH free AS (
+        SELECT id FROM jobs WHERE id = ANY($1)
+          AND publish_after = updated_at + make_interval(secs => $2)
+        ORDER BY id FOR UPDATE SKIP LOCKED)
+     UPDATE jobs j SET publish_after = NULL FROM free WHERE j.id = free.id";
+
 /// Notes that these jobs' work messages are in the broker, so the relay leaves them alone;
 /// returns how many were marked. Only a job still as its publisher left it is marked: its
 /// `publish_after` still `grace` past its `updated_at`, as the insert (`insert_jobs`) and the
@@ -345,19 +357,12 @@ pub async fn mark_published(
     ids: &[String],
     grace: std::time::Duration,
 ) -> Result<u64, DbError> {
-    Ok(sqlx::query(
-        "UPDATE jobs SET publish_after = NULL
-         WHERE id = ANY($1) AND publish_after = updated_at + make_interval(secs => $2)
-           AND id IN (
-            SELECT id FROM jobs WHERE id = ANY($1)
-              AND publish_after = updated_at + make_interval(secs => $2)
-            ORDER BY id FOR UPDATE SKIP LOCKED)",
-    )
-    .bind(ids)
-    .bind(grace.as_secs_f64())
-    .execute(pool)
-    .await?
-    .rows_affected())
+    Ok(sqlx::query(MARK_PUBLISHED)
+        .bind(ids)
+        .bind(grace.as_secs_f64())
+        .execute(pool)
+        .await?
+        .rows_affected())
 }
 
 /// Moves these retries back to `queued` if they still wait and are due, marked for the relay
