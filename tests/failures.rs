@@ -18,9 +18,8 @@ mod deadlines_and_schemas;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::{Client, job};
+use common::{Client, api_only, job};
 use serde_json::{Value, json};
-use sluice::app::Roles;
 
 /// Time limit of every wait.
 const T: Duration = Duration::from_secs(30);
@@ -38,14 +37,6 @@ async fn submit(c: &Client, body: &Value) -> String {
     let (status, resp) = c.post("/v1/jobs", body, None).await;
     assert_eq!(status, 200, "{resp}");
     resp["id"].as_str().unwrap().to_string()
-}
-
-/// The API alone: jobs are recorded and published, but no worker runs them.
-fn api_only() -> Roles {
-    Roles {
-        api: true,
-        ..Default::default()
-    }
 }
 
 /// One ledger row as the tests read it.

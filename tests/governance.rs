@@ -33,18 +33,10 @@ mod webhooks_admin;
 
 use std::time::Duration;
 
-use sluice::app::Roles;
+use common::api_only;
 
 /// Time limit of every wait.
 const T: Duration = Duration::from_secs(30);
-
-/// The API alone: jobs are recorded and published, but no worker runs them.
-fn api_only() -> Roles {
-    Roles {
-        api: true,
-        ..Default::default()
-    }
-}
 
 /// The admin key the tests configure (by its hash, as `[admin] key_sha256`).
 const ADMIN_KEY: &str = "admin-canary-0123456789abcdef";

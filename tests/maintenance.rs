@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Client, TestEnv, job, wait_until};
+use common::{Client, TestEnv, api_only, job, wait_until};
 use lapin::options::QueuePurgeOptions;
 use lapin::{Connection, ConnectionProperties};
 use serde_json::json;
@@ -41,12 +41,7 @@ async fn purge_work_queue(env: &TestEnv, tenant: &str) -> u32 {
 async fn queued_jobs_whose_work_messages_were_purged_are_published_again_and_run() {
     let mut env = TestEnv::new().await;
     env.config.worker.republish_after = Duration::from_secs(1);
-    let api = env
-        .start(Roles {
-            api: true,
-            ..Default::default()
-        })
-        .await;
+    let api = env.start(api_only()).await;
     let c = Client::new(&api, &env.key("acme").await);
     let jobs: Vec<_> = (0..3).map(|i| job(&format!("lost message {i}"))).collect();
     let (s, body) = c.post("/v1/jobs", &json!({ "jobs": jobs }), None).await;
@@ -100,12 +95,7 @@ async fn an_emptied_work_queue_gets_its_jobs_back_soon_and_a_waiting_backlog_is_
     let mut env = TestEnv::new().await;
     env.config.worker.republish_after = Duration::from_secs(3600);
     env.config.worker.republish_idle_after = Duration::from_secs(1);
-    let api = env
-        .start(Roles {
-            api: true,
-            ..Default::default()
-        })
-        .await;
+    let api = env.start(api_only()).await;
     let acme = Client::new(&api, &env.key("acme").await);
     let globex = Client::new(&api, &env.key("globex").await);
     let lost = submit_n(&acme, 3, "lost").await;
@@ -152,12 +142,7 @@ async fn an_old_backlog_gets_back_only_as_many_messages_as_were_lost() {
     let mut env = TestEnv::new().await;
     env.config.worker.republish_after = Duration::from_millis(500);
     env.config.worker.republish_idle_after = Duration::from_millis(500);
-    let api = env
-        .start(Roles {
-            api: true,
-            ..Default::default()
-        })
-        .await;
+    let api = env.start(api_only()).await;
     let acme = Client::new(&api, &env.key("acme").await);
     let ids = submit_n(&acme, 6, "backlog").await;
     wait_until(T, "the work messages are in the broker", || async {
@@ -284,12 +269,7 @@ async fn heartbeats_go_on_while_the_main_pool_is_saturated_and_no_job_is_rescued
 #[tokio::test]
 async fn a_fresh_claim_by_a_worker_without_a_row_is_not_rescued_until_dead_after() {
     let env = TestEnv::new().await;
-    let api = env
-        .start(Roles {
-            api: true,
-            ..Default::default()
-        })
-        .await;
+    let api = env.start(api_only()).await;
     let c = Client::new(&api, &env.key("acme").await);
     let ids = c.submit(vec![job("claimed by a thawed worker")]).await;
     let id = ids[0].clone();
@@ -404,12 +384,7 @@ async fn jobs_are_marked_published_after_the_delay_and_only_while_they_still_wai
     let delay = Duration::from_secs(2);
     env.config.worker.relay_grace = Duration::from_secs(30);
     env.config.worker.publish_mark_delay = Some(delay);
-    let api = env
-        .start(Roles {
-            api: true,
-            ..Default::default()
-        })
-        .await;
+    let api = env.start(api_only()).await;
     let c = Client::new(&api, &env.key("acme").await);
     let worker = Roles {
         worker: true,
@@ -460,12 +435,7 @@ async fn a_job_parked_before_its_publish_mark_keeps_its_time() {
     let mut env = TestEnv::new().await;
     env.config.worker.relay_grace = Duration::from_secs(120);
     env.config.worker.publish_mark_delay = Some(Duration::from_secs(60));
-    let api = env
-        .start(Roles {
-            api: true,
-            ..Default::default()
-        })
-        .await;
+    let api = env.start(api_only()).await;
     let c = Client::new(&api, &env.key("acme").await);
     let ids = submit_n(&c, 2, "parked").await;
     // As a claim parks a job whose budget has no room before tomorrow.
@@ -518,12 +488,7 @@ async fn a_mark_round_of_thousands_of_jobs_skips_a_locked_one_and_is_linear_in_i
     const JOBS: usize = 2_000;
     let mut env = TestEnv::new().await;
     env.config.worker.relay_grace = Duration::from_secs(600);
-    let api = env
-        .start(Roles {
-            api: true,
-            ..Default::default()
-        })
-        .await;
+    let api = env.start(api_only()).await;
     let c = Client::new(&api, &env.key("acme").await);
     let template = submit_n(&c, 1, "template").await.remove(0);
     api.stop().await;

@@ -311,6 +311,14 @@ impl TestEnv {
     }
 }
 
+/// The API alone: jobs are recorded and published, but no worker runs them.
+pub fn api_only() -> Roles {
+    Roles {
+        api: true,
+        ..Default::default()
+    }
+}
+
 /// The real `sluice` binary, with no configuration, key or address inherited from the
 /// environment the tests run in.
 pub fn sluice_cmd() -> std::process::Command {
