@@ -14,7 +14,11 @@ Prints the total, then one line per (step, statement): total ms, count, ms each,
 """
 import collections
 import re
+import signal
 import sys
+
+# Piped into `head`, stop quietly.
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
 ENTRY = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 DURATION = re.compile(r"duration: ([0-9.]+) ms\s+(statement|parse [^:]*|bind [^:]*|execute [^:]*):\s*(.*)")

@@ -25,6 +25,8 @@ pub struct Batcher<I, O> {
     name: &'static str,
     /// Whether an item whose caller has gone is still done (an outcome to record must be).
     keep_abandoned: bool,
+    /// Least time from a round's end to the start of the next one in its slot.
+    pause: std::time::Duration,
     tx: mpsc::Sender<Request<I, O>>,
     rx: Arc<Mutex<mpsc::Receiver<Request<I, O>>>>,
 }
@@ -34,6 +36,7 @@ impl<I, O> Clone for Batcher<I, O> {
         Self {
             name: self.name,
             keep_abandoned: self.keep_abandoned,
+            pause: self.pause,
             tx: self.tx.clone(),
             rx: self.rx.clone(),
         }
@@ -68,6 +71,7 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
         Self {
             name,
             keep_abandoned: false,
+            pause: std::time::Duration::ZERO,
             tx,
             rx: Arc::new(Mutex::new(rx)),
         }
@@ -76,6 +80,14 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     /// Does every item even when its caller has gone (by default such items are left out).
     pub fn keeping_abandoned(mut self) -> Self {
         self.keep_abandoned = true;
+        self
+    }
+
+    /// Keeps a round's slot `pause` longer after its answers are sent, so items gather for
+    /// the next round meanwhile (no caller waits for the pause). A stopping loop does not
+    /// pause.
+    pub fn pausing(mut self, pause: std::time::Duration) -> Self {
+        self.pause = pause;
         self
     }
 
@@ -151,7 +163,8 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
             if items.is_empty() {
                 continue;
             }
-            let name = self.name;
+            let (name, pause) = (self.name, self.pause);
+            let stopped = stop.clone();
             let round = work(items);
             running.spawn(async move {
                 let want = replies.len();
@@ -174,6 +187,12 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                 }
                 for (reply, answer) in replies.into_iter().zip(answers) {
                     let _ = reply.send(answer);
+                }
+                if !pause.is_zero() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = stopped.cancelled() => {}
+                    }
                 }
             });
         }
@@ -243,6 +262,51 @@ mod tests {
         lp.await.unwrap();
         // Stopped for good: the item comes back to be done alone.
         assert!(matches!(b.call(7).await, Err(CallError::Stopped(7))));
+    }
+
+    /// Items offered every 10 ms for 300 ms: with a 100 ms pause they gather into a few
+    /// rounds (the first alone, at once), without one each is a round of its own; a stopping
+    /// loop does the rest without pausing.
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_gathers_items_offered_one_by_one_into_few_rounds() {
+        async fn rounds(pause: std::time::Duration) -> Vec<(u64, usize)> {
+            let b: Batcher<u32, ()> = Batcher::new("test", 64).keeping_abandoned().pausing(pause);
+            let stop = CancellationToken::new();
+            let start = tokio::time::Instant::now();
+            let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let s = seen.clone();
+            let lp = tokio::spawn(b.clone().run(64, 1, stop.clone(), move |items: Vec<u32>| {
+                let at = start.elapsed().as_millis() as u64;
+                s.lock().unwrap().push((at, items.len()));
+                async move { vec![(); items.len()] }
+            }));
+            for i in 0..30 {
+                assert!(b.offer(i));
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            // The last items wait out a pause; a stop does them at once.
+            stop.cancel();
+            tokio::time::timeout(std::time::Duration::from_millis(50), lp)
+                .await
+                .expect("a stopping loop does not pause")
+                .unwrap();
+            let seen = seen.lock().unwrap().clone();
+            assert_eq!(seen.iter().map(|r| r.1).sum::<usize>(), 30, "{seen:?}");
+            seen
+        }
+        let paused = rounds(std::time::Duration::from_millis(100)).await;
+        assert_eq!(
+            paused[0],
+            (0, 1),
+            "the first item is done at once: {paused:?}"
+        );
+        assert!(paused.len() <= 5, "{paused:?}");
+        assert!(
+            paused.windows(2).all(|w| w[1].0 - w[0].0 >= 100),
+            "{paused:?}"
+        );
+        let unpaused = rounds(std::time::Duration::ZERO).await;
+        assert_eq!(unpaused.len(), 30, "{unpaused:?}");
     }
 
     #[tokio::test]

@@ -9,6 +9,11 @@
 //! supervised loop (`breaker_feed` in `/readyz`) applies whatever has gathered in one
 //! transaction. Signals are advisory, as on the worker path: a full channel or a failed write
 //! drops them (counted), never the request.
+//!
+//! A round starts at most [`PAUSE`] after the last one ended, the first signal after a quiet
+//! spell at once: with a round for every signal, the feed cost Postgres a transaction of three
+//! statements and a commit for each synchronous request (a sixth of its statement time per
+//! request at concurrency 128, BENCHMARKS.md), where a breaker's window spans seconds.
 
 use std::sync::Arc;
 
@@ -22,6 +27,8 @@ use crate::db::breakers::Event;
 const CAPACITY: usize = 10_000;
 /// Most signals applied in one round.
 const ROUND: usize = 1_000;
+/// Least time between the end of one round and the start of the next; signals gather meanwhile.
+const PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The signals' queue, shared by every request (a `Batcher` nobody waits on: every signal
 /// is applied even though its sender has moved on).
@@ -30,7 +37,11 @@ pub struct BreakerFeed(Batcher<Event, ()>);
 
 impl Default for BreakerFeed {
     fn default() -> Self {
-        Self(Batcher::new("breaker_feed", CAPACITY).keeping_abandoned())
+        Self(
+            Batcher::new("breaker_feed", CAPACITY)
+                .keeping_abandoned()
+                .pausing(PAUSE),
+        )
     }
 }
 
