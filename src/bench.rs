@@ -164,8 +164,9 @@ pub async fn run(base: Config, command: BenchCommand) -> anyhow::Result<()> {
     result
 }
 
-/// Deletes the bench's queues (each tenant's work queue, ingest, rejected), so a run that
-/// stopped with a backlog leaves no messages behind in the broker. Best effort.
+/// Deletes the bench's queues (each tenant's work queue, ingest, rejected) and its two
+/// exchanges, so a run that stopped with a backlog leaves nothing behind in the broker. Best
+/// effort.
 async fn drop_queues(db_url: &str, amqp_url: &str, prefix: &str) {
     let topo = crate::queue::Topology::new(prefix);
     let mut queues = vec![topo.ingest_queue(), topo.rejected_queue()];
@@ -188,6 +189,14 @@ async fn drop_queues(db_url: &str, amqp_url: &str, prefix: &str) {
                     q.as_str().into(),
                     lapin::options::QueueDeleteOptions::default(),
                 )
+                .await;
+            let _ = ch.close(200, "done".into()).await;
+        }
+    }
+    for x in [topo.jobs_exchange(), topo.work_exchange()] {
+        if let Ok(ch) = conn.create_channel().await {
+            let _ = ch
+                .exchange_delete(x.as_str().into(), Default::default())
                 .await;
             let _ = ch.close(200, "done".into()).await;
         }

@@ -323,6 +323,8 @@ async fn a_chat_answer_is_what_the_job_row_holds_even_when_storing_it_altered_it
             .await,
         2
     );
+    running.stop().await;
+    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -131,23 +131,30 @@ impl TestEnv {
 
     /// Removes this test's queues and database (best effort).
     pub async fn cleanup(self) {
-        if let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await
-            && let Ok(ch) = conn.create_channel().await
-        {
-            for q in ["sluice.jobs.ingest", "sluice.jobs.rejected", "sluice.work"] {
-                let _ = ch
-                    .queue_delete(
-                        format!("{}.{q}", self.name).into(),
-                        QueueDeleteOptions::default(),
-                    )
-                    .await;
+        let topo = sluice::queue::Topology::new(&self.config.amqp.prefix);
+        let tenants: Vec<String> = sqlx::query_scalar("SELECT name FROM tenants")
+            .fetch_all(&self.pool)
+            .await
+            .unwrap_or_default();
+        if let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await {
+            let queues = [topo.ingest_queue(), topo.rejected_queue()]
+                .into_iter()
+                .chain(tenants.iter().map(|t| topo.work_queue(t)));
+            // A channel per delete: an error closes the channel it happened on.
+            for q in queues {
+                if let Ok(ch) = conn.create_channel().await {
+                    let _ = ch
+                        .queue_delete(q.into(), QueueDeleteOptions::default())
+                        .await;
+                    let _ = ch.close(200, "bye".into()).await;
+                }
             }
-            let _ = ch
-                .exchange_delete(
-                    format!("{}.sluice.jobs", self.name).into(),
-                    Default::default(),
-                )
-                .await;
+            for x in [topo.jobs_exchange(), topo.work_exchange()] {
+                if let Ok(ch) = conn.create_channel().await {
+                    let _ = ch.exchange_delete(x.into(), Default::default()).await;
+                    let _ = ch.close(200, "bye".into()).await;
+                }
+            }
             let _ = conn.close(200, "bye".into()).await;
         }
         self.pool.close().await;
