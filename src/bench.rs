@@ -168,40 +168,16 @@ pub async fn run(base: Config, command: BenchCommand) -> anyhow::Result<()> {
 /// exchanges, so a run that stopped with a backlog leaves nothing behind in the broker. Best
 /// effort.
 async fn drop_queues(db_url: &str, amqp_url: &str, prefix: &str) {
-    let topo = crate::queue::Topology::new(prefix);
-    let mut queues = vec![topo.ingest_queue(), topo.rejected_queue()];
+    let mut tenants = Vec::new();
     if let Ok(pool) = sqlx::PgPool::connect(db_url).await {
-        let tenants: Vec<String> = sqlx::query_scalar("SELECT name FROM tenants")
+        tenants = sqlx::query_scalar("SELECT name FROM tenants")
             .fetch_all(&pool)
             .await
             .unwrap_or_default();
-        queues.extend(tenants.iter().map(|t| topo.work_queue(t)));
         pool.close().await;
     }
-    let Ok(conn) = crate::queue::connect(amqp_url, "sluice-bench-cleanup").await else {
-        return;
-    };
-    for q in queues {
-        // A channel per delete: an error closes the channel it happened on.
-        if let Ok(ch) = conn.create_channel().await {
-            let _ = ch
-                .queue_delete(
-                    q.as_str().into(),
-                    lapin::options::QueueDeleteOptions::default(),
-                )
-                .await;
-            let _ = ch.close(200, "done".into()).await;
-        }
-    }
-    for x in [topo.jobs_exchange(), topo.work_exchange()] {
-        if let Ok(ch) = conn.create_channel().await {
-            let _ = ch
-                .exchange_delete(x.as_str().into(), Default::default())
-                .await;
-            let _ = ch.close(200, "done".into()).await;
-        }
-    }
-    let _ = conn.close(200, "done".into()).await;
+    let topo = crate::queue::Topology::new(prefix);
+    crate::queue::delete_topology(amqp_url, &topo, &tenants).await;
 }
 
 fn bench_db_url(url: &str, id: &str) -> anyhow::Result<String> {

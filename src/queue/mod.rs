@@ -232,6 +232,38 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, QueueError> {
     }
 }
 
+/// Deletes every queue and exchange of `topo` (the work queues of `tenants`), each on a
+/// channel of its own, since an error closes the channel it happened on. Best effort, for runs
+/// that must leave nothing behind in the broker (`sluice bench`, the tests).
+pub async fn delete_topology(url: &str, topo: &Topology, tenants: &[String]) {
+    let Ok(conn) = connect(url, "sluice-cleanup").await else {
+        return;
+    };
+    let queues = [topo.ingest_queue(), topo.rejected_queue()]
+        .into_iter()
+        .chain(tenants.iter().map(|t| topo.work_queue(t)));
+    for q in queues {
+        if let Ok(ch) = conn.create_channel().await {
+            let _ = ch
+                .queue_delete(
+                    q.as_str().into(),
+                    lapin::options::QueueDeleteOptions::default(),
+                )
+                .await;
+            let _ = ch.close(200, "done".into()).await;
+        }
+    }
+    for x in [topo.jobs_exchange(), topo.work_exchange()] {
+        if let Ok(ch) = conn.create_channel().await {
+            let _ = ch
+                .exchange_delete(x.as_str().into(), Default::default())
+                .await;
+            let _ = ch.close(200, "done".into()).await;
+        }
+    }
+    let _ = conn.close(200, "done".into()).await;
+}
+
 /// Longest wait for a connection's TCP and AMQP handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Heartbeat interval asked for when the URL names none: a peer that stops answering (a hung

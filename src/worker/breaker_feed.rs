@@ -11,9 +11,10 @@
 //! drops them (counted), never the request.
 //!
 //! A round starts at most [`PAUSE`] after the last one ended, the first signal after a quiet
-//! spell at once: with a round for every signal, the feed cost Postgres a transaction of three
-//! statements and a commit for each synchronous request (a sixth of its statement time per
-//! request at concurrency 128, BENCHMARKS.md), where a breaker's window spans seconds.
+//! spell at once: with a round whenever signals were waiting, the feed cost Postgres a
+//! transaction of three statements and a commit for about every round of synchronous requests
+//! (at concurrency 128 the pause halved the commits per request served, BENCHMARKS.md), where
+//! a breaker's window spans seconds.
 
 use std::sync::Arc;
 

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeleteOptions};
+use lapin::options::{BasicGetOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use rust_decimal::Decimal;
@@ -136,27 +136,7 @@ impl TestEnv {
             .fetch_all(&self.pool)
             .await
             .unwrap_or_default();
-        if let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await {
-            let queues = [topo.ingest_queue(), topo.rejected_queue()]
-                .into_iter()
-                .chain(tenants.iter().map(|t| topo.work_queue(t)));
-            // A channel per delete: an error closes the channel it happened on.
-            for q in queues {
-                if let Ok(ch) = conn.create_channel().await {
-                    let _ = ch
-                        .queue_delete(q.into(), QueueDeleteOptions::default())
-                        .await;
-                    let _ = ch.close(200, "bye".into()).await;
-                }
-            }
-            for x in [topo.jobs_exchange(), topo.work_exchange()] {
-                if let Ok(ch) = conn.create_channel().await {
-                    let _ = ch.exchange_delete(x.into(), Default::default()).await;
-                    let _ = ch.close(200, "bye".into()).await;
-                }
-            }
-            let _ = conn.close(200, "bye".into()).await;
-        }
+        sluice::queue::delete_topology(&amqp_url(), &topo, &tenants).await;
         self.pool.close().await;
         if let Ok(admin) = PgPool::connect(&format!("{}/postgres", pg_base())).await {
             let _ = sqlx::query(&format!(
